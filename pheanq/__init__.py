@@ -1,0 +1,45 @@
+"""pheanq: a beanstalkd job queue whose SQL table says where every task is.
+
+    from pheanq import TaskDescription, queue_task
+    task_id = queue_task(TaskDescription("invoice", [42], {"send": True}))
+"""
+
+from __future__ import annotations
+
+from pheanq.config import Settings, load_settings
+from pheanq.description import TaskDescription
+from pheanq.errors import (
+    ConfigError,
+    InvalidInput,
+    NotFound,
+    PheanqError,
+    SchemaMissing,
+    StoreUnavailable,
+    TaskNotSent,
+    TubeUnavailable,
+    WrongStatus,
+)
+from pheanq.service import TaskQueueService, WorkPackage, default_service, queue_task
+from pheanq.status import Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "InvalidInput",
+    "NotFound",
+    "PheanqError",
+    "SchemaMissing",
+    "Settings",
+    "Status",
+    "StoreUnavailable",
+    "TaskDescription",
+    "TaskNotSent",
+    "TaskQueueService",
+    "TubeUnavailable",
+    "WorkPackage",
+    "WrongStatus",
+    "default_service",
+    "load_settings",
+    "queue_task",
+]

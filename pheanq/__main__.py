@@ -1,0 +1,3 @@
+from pheanq.cli import main
+
+main()

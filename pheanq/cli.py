@@ -1,0 +1,216 @@
+"""The `pheanq` command: parse, call, print. Behaviour lives in the modules it calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from pheanq.config import Settings, check_tube_name, load_settings
+from pheanq.errors import PheanqError, TaskNotSent
+from pheanq.example import ExampleTask, run_example
+from pheanq.migrate import upgrade_database
+from pheanq.report import format_status, format_task, status_report, task_report
+from pheanq.service import TaskQueueService
+from pheanq.worker import Worker
+
+# Above this many tasks, add-example-task draws a progress bar.
+PROGRESS_BAR_FROM = 100
+
+
+def main() -> NoReturn:
+    """Entry point: errors become one line on stderr; bad input exits 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx else "pheanq"
+        hint = f" (see {where} --help)" if error.ctx else ""
+        click.echo(f"{where}: error: {error.format_message()}{hint}", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        click.echo(f"pheanq: error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.Abort:
+        click.echo("pheanq: aborted", err=True)
+        sys.exit(1)
+    except PheanqError as error:
+        click.echo(f"pheanq: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+class Context:
+    """What every command reaches: the settings (read on first use) and a service made from them."""
+
+    def __init__(self, flags: dict[str, Any]) -> None:
+        self.flags = flags
+        self._settings: Settings | None = None
+        self._service: TaskQueueService | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.flags)
+        return self._settings
+
+    @property
+    def service(self) -> TaskQueueService:
+        if self._service is None:
+            self._service = TaskQueueService(self.settings)
+        return self._service
+
+    def tubes(self, use_tube: str | None) -> list[str]:
+        if use_tube is None:
+            return [self.settings.default_tube]
+        return [check_tube_name(name.strip(), "--use-tube") for name in use_tube.split(",")]
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _use_tube_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--use-tube", metavar="TUBE", help=help_text + " [default: default_tube setting]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", metavar="PATH", help="pheanq.toml to read [env: PHEANQ_CONFIG].")
+@click.option("--database-url", metavar="URL", help="SQLAlchemy URL of the task table [env: PHEANQ_DATABASE_URL].")
+@click.option("--beanstalkd", metavar="HOST:PORT", help="beanstalkd server [env: PHEANQ_BEANSTALKD].")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
+@click.version_option(package_name="pheanq")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, database_url: str | None, beanstalkd: str | None,
+        verbose: int) -> None:
+    """pheanq: a beanstalkd job queue whose SQL table says where every task is."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose or ctx.invoked_subcommand == "task-worker" \
+        else logging.WARNING
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    ctx.obj = Context({"config_file": config_file, "database_url": database_url, "beanstalkd": beanstalkd})
+
+
+@cli.command("task-worker")
+@_use_tube_option("Tube(s) to take tasks from, comma-separated.")
+@click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting.")
+@click.option("--max-tasks", type=click.IntRange(min=1), metavar="N", help="Exit after N tasks.")
+@pass_context
+def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, max_tasks: int | None) -> None:
+    """Run tasks from the tube until stopped (SIGTERM: finish the task, then exit)."""
+    worker = Worker(context.service, context.tubes(use_tube), stop_when_empty=stop_when_empty,
+                    max_tasks=max_tasks)
+    sys.exit(worker.run())
+
+
+@cli.command("regenerate-failed-task")
+@click.option("--id", "ids", required=True, metavar="ID[,ID...]", help="Failed task id(s), comma-separated.")
+@_use_tube_option("Accepted for compatibility; a task goes back to its own tube.")
+@pass_context
+def regenerate_failed_task(context: Context, ids: str, use_tube: str | None) -> None:
+    """Put failed tasks back into their tube (status `restarted`)."""
+    task_ids = _parse_ids(ids)
+    problems = 0
+    for task_id in task_ids:
+        try:
+            job_id = context.service.regenerate_task(task_id)
+        except TaskNotSent:
+            raise
+        except PheanqError as error:
+            click.echo(f"task {task_id}: not regenerated: {error}", err=True)
+            problems += 1
+            continue
+        click.echo(f"task {task_id}: restarted as job {job_id}")
+    if problems:
+        sys.exit(1)
+
+
+@cli.command("task-cleanup")
+@click.option("--period", type=click.IntRange(min=0), default=3600, show_default=True, metavar="SECONDS",
+              help="Delete done tasks that finished more than this long ago.")
+@pass_context
+def task_cleanup(context: Context, period: int) -> None:
+    """Delete old `done` tasks (failed ones are kept). Run it from cron."""
+    deleted = context.service.clean_up_tasks(period)
+    click.echo(f"deleted {deleted} done task(s) that finished more than {period}s ago")
+
+
+@cli.command("add-example-task")
+@click.option("--total-tasks", type=click.IntRange(min=1), default=1, show_default=True, metavar="N")
+@click.option("--wait", type=click.IntRange(min=0), default=1, show_default=True, metavar="SECONDS",
+              help="How long each example task runs.")
+@click.option("--message", default="hello world", show_default=True, help="What each example task prints.")
+@_use_tube_option("Tube to queue into.")
+@pass_context
+def add_example_task(context: Context, total_tasks: int, wait: int, message: str, use_tube: str | None) -> None:
+    """Queue example tasks: a quick check that beanstalkd, the database and the workers are set up."""
+    tube = context.tubes(use_tube)[0]
+    service = context.service
+    ids: list[int] = []
+    with click.progressbar(length=total_tasks, label="queueing", file=sys.stderr,
+                           hidden=total_tasks < PROGRESS_BAR_FROM) as progress:
+        for _ in range(total_tasks):
+            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube))
+            progress.update(1)
+    span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
+    click.echo(f"queued {len(ids)} example task(s) into tube {tube}: id {span}")
+
+
+@cli.command("example-task-worker")
+@click.argument("wait", type=click.IntRange(min=0))
+@click.option("--message", default="hello world", show_default=True, help="The message to print.")
+def example_task_worker(wait: int, message: str) -> None:
+    """The example task's command: a line, a dot a second for WAIT seconds, then the message."""
+    run_example(wait, message, sys.stdout)
+
+
+@cli.group("db")
+def db() -> None:
+    """The task table's schema."""
+
+
+@db.command("upgrade")
+@pass_context
+def db_upgrade(context: Context) -> None:
+    """Create or upgrade pheanq's tables to the newest schema (safe to run again)."""
+    store = context.service.store
+    before, after = upgrade_database(store)
+    if before == after:
+        click.echo(f"database {store.safe_url} is already at revision {after}")
+    else:
+        click.echo(f"database {store.safe_url} upgraded from {before or 'empty'} to revision {after}")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_context
+def status(context: Context, as_json: bool) -> None:
+    """Task counts per tube and status from SQL, beside beanstalkd's own tube stats."""
+    report = status_report(context.service)
+    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+
+
+@cli.command("show")
+@click.argument("task_id", metavar="ID", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_context
+def show(context: Context, task_id: int, as_json: bool) -> None:
+    """One task: its status, times, worker and log."""
+    report = task_report(context.service.find_task(task_id))
+    click.echo(json.dumps(report, indent=2) if as_json else format_task(report))
+
+
+def _parse_ids(text: str) -> list[int]:
+    ids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) == 0:
+            raise click.BadParameter(f"{part!r} is not a task id (a positive whole number)", param_hint="'--id'")
+        ids.append(int(part))
+    return ids

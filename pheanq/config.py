@@ -1,0 +1,178 @@
+"""Settings, read in this order: command-line flags > environment (PHEANQ_*) > pheanq.toml > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from pheanq.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_FILE = "pheanq.toml"
+
+# beanstalkd's own rule for tube names (protocol.txt: "Names").
+_TUBE_NAME = re.compile(r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]{0,199}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///pheanq.db"
+    beanstalkd: tuple[str, int] = ("127.0.0.1", 11300)
+    default_tube: str = "pheanq"
+    commands: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    log_worker_output_on_failure: bool = True
+    log_worker_output_on_success: bool = False
+    max_log_bytes: int = 65536
+    config_file: str | None = None
+
+    def registry(self) -> dict[str, tuple[str, ...]]:
+        """The commands a worker may run: the built-in example plus the configured ones."""
+        return {**builtin_commands(), **self.commands}
+
+    @property
+    def beanstalkd_address(self) -> str:
+        host, port = self.beanstalkd
+        return f"{host}:{port}"
+
+
+def builtin_commands() -> dict[str, tuple[str, ...]]:
+    return {"example-task-worker": (sys.executable, "-m", "pheanq", "example-task-worker")}
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from flags, the environment and the toml file, each key checked."""
+    environ = os.environ if environ is None else environ
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    path = flags.pop("config_file", None) or environ.get("PHEANQ_CONFIG")
+    explicit = path is not None
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    raw: dict[str, Any] = _read_toml(path, explicit) if path else {}
+    for key, env_name in _ENV_NAMES.items():
+        if env_name in environ:
+            raw[key] = environ[env_name]
+    raw.update(flags)
+    values = {key: _PARSERS[key](key, value) for key, value in raw.items()}
+    return Settings(config_file=str(path) if path else None, **values)
+
+
+def check_tube_name(name: str, what: str = "tube") -> str:
+    if not isinstance(name, str) or not _TUBE_NAME.match(name):
+        raise ConfigError(
+            f"{what}: {name!r} is not a beanstalkd tube name "
+            "(1-200 of A-Z a-z 0-9 - + / ; . $ _ ( ), not starting with -)"
+        )
+    return name
+
+
+def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path}: cannot be read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path}: not valid TOML ({error})") from None
+    unknown = sorted(set(data) - set(_PARSERS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(_PARSERS)})")
+    return data
+
+
+def _parse_database_url(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a database URL string, got {value!r}")
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ConfigError(f"{key}: {value!r} is not a database URL (e.g. sqlite:///pheanq.db)") from None
+    if url.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise ConfigError(f"{key}: {url.get_backend_name()!r} databases are not supported "
+                          "(sqlite, postgresql, mysql, mariadb)")
+    return value
+
+
+def _parse_address(key: str, value: Any) -> tuple[str, int]:
+    if isinstance(value, tuple):
+        return value
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {value!r} is not host:port (e.g. 127.0.0.1:11300)")
+    return host.strip("[]"), int(port)
+
+
+def _parse_tube(key: str, value: Any) -> str:
+    return check_tube_name(value, key)
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: {value!r} is not a boolean (true/false)")
+
+
+def _parse_positive_int(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number <= 0:
+        raise ConfigError(f"{key}: {value!r} is not a positive whole number")
+    return number
+
+
+def _parse_commands(key: str, value: Any) -> dict[str, tuple[str, ...]]:
+    from pheanq.description import COMMAND_NAME
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table of name = [argv, ...]")
+    registry: dict[str, tuple[str, ...]] = {}
+    for name, argv in value.items():
+        if not COMMAND_NAME.match(name):
+            raise ConfigError(f"{key}.{name}: not a valid command name (A-Z a-z 0-9 _ : . -)")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+            raise ConfigError(f"{key}.{name}: expected a non-empty list of strings, the argv prefix")
+        registry[name] = tuple(argv)
+    return registry
+
+
+_PARSERS = {
+    "database_url": _parse_database_url,
+    "beanstalkd": _parse_address,
+    "default_tube": _parse_tube,
+    "commands": _parse_commands,
+    "log_worker_output_on_failure": _parse_bool,
+    "log_worker_output_on_success": _parse_bool,
+    "max_log_bytes": _parse_positive_int,
+}
+
+_ENV_NAMES = {
+    "database_url": "PHEANQ_DATABASE_URL",
+    "beanstalkd": "PHEANQ_BEANSTALKD",
+    "default_tube": "PHEANQ_TUBE",
+    "log_worker_output_on_failure": "PHEANQ_LOG_WORKER_OUTPUT_ON_FAILURE",
+    "log_worker_output_on_success": "PHEANQ_LOG_WORKER_OUTPUT_ON_SUCCESS",
+    "max_log_bytes": "PHEANQ_MAX_LOG_BYTES",
+}

@@ -1,0 +1,50 @@
+"""The errors pheanq raises on purpose; each one's message is one line a person can act on."""
+
+from __future__ import annotations
+
+
+class PheanqError(Exception):
+    """Base of every error pheanq raises on purpose. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class InvalidInput(PheanqError, ValueError):
+    """A value given by the caller (description, option, id, setting) is not acceptable."""
+
+    exit_code = 2
+
+
+class ConfigError(InvalidInput):
+    """A setting is wrong: bad URL, unreadable toml, unknown key."""
+
+
+class NotFound(PheanqError, LookupError):
+    """The task (or other thing) asked for does not exist."""
+
+
+class WrongStatus(PheanqError):
+    """The task is not in a status that allows what was asked."""
+
+
+class SchemaMissing(PheanqError):
+    """The database was never upgraded."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"the database {url} has no pheanq tables: run `pheanq db upgrade`")
+
+
+class StoreUnavailable(PheanqError):
+    """The database cannot be reached right now."""
+
+
+class TubeUnavailable(PheanqError):
+    """beanstalkd cannot be reached right now."""
+
+
+class TaskNotSent(TubeUnavailable):
+    """The task row is recorded, but its job could not be put into beanstalkd."""
+
+    def __init__(self, task_id: int, reason: str) -> None:
+        super().__init__(f"task {task_id} is recorded as new but was not sent to beanstalkd: {reason}")
+        self.task_id = task_id

@@ -1,0 +1,63 @@
+"""Run one claimed task: look its command up in the registry, run the child, and say how it went.
+
+The verdict (done, failed, or released because the worker had to stop it) and
+the log entry for the attempt are decided here; the worker records them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from pheanq.child import run_child
+from pheanq.config import Settings
+from pheanq.description import build_argv
+from pheanq.service import WorkPackage
+from pheanq.status import Status
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    status: Status          # DONE, FAILED, or NEW when the task must be handed back
+    exit_code: int | None
+    log: str
+    output_bytes: int = 0
+
+
+def execute(package: WorkPackage, settings: Settings, worker_name: str,
+            keep_running: Callable[[], str | None]) -> Outcome:
+    """Run the package's command to its end (or until `keep_running` gives a reason to stop it)."""
+    description = package.description
+    prefix = settings.registry().get(description.command)
+    if prefix is None:
+        known = ", ".join(sorted(settings.registry()))
+        return Outcome(Status.FAILED, None, _entry(
+            package, worker_name, f"failed: command {description.command!r} is not registered on this "
+            f"worker (known: {known}); add it to [commands] in pheanq.toml"))
+    result = run_child(
+        build_argv(prefix, description),
+        env={**os.environ, "PHEANQ_TASK_ID": str(package.task_id)},
+        max_output=settings.max_log_bytes,
+        keep_running=keep_running,
+    )
+    timing = f"after {result.seconds:.2f}s"
+    if result.stopped is not None:
+        return Outcome(Status.NEW, result.exit_code,
+                       _entry(package, worker_name, f"interrupted {timing}: {result.stopped}; the task goes "
+                              "back to its tube", result.output), result.output_bytes)
+    if result.exit_code == 0:
+        output = result.output if settings.log_worker_output_on_success else None
+        return Outcome(Status.DONE, 0, _entry(package, worker_name, f"done {timing}", output),
+                       result.output_bytes)
+    ending = f"killed by signal {-result.exit_code}" if result.exit_code < 0 else f"exit code {result.exit_code}"
+    output = result.output if settings.log_worker_output_on_failure else None
+    return Outcome(Status.FAILED, result.exit_code, _entry(package, worker_name, f"failed {timing}: {ending}",
+                                                           output), result.output_bytes)
+
+
+def _entry(package: WorkPackage, worker_name: str, verdict: str, output: str | None = None) -> str:
+    header = f"--- attempt {package.attempt} on {worker_name}: {verdict}\n"
+    if not output:
+        return header
+    return header + output + ("" if output.endswith("\n") else "\n")

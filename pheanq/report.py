@@ -1,0 +1,86 @@
+"""What `pheanq status` and `pheanq show` print: the table's view beside beanstalkd's, as text or JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from typing import Any
+
+from pheanq.description import decode_data
+from pheanq.errors import InvalidInput, TubeUnavailable
+from pheanq.service import TaskQueueService
+from pheanq.status import Status
+from pheanq.store import TaskRow
+
+# beanstalkd's per-tube figures shown beside the table's counts.
+TUBE_FIGURES = ("current-jobs-ready", "current-jobs-reserved", "current-jobs-delayed", "current-jobs-buried",
+                "current-watching")
+
+
+def status_report(service: TaskQueueService) -> dict[str, Any]:
+    """Counts per tube and status from SQL, and beanstalkd's own stats of the same tubes."""
+    counts = service.store.count_tasks()
+    tubes = sorted({tube for tube, _, _ in counts} | {service.settings.default_tube})
+    report: dict[str, Any] = {
+        "database": service.store.safe_url,
+        "beanstalkd": service.tube.name,
+        "beanstalkd_error": None,
+        "tubes": {tube: {"tasks": {status.value: 0 for status in Status}, "beanstalkd": None} for tube in tubes},
+    }
+    for tube, status, count in counts:
+        report["tubes"][tube]["tasks"][status.value] = count
+    try:
+        for tube in tubes:
+            stats = service.tube.tube_stats(tube)
+            report["tubes"][tube]["beanstalkd"] = {key: stats.get(key, 0) if stats else 0 for key in TUBE_FIGURES}
+    except TubeUnavailable as error:
+        report["beanstalkd_error"] = str(error)
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    statuses = [status.value for status in Status]
+    figures = ["ready", "reserved", "delayed", "buried", "watching"]
+    header = ["tube", *statuses, "|", *figures]
+    rows = [header]
+    for tube, entry in report["tubes"].items():
+        stats = entry["beanstalkd"]
+        beanstalkd = [str(stats[key]) for key in TUBE_FIGURES] if stats else ["-"] * len(figures)
+        rows.append([tube, *(str(entry["tasks"][s]) for s in statuses), "|", *beanstalkd])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"database {report['database']}   beanstalkd {report['beanstalkd']}", ""]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    if report["beanstalkd_error"]:
+        lines.append(f"beanstalkd: {report['beanstalkd_error']}")
+    return "\n".join(lines)
+
+
+def task_report(row: TaskRow) -> dict[str, Any]:
+    try:
+        description = decode_data(row.data)
+        line = shlex.join([description.command, *description.command_line()])
+    except InvalidInput:
+        line = row.command
+    return {
+        "id": row.id, "command": row.command, "command_line": line, "tube": row.tube, "status": row.status.value,
+        "priority": row.priority, "ttr": row.ttr, "job_id": row.job_id, "attempts": row.attempts,
+        "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
+        "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
+        "data": row.data, "log": row.log,
+    }
+
+
+def format_task(report: dict[str, Any]) -> str:
+    fields = ["status", "command_line", "tube", "priority", "ttr", "job_id", "attempts", "exit_code", "worker",
+              "created", "started", "finished", "modified"]
+    lines = [f"task {report['id']}"]
+    lines += [f"  {name:<13}{'-' if report[name] is None else report[name]}" for name in fields]
+    lines.append("log:")
+    lines.append(report["log"].rstrip("\n") if report["log"] else "  (empty)")
+    return "\n".join(lines)
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat(sep=" ", timespec="seconds") + "Z"

@@ -1,0 +1,54 @@
+"""Every status a task can have and every move between them, in one table.
+
+The store derives its compare-and-set conditions from this table, and the
+README shows the same table; a new status or move is added here first.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(str, enum.Enum):
+    NEW = "new"
+    WORKING = "working"
+    DONE = "done"
+    FAILED = "failed"
+    RESTARTED = "restarted"
+    STALLED = "stalled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# (from, to) -> why the move happens. A move not listed here never happens.
+TRANSITIONS: dict[tuple[Status, Status], str] = {
+    (Status.NEW, Status.WORKING): "a worker claimed the task",
+    (Status.RESTARTED, Status.WORKING): "a worker claimed the regenerated task",
+    (Status.STALLED, Status.WORKING): "a worker claimed the stalled task",
+    (Status.WORKING, Status.WORKING): "a worker took over the job of a worker that lost its reservation",
+    (Status.WORKING, Status.DONE): "the command exited with code 0",
+    (Status.WORKING, Status.FAILED): "the command exited non-zero, was killed, or is not registered",
+    (Status.WORKING, Status.NEW): "the worker was interrupted (SIGINT) or lost its reservation; job released",
+    (Status.WORKING, Status.STALLED): "the worker holding the task is gone",
+    (Status.FAILED, Status.RESTARTED): "regenerate-failed-task put the task back into its tube",
+}
+
+# Statuses in which a task still has to run: a job for it may be claimed.
+CLAIMABLE: frozenset[Status] = frozenset(
+    source for (source, target) in TRANSITIONS if target is Status.WORKING and source is not Status.WORKING
+)
+
+# Statuses a task never leaves by itself; only cleanup or a person acts on them.
+FINAL: frozenset[Status] = frozenset(
+    status for status in Status if not any(source is status for (source, _) in TRANSITIONS)
+) | {Status.FAILED}
+
+
+def can_move(source: Status, target: Status) -> bool:
+    return (source, target) in TRANSITIONS
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """The statuses from which a task may move to `target`."""
+    return frozenset(source for (source, to) in TRANSITIONS if to is target)

@@ -1,0 +1,179 @@
+"""The worker: reserve → claim → run the child → record → delete the job, until told to stop.
+
+Its standard output carries only state lines a supervisor parses, one per change:
+``READY`` (waiting for a job) and ``BUSY <task id>`` (running that task). Human
+logs go to standard error.
+
+SIGTERM: finish the current task, then exit 0. SIGINT: stop the child now, hand
+the task back (row `new`, job released), exit 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TextIO, TypeVar
+
+from pheanq.errors import StoreUnavailable, TubeUnavailable
+from pheanq.execution import Outcome, execute
+from pheanq.service import TaskQueueService, WorkPackage
+from pheanq.status import Status
+
+log = logging.getLogger("pheanq.worker")
+T = TypeVar("T")
+
+EXIT_INTERRUPTED = 130
+RESERVE_TIMEOUT = 1  # seconds; bounds how long a signal waits to be noticed while idle
+
+
+class Backoff:
+    """Capped exponential waits between retries against a service that went away."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.next = first
+
+    def reset(self) -> None:
+        self.next = self.first
+
+    def step(self) -> float:
+        wait, self.next = self.next, min(self.cap, self.next * 2)
+        return wait
+
+
+class Worker:
+    def __init__(self, service: TaskQueueService, tubes: Sequence[str], *, stop_when_empty: bool = False,
+                 max_tasks: int | None = None, out: TextIO = sys.stdout) -> None:
+        self.service = service
+        self.tubes = list(tubes)
+        self.stop_when_empty = stop_when_empty
+        self.max_tasks = max_tasks
+        self.out = out
+        self.terminating = False   # SIGTERM: finish the task in hand, take no other
+        self.interrupted = False   # SIGINT: stop the task in hand now
+        self.tasks_run = 0
+        self._backoff = Backoff()
+
+    def run(self) -> int:
+        """Work until stopped; returns the process exit code."""
+        self._install_signal_handlers()
+        log.info("worker %s watching %s on beanstalkd %s", self.service.worker_name, ",".join(self.tubes),
+                 self.service.tube.name)
+        self._say("READY")
+        while not self._stopping() and (self.max_tasks is None or self.tasks_run < self.max_tasks):
+            package = self._retrying(lambda: self.service.reserve_task(self.tubes, RESERVE_TIMEOUT))
+            if package is None:
+                if self.stop_when_empty and not self._stopping():
+                    log.info("no job is ready; stopping (--stop-when-empty)")
+                    break
+                continue
+            self._say(f"BUSY {package.task_id}")
+            self._work(package)
+            self.tasks_run += 1
+            self._say("READY")
+        log.info("worker %s stops after %d task(s)", self.service.worker_name, self.tasks_run)
+        return EXIT_INTERRUPTED if self.interrupted else 0
+
+    def _work(self, package: WorkPackage) -> None:
+        log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
+        outcome = execute(package, self.service.settings, self.service.worker_name, self._lease(package))
+        log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
+        if outcome.status is Status.NEW:
+            self._record(lambda: self.service.release_task(package, outcome.log), package)
+        else:
+            self._record(lambda: self._finish(package, outcome), package)
+
+    def _finish(self, package: WorkPackage, outcome: Outcome) -> bool:
+        if outcome.status is Status.DONE:
+            return self.service.mark_done(package, outcome.log, 0)
+        return self.service.mark_failed(package, outcome.log, outcome.exit_code)
+
+    def _lease(self, package: WorkPackage) -> Callable[[], str | None]:
+        """While the child runs: touch the job before its TTR runs out; say when the child must stop."""
+        interval = max(0.2, package.row.ttr / 3)
+        next_touch = time.monotonic() + interval
+
+        def keep_running() -> str | None:
+            nonlocal next_touch
+            if self.interrupted:
+                return "the worker was interrupted (SIGINT)"
+            if time.monotonic() >= next_touch:
+                try:
+                    held = self.service.touch(package)
+                except TubeUnavailable as error:
+                    return f"lost the reservation of job {package.job_id}: {error}"
+                if not held:
+                    return f"lost the reservation of job {package.job_id} (beanstalkd no longer has it reserved " \
+                           "for this worker)"
+                next_touch = time.monotonic() + interval
+            return None
+
+        return keep_running
+
+    def _record(self, write: Callable[[], bool], package: WorkPackage) -> None:
+        """Record a task's result, waiting out a database outage while keeping the job reserved."""
+        while True:
+            try:
+                write()
+                self._backoff.reset()
+                return
+            except StoreUnavailable as error:
+                if self.interrupted:
+                    log.error("task %d: result not recorded (%s); interrupted, so the job will be released "
+                              "and the task run again", package.task_id, error)
+                    return
+                wait = self._backoff.step()
+                log.warning("task %d: %s; result kept, retrying in %.1fs", package.task_id, error, wait)
+                self._pause(wait, lambda: self._keep_reserved(package))
+
+    def _keep_reserved(self, package: WorkPackage) -> None:
+        try:
+            self.service.touch(package)
+        except TubeUnavailable:
+            pass
+
+    def _retrying(self, call: Callable[[], T | None]) -> T | None:
+        """`call()`, or None after logging an outage and waiting out a backoff step."""
+        try:
+            result = call()
+        except (TubeUnavailable, StoreUnavailable) as error:
+            wait = self._backoff.step()
+            log.warning("%s; retrying in %.1fs", error, wait)
+            self._pause(wait)
+            return None
+        self._backoff.reset()
+        return result
+
+    def _pause(self, seconds: float, every_second: Callable[[], None] | None = None) -> None:
+        """Wait, but wake for a signal; `every_second` runs once a second meanwhile."""
+        deadline = time.monotonic() + seconds
+        last = time.monotonic()
+        while not self._stopping() and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            if every_second is not None and time.monotonic() - last >= 1:
+                every_second()
+                last = time.monotonic()
+
+    def _stopping(self) -> bool:
+        return self.terminating or self.interrupted
+
+    def _say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def _install_signal_handlers(self) -> None:
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            log.info("SIGTERM: finishing the current task, then stopping")
+            self.terminating = True
+
+        def on_int(signum: int, _frame: FrameType | None) -> None:
+            log.info("SIGINT: stopping the current task now; it goes back to its tube")
+            self.interrupted = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
