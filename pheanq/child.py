@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import IO
 
 import psutil
 
@@ -113,8 +114,8 @@ class BoundedOutput:
         while self.tail and self.tail_size - len(self.tail[0]) >= self.tail_limit:
             self.tail_size -= len(self.tail.popleft())
 
-    def read_all(self, stream: object) -> None:
-        read = getattr(stream, "read1", None) or getattr(stream, "read")
+    def read_all(self, stream: IO[bytes]) -> None:
+        read = getattr(stream, "read1", stream.read)
         while chunk := read(_READ_CHUNK):
             self.add(chunk)
 

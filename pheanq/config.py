@@ -18,7 +18,7 @@ from pheanq.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 DEFAULT_CONFIG_FILE = "pheanq.toml"
 
@@ -67,7 +67,7 @@ def load_settings(
         if env_name in environ:
             raw[key] = environ[env_name]
     raw.update(flags)
-    values = {key: _PARSERS[key](key, value) for key, value in raw.items()}
+    values: dict[str, Any] = {key: _PARSERS[key](key, value) for key, value in raw.items()}
     return Settings(config_file=str(path) if path else None, **values)
 
 
@@ -83,7 +83,7 @@ def check_tube_name(name: str, what: str = "tube") -> str:
 def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            data: dict[str, Any] = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: no such file") from None
     except OSError as error:

@@ -6,12 +6,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from pheanq.errors import InvalidInput
 
-Argument = Union[str, int]
-OptionValue = Union[str, int, bool]
+Argument = str | int
+OptionValue = str | int | bool
 
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9_:.-]+$")
 OPTION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -131,7 +131,7 @@ def decode_body(raw: bytes) -> JobBody:
     if not isinstance(task_id, int) or isinstance(task_id, bool) or task_id <= 0:
         raise MalformedBody(f"task_id is not a positive integer ({_preview(raw)})")
     try:
-        description = TaskDescription.from_data(data.get("description"))
+        description = TaskDescription.from_data(data.get("description", {}))
     except InvalidInput as error:
         raise MalformedBody(f"task {task_id}: {error}") from None
     return JobBody(task_id, description)

@@ -51,7 +51,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"database {report['database']}   beanstalkd {report['beanstalkd']}", ""]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
     if report["beanstalkd_error"]:
         lines.append(f"beanstalkd: {report['beanstalkd_error']}")
     return "\n".join(lines)

@@ -107,7 +107,9 @@ class Store:
                 command=command, data=data, tube=tube, status=Status.NEW.value, priority=priority, ttr=ttr,
                 attempts=0, created=now, modified=now,
             ))
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
     def set_job_id(self, task_id: int, job_id: int) -> None:
         with self.transaction() as conn:

@@ -7,6 +7,7 @@ broke; every network wait is bounded, and a broken or refused connection is a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import threading
@@ -50,10 +51,8 @@ class Tube:
 
     def close(self) -> None:
         if self._client is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._client.close()
-            except OSError:
-                pass
             self._client = None
             self._sock = None
 

@@ -10,6 +10,7 @@ the task back (row `new`, job released), exit 130.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -132,10 +133,8 @@ class Worker:
                 self._pause(wait, lambda: self._keep_reserved(package))
 
     def _keep_reserved(self, package: WorkPackage) -> None:
-        try:
+        with contextlib.suppress(TubeUnavailable):
             self.service.touch(package)
-        except TubeUnavailable:
-            pass
 
     def _retrying(self, call: Callable[[], T | None]) -> T | None:
         """`call()`, or None after logging an outage and waiting out a backoff step."""

@@ -1,0 +1,125 @@
+"""Fixtures: a real beanstalkd per test, real databases, real worker processes.
+
+Databases: SQLite always; PostgreSQL and MariaDB/MySQL when PHEANQ_TEST_POSTGRES_URL /
+PHEANQ_TEST_MYSQL_URL are set (scripts/test sets them when the servers answer).
+A test that takes `db_url` runs once per database; `sqlite_url` runs on SQLite only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support import Beanstalkd, WorkerProcess, write_config
+
+from pheanq.config import load_settings
+from pheanq.migrate import upgrade_database
+from pheanq.service import TaskQueueService
+from pheanq.store import Store, metadata
+
+SERVER_URLS = {
+    "postgresql": os.environ.get("PHEANQ_TEST_POSTGRES_URL"),
+    "mysql": os.environ.get("PHEANQ_TEST_MYSQL_URL"),
+}
+DATABASES = ["sqlite", *(name for name, url in SERVER_URLS.items() if url)]
+
+@pytest.fixture
+def beanstalkd() -> Iterator[Beanstalkd]:
+    server = Beanstalkd().start()
+    yield server
+    server.stop()
+
+def _clear(url: str) -> None:
+    """Empty pheanq's tables on a shared server database between tests."""
+    store = Store(url)
+    with store.transaction() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def _upgraded_servers() -> dict[str, str]:
+    """Each server database, dropped of pheanq's tables and upgraded once per session."""
+    upgraded = {}
+    for name, url in SERVER_URLS.items():
+        if not url:
+            continue
+        engine = sa.create_engine(Store(url).engine.url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_task"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_alembic_version"))
+        engine.dispose()
+        store = Store(url)
+        upgrade_database(store)
+        store.close()
+        upgraded[name] = url
+    return upgraded
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'pheanq.db'}"
+    store = Store(url)
+    upgrade_database(store)
+    store.close()
+    return url
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, _upgraded_servers: dict[str, str]) -> str:
+    """An upgraded, empty database of each kind in turn."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+        return url
+    url = _upgraded_servers[request.param]
+    _clear(url)
+    return url
+
+@pytest.fixture
+def make_env(tmp_path: Path, beanstalkd: Beanstalkd) -> Callable[..., dict[str, str]]:
+    """Environment for a pheanq process: this test's beanstalkd and config file, plus `extra`."""
+
+    def make(database_url: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHEANQ_")}
+        env.update(PHEANQ_DATABASE_URL=database_url, PHEANQ_BEANSTALKD=beanstalkd.address_text,
+                   PHEANQ_CONFIG=str(tmp_path / "pheanq.toml"))
+        if not (tmp_path / "pheanq.toml").exists():
+            write_config(tmp_path)
+        env.update(extra)
+        return env
+
+    return make
+
+@pytest.fixture
+def make_service(tmp_path: Path, beanstalkd: Beanstalkd) -> Iterator[Callable[..., TaskQueueService]]:
+    """TaskQueueService factory on this test's beanstalkd; closed at the end of the test."""
+    made: list[TaskQueueService] = []
+
+    def make(database_url: str, **settings: Any) -> TaskQueueService:
+        config = load_settings({"database_url": database_url, "beanstalkd": beanstalkd.address_text, **settings},
+                               environ={})
+        service = TaskQueueService(config)
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.close()
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `pheanq task-worker ARGS` with `env` in the test's directory; killed at the end if still alive."""
+    started: list[WorkerProcess] = []
+
+    def start(args: Sequence[str], env: Mapping[str, str]) -> WorkerProcess:
+        worker = WorkerProcess(args, env, tmp_path)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
