@@ -10,10 +10,11 @@ import ctypes.util
 import dataclasses
 import functools
 import os
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -43,47 +44,70 @@ def run_child(
     keep_running: Callable[[], str | None],
     poll_seconds: float = 0.2,
 ) -> ChildResult:
-    """Run `argv` to its end. Every `poll_seconds`, `keep_running()` may return a reason to stop it."""
+    """Run `argv` to its end. Every `poll_seconds`, `keep_running()` may return a reason to stop it.
+
+    Output is read in this thread with a selector (no reader thread), and no Python code runs in the
+    forked child, so the cost of starting a command stays close to a bare fork and exec.
+    """
     started = time.monotonic()
     output = BoundedOutput(max_output)
+    unstartable = _why_not_startable(argv[0], env)
+    if unstartable is not None:
+        code, reason = unstartable
+        return ChildResult(code, f"cannot start {argv[0]!r}: {reason}", 0, None, time.monotonic() - started)
+    prefix, arm = _die_with_parent()
     try:
         process = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(env), start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            [*prefix, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(env), start_new_session=True, preexec_fn=arm,
         )
     except OSError as error:
         message = f"cannot start {argv[0]!r}: {error.strerror or error}"
         return ChildResult(127 if isinstance(error, FileNotFoundError) else 126, message,
                            0, None, time.monotonic() - started)
     assert process.stdout is not None
-    reader = threading.Thread(target=output.read_all, args=(process.stdout,), daemon=True)
-    reader.start()
+    events = _ChildEvents(process, output)
     stopped: str | None = None
-    while True:
-        try:
-            process.wait(timeout=poll_seconds)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        stopped = keep_running()
-        if stopped is not None:
-            stop_tree(process.pid)
-            process.wait()
-            break
-    # What the command left behind in its group ends with it: a task is over when its command is.
+    # Descendants seen while the child ran: one that left the group (setsid) is found again by this.
+    seen: dict[int, psutil.Process] = {}
+    next_check = started + poll_seconds
+    while process.poll() is None:
+        now = time.monotonic()
+        if now >= next_check:
+            seen.update((p.pid, p) for p in _descendants(process.pid))
+            stopped = keep_running()
+            if stopped is not None:
+                stop_tree(process.pid, child=process)
+                process.wait()
+                break
+            next_check = now + poll_seconds
+        events.wait(next_check - now)
+    # What the command left behind ends with it: a task is over when its command is.
     _signal_group(process.pid, signal.SIGKILL)
-    reader.join(timeout=5)
+    for leftover in seen.values():
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()  # psutil refuses when the pid was reused by another process
+    events.drain(deadline=time.monotonic() + 5)
     return ChildResult(process.returncode, output.render(), output.total, stopped, time.monotonic() - started)
 
 
-def stop_tree(pid: int, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM the child's process group and every descendant, then SIGKILL what is left after `grace`."""
+def stop_tree(pid: int, grace: float = STOP_GRACE_SECONDS, child: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the child's process group and every descendant, then SIGKILL what is left after `grace`.
+
+    Pass `child`, the Popen of `pid`, when `pid` is this process's own child: it is then waited for through
+    the Popen, so its exit code is kept (psutil would reap it and leave the Popen a made-up code 0).
+    """
+    started = time.monotonic()
     descendants = _descendants(pid)
     _signal_group(pid, signal.SIGTERM)
     for process in descendants:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, alive = psutil.wait_procs([p for p in [_process(pid), *descendants] if p is not None], timeout=grace)
+    leader = _process(pid) if child is None else None
+    alive = _wait_gone([p for p in [leader, *descendants] if p is not None], grace)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=max(0.0, grace - (time.monotonic() - started)))
     _signal_group(pid, signal.SIGKILL)
     for process in alive:
         with contextlib.suppress(psutil.Error):
@@ -114,11 +138,6 @@ class BoundedOutput:
         while self.tail and self.tail_size - len(self.tail[0]) >= self.tail_limit:
             self.tail_size -= len(self.tail.popleft())
 
-    def read_all(self, stream: IO[bytes]) -> None:
-        read = getattr(stream, "read1", stream.read)
-        while chunk := read(_READ_CHUNK):
-            self.add(chunk)
-
     def render(self) -> str:
         tail = b"".join(self.tail)
         if len(tail) > self.tail_limit:
@@ -128,6 +147,92 @@ class BoundedOutput:
         if cut > 0:
             text += f"\n[... pheanq cut {cut} bytes of output here ...]\n"
         return text + tail.decode("utf-8", errors="replace")
+
+
+class _ChildEvents:
+    """Waits for the child's output or its exit, whichever comes first, without polling.
+
+    The exit is a pidfd in the same selector as the output pipe (Linux 5.3+); elsewhere, once the pipe
+    is closed, the wait falls back to Popen's own polling.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], output: BoundedOutput) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.stream: IO[bytes] | None = process.stdout
+        self.output = output
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(process.stdout, selectors.EVENT_READ)
+        self.pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self.pidfd = os.pidfd_open(process.pid)
+            self.selector.register(self.pidfd, selectors.EVENT_READ)
+
+    def wait(self, seconds: float) -> None:
+        """Read output, or wait for the exit, for at most `seconds`."""
+        if self.stream is None and self.pidfd is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=max(0.0, seconds))
+            return
+        for key, _ in self.selector.select(max(0.0, seconds)):
+            if key.fileobj is self.stream:
+                self._read()
+
+    def drain(self, deadline: float) -> None:
+        """Read what is left in the pipe once the child and its group are gone, then close everything."""
+        while self.stream is not None and time.monotonic() < deadline:
+            if self.selector.select(max(0.0, deadline - time.monotonic())):
+                self._read()
+        if self.stream is not None:
+            self._close_stream()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        self.selector.close()
+
+    def _read(self) -> None:
+        assert self.stream is not None
+        chunk = os.read(self.stream.fileno(), _READ_CHUNK)
+        if chunk:
+            self.output.add(chunk)
+        else:
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        assert self.stream is not None
+        self.selector.unregister(self.stream)
+        self.stream.close()
+        self.stream = None
+
+
+def _why_not_startable(program: str, env: Mapping[str, str]) -> tuple[int, str] | None:
+    """(exit code, reason) like a shell's 127 / 126 when `program` cannot be run, else None."""
+    path = program if os.sep in program else shutil.which(program, path=env.get("PATH", os.defpath))
+    if path is None or not os.path.exists(path):
+        return 127, "No such file or directory"
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return 126, "Permission denied"
+    return None
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has ended; returns those still running after `timeout`.
+
+    A zombie has ended: waiting for its reaper (init, often slow in containers) would only delay the stop.
+    """
+    deadline = time.monotonic() + timeout
+    alive = processes
+    while True:
+        alive = [process for process in alive if _running(process)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -152,19 +257,29 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """On Linux, the child gets SIGKILL when the worker dies, even by kill -9 (PR_SET_PDEATHSIG)."""
+@functools.cache
+def _die_with_parent() -> tuple[tuple[str, ...], Callable[[], None] | None]:
+    """How the child gets SIGKILL when the worker dies, even by kill -9 (Linux's PR_SET_PDEATHSIG).
+
+    util-linux's `setpriv --pdeathsig` sets it and execs the command: about 1 ms a task. A `preexec_fn`
+    does the same from Python inside the fork, but forbids the fast spawn path: about 3 ms a task, so it
+    is only the fallback. Returns (argv prefix, preexec_fn).
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None and sys.platform.startswith("linux"):
+        return (setpriv, "--pdeathsig", "KILL", "--"), None
     prctl = _prctl()
     if prctl is None:
-        return None
+        return (), None
     pr_set_pdeathsig = 1
+    parent_pid = os.getpid()
 
     def arm() -> None:
         prctl(pr_set_pdeathsig, signal.SIGKILL)
         if os.getppid() != parent_pid:  # the worker died before the line above took effect
             os._exit(137)
 
-    return arm
+    return (), arm
 
 
 @functools.cache

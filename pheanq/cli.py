@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -11,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from pheanq.config import Settings, check_tube_name, load_settings
-from pheanq.errors import PheanqError, TaskNotSent
+from pheanq.errors import InvalidInput, NotFound, PheanqError, StoreUnavailable, WrongStatus
 from pheanq.example import ExampleTask, run_example
 from pheanq.migrate import upgrade_database
 from pheanq.report import format_status, format_task, status_report, task_report
@@ -22,12 +23,24 @@ from pheanq.worker import Worker
 PROGRESS_BAR_FROM = 100
 
 
+class _NeverRaised(click.UsageError):
+    """Stands in for NoArgsIsHelpError on click 8.1, which prints a group's help itself."""
+
+
+# click >= 8.2 raises this UsageError when a group is called without a command.
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", _NeverRaised)
+
+
 def main() -> NoReturn:
     """Entry point: errors become one line on stderr; bad input exits 2."""
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except _NO_ARGS_IS_HELP as error:
+        # A group called without a command: its help is the answer, not an error message (click >= 8.2).
+        click.echo(error.format_message(), err=True)
+        sys.exit(error.exit_code)
     except click.UsageError as error:
         where = error.ctx.command_path if error.ctx else "pheanq"
         hint = f" (see {where} --help)" if error.ctx else ""
@@ -104,6 +117,9 @@ def cli(ctx: click.Context, config_file: str | None, database_url: str | None, b
 @pass_context
 def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, max_tasks: int | None) -> None:
     """Run tasks from the tube until stopped (SIGTERM: finish the task, then exit)."""
+    # A never-upgraded database is a set-up mistake to report now; an outage the worker waits out.
+    with contextlib.suppress(StoreUnavailable):
+        context.service.store.check_schema()
     worker = Worker(context.service, context.tubes(use_tube), stop_when_empty=stop_when_empty,
                     max_tasks=max_tasks)
     sys.exit(worker.run())
@@ -120,9 +136,7 @@ def regenerate_failed_task(context: Context, ids: str, use_tube: str | None) -> 
     for task_id in task_ids:
         try:
             job_id = context.service.regenerate_task(task_id)
-        except TaskNotSent:
-            raise
-        except PheanqError as error:
+        except (NotFound, WrongStatus, InvalidInput) as error:  # a problem of this task; others stop the command
             click.echo(f"task {task_id}: not regenerated: {error}", err=True)
             problems += 1
             continue
@@ -210,7 +224,7 @@ def _parse_ids(text: str) -> list[int]:
     ids = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) == 0:
+        if not (part.isascii() and part.isdigit()) or int(part) == 0:
             raise click.BadParameter(f"{part!r} is not a task id (a positive whole number)", param_hint="'--id'")
         ids.append(int(part))
     return ids

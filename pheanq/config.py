@@ -23,7 +23,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_CONFIG_FILE = "pheanq.toml"
 
 # beanstalkd's own rule for tube names (protocol.txt: "Names").
-_TUBE_NAME = re.compile(r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]{0,199}$")
+_TUBE_NAME = re.compile(r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]{0,199}\Z")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,9 @@ def load_settings(
     for key, env_name in _ENV_NAMES.items():
         if env_name in environ:
             raw[key] = environ[env_name]
+    unknown = sorted(set(flags) - set(_PARSERS))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r} (known: {', '.join(_PARSERS)})")
     raw.update(flags)
     values: dict[str, Any] = {key: _PARSERS[key](key, value) for key, value in raw.items()}
     return Settings(config_file=str(path) if path else None, **values)
@@ -90,6 +93,8 @@ def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot be read ({error.strerror})") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path}: not valid TOML ({error})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not valid TOML (not UTF-8 text)") from None
     unknown = sorted(set(data) - set(_PARSERS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(_PARSERS)})")
@@ -101,7 +106,7 @@ def _parse_database_url(key: str, value: Any) -> str:
         raise ConfigError(f"{key}: expected a database URL string, got {value!r}")
     try:
         url = make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(f"{key}: {value!r} is not a database URL (e.g. sqlite:///pheanq.db)") from None
     if url.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise ConfigError(f"{key}: {url.get_backend_name()!r} databases are not supported "
@@ -113,7 +118,7 @@ def _parse_address(key: str, value: Any) -> tuple[str, int]:
     if isinstance(value, tuple):
         return value
     host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: {value!r} is not host:port (e.g. 127.0.0.1:11300)")
     return host.strip("[]"), int(port)
 
@@ -135,8 +140,8 @@ def _parse_bool(key: str, value: Any) -> bool:
 
 def _parse_positive_int(key: str, value: Any) -> int:
     try:
-        number = int(value)
-    except (TypeError, ValueError):
+        number = int(value) if isinstance(value, (int, str)) else 0
+    except ValueError:
         number = 0
     if isinstance(value, bool) or number <= 0:
         raise ConfigError(f"{key}: {value!r} is not a positive whole number")
@@ -151,7 +156,7 @@ def _parse_commands(key: str, value: Any) -> dict[str, tuple[str, ...]]:
     registry: dict[str, tuple[str, ...]] = {}
     for name, argv in value.items():
         if not COMMAND_NAME.match(name):
-            raise ConfigError(f"{key}.{name}: not a valid command name (A-Z a-z 0-9 _ : . -)")
+            raise ConfigError(f"{key}: {name!r} is not a valid command name (A-Z a-z 0-9 _ : . -)")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
             raise ConfigError(f"{key}.{name}: expected a non-empty list of strings, the argv prefix")
         registry[name] = tuple(argv)

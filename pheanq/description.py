@@ -13,8 +13,10 @@ from pheanq.errors import InvalidInput
 Argument = str | int
 OptionValue = str | int | bool
 
-COMMAND_NAME = re.compile(r"^[A-Za-z0-9_:.-]+$")
-OPTION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# \Z, not $: `$` also matches before a trailing newline, which would let "name\n" through.
+COMMAND_NAME = re.compile(r"^[A-Za-z0-9_:.-]+\Z")
+# An option name never starts with "-": "--" is added in front of it.
+OPTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 
 # beanstalkd's default max-job-size (-z); a larger body would be refused by the server.
 MAX_BODY_BYTES = 65535
@@ -125,7 +127,10 @@ def decode_body(raw: bytes) -> JobBody:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise MalformedBody(f"not JSON ({_preview(raw)})") from None
-    if not isinstance(data, dict) or data.get("pheanq") != BODY_VERSION:
+    except RecursionError:
+        raise MalformedBody(f"JSON nested too deeply ({_preview(raw)})") from None
+    version = data.get("pheanq") if isinstance(data, dict) else None
+    if type(version) is not int or version != BODY_VERSION:  # not true, not 1.0
         raise MalformedBody(f"not a pheanq job body ({_preview(raw)})")
     task_id = data.get("task_id")
     if not isinstance(task_id, int) or isinstance(task_id, bool) or task_id <= 0:
@@ -162,14 +167,14 @@ def _check_command(command: Any) -> str:
 def _check_argument(index: int, value: Any) -> Argument:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidInput(f"argument {index} is {type(value).__name__} {value!r}; only str and int are allowed")
-    if isinstance(value, str) and "\x00" in value:
-        raise InvalidInput(f"argument {index} contains a NUL byte, which no command line can carry")
+    if isinstance(value, str):
+        _check_text(f"argument {index}", value)
     return value
 
 
 def _check_option_name(name: Any) -> str:
     if not isinstance(name, str) or not OPTION_NAME.match(name):
-        raise InvalidInput(f"option name {name!r} is not valid (A-Z a-z 0-9 _ -)")
+        raise InvalidInput(f"option name {name!r} is not valid (A-Z a-z 0-9 _ -, not starting with -)")
     return name
 
 
@@ -177,6 +182,15 @@ def _check_option_value(name: str, value: Any) -> OptionValue:
     if not isinstance(value, (str, int)):  # bool is an int
         raise InvalidInput(f"option {name!r} is {type(value).__name__} {value!r}; only str, int and bool "
                            "are allowed")
-    if isinstance(value, str) and "\x00" in value:
-        raise InvalidInput(f"option {name!r} contains a NUL byte, which no command line can carry")
+    if isinstance(value, str):
+        _check_text(f"option {name!r}", value)
     return value
+
+
+def _check_text(what: str, value: str) -> None:
+    if "\x00" in value:
+        raise InvalidInput(f"{what} contains a NUL byte, which no command line can carry")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text (it contains a lone surrogate)") from None

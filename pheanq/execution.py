@@ -60,4 +60,6 @@ def _entry(package: WorkPackage, worker_name: str, verdict: str, output: str | N
     header = f"--- attempt {package.attempt} on {worker_name}: {verdict}\n"
     if not output:
         return header
+    # PostgreSQL refuses NUL in text (and the worker would fail on every try): show it as U+FFFD instead.
+    output = output.replace("\x00", "\ufffd")
     return header + output + ("" if output.endswith("\n") else "\n")

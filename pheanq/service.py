@@ -122,13 +122,18 @@ class TaskQueueService:
         return self.tube.touch(package.job_id)
 
     def regenerate_task(self, task_id: int) -> int:
-        """Put a failed task back into its tube as `restarted`; returns the new job id."""
+        """Put a failed task back into its tube as `restarted`; returns the new job id.
+
+        A task left `restarted` without a job (beanstalkd was away when it was regenerated) is sent again.
+        """
         row = self.store.restart_task(task_id)
         if row is None:
             found = self.store.find_task(task_id)
             if found is None:
                 raise NotFound(f"task {task_id} does not exist")
-            raise WrongStatus(f"task {task_id} is {found.status}; only failed tasks can be regenerated")
+            if found.status is not Status.RESTARTED or found.job_id is not None:
+                raise WrongStatus(f"task {task_id} is {found.status}; only failed tasks can be regenerated")
+            row = found
         body = encode_body(task_id, decode_data(row.data))
         try:
             job_id = self.tube.put(row.tube, body, row.priority, 0, row.ttr)

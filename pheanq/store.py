@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from pheanq.errors import SchemaMissing, StoreUnavailable
+from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
 from pheanq.status import CLAIMABLE, Status, sources_of
 
 metadata = sa.MetaData()
@@ -163,6 +163,11 @@ class Store:
             ).rowcount
             return self._select_row(conn, task_id) if changed == 1 else None
 
+    def check_schema(self) -> None:
+        """Raise SchemaMissing when the database was never upgraded (StoreUnavailable when it is down)."""
+        with self.transaction() as conn:
+            conn.execute(sa.select(task_table.c.id).limit(1)).all()
+
     def find_task(self, task_id: int) -> TaskRow | None:
         with self.transaction() as conn:
             return self._select_row(conn, task_id)
@@ -226,11 +231,16 @@ def create_engine(url: str) -> Engine:
     """An engine with the driver and settings pheanq wants for each backend."""
     parsed = _with_driver(make_url(url))
     backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _tune_sqlite)
-        return engine
-    return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    try:
+        if backend == "sqlite":
+            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+            sa.event.listen(engine, "connect", _tune_sqlite)
+            return engine
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    except (NoSuchModuleError, ImportError) as error:
+        safe = make_url(url).render_as_string(hide_password=True)
+        raise ConfigError(f"database_url: {safe}: the driver {parsed.drivername!r} is not available "
+                          f"({error})") from None
 
 
 def _with_driver(url: URL) -> URL:

@@ -73,6 +73,10 @@ class Worker:
                     log.info("no job is ready; stopping (--stop-when-empty)")
                     break
                 continue
+            if self._stopping():
+                # The signal came while this job was on its way: hand it back without starting it.
+                self._hand_back(package)
+                break
             self._say(f"BUSY {package.task_id}")
             self._work(package)
             self.tasks_run += 1
@@ -88,6 +92,12 @@ class Worker:
             self._record(lambda: self.service.release_task(package, outcome.log), package)
         else:
             self._record(lambda: self._finish(package, outcome), package)
+
+    def _hand_back(self, package: WorkPackage) -> None:
+        log.info("task %d: not started, the worker is stopping; it goes back to its tube", package.task_id)
+        entry = f"--- attempt {package.attempt} on {self.service.worker_name}: not started: the worker was " \
+                "stopping; the task goes back to its tube\n"
+        self._record(lambda: self.service.release_task(package, entry), package)
 
     def _finish(self, package: WorkPackage, outcome: Outcome) -> bool:
         if outcome.status is Status.DONE:
@@ -123,6 +133,11 @@ class Worker:
                 write()
                 self._backoff.reset()
                 return
+            except TubeUnavailable as error:
+                # The row is written (only the job's release failed): beanstalkd hands a job back itself
+                # when the connection that reserved it drops, and the worker's next reserve waits it out.
+                log.warning("task %d: recorded, but beanstalkd was not told: %s", package.task_id, error)
+                return
             except StoreUnavailable as error:
                 if self.interrupted:
                     log.error("task %d: result not recorded (%s); interrupted, so the job will be released "
@@ -130,7 +145,8 @@ class Worker:
                     return
                 wait = self._backoff.step()
                 log.warning("task %d: %s; result kept, retrying in %.1fs", package.task_id, error, wait)
-                self._pause(wait, lambda: self._keep_reserved(package))
+                # SIGTERM means "finish this task", so only SIGINT cuts this wait short.
+                self._pause(wait, lambda: self._keep_reserved(package), wake=lambda: self.interrupted)
 
     def _keep_reserved(self, package: WorkPackage) -> None:
         with contextlib.suppress(TubeUnavailable):
@@ -148,11 +164,13 @@ class Worker:
         self._backoff.reset()
         return result
 
-    def _pause(self, seconds: float, every_second: Callable[[], None] | None = None) -> None:
-        """Wait, but wake for a signal; `every_second` runs once a second meanwhile."""
+    def _pause(self, seconds: float, every_second: Callable[[], None] | None = None,
+               wake: Callable[[], bool] | None = None) -> None:
+        """Wait, but wake when `wake()` (default: any stop signal) says so; `every_second` runs meanwhile."""
+        wake = wake or self._stopping
         deadline = time.monotonic() + seconds
         last = time.monotonic()
-        while not self._stopping() and time.monotonic() < deadline:
+        while not wake() and time.monotonic() < deadline:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
             if every_second is not None and time.monotonic() - last >= 1:
                 every_second()

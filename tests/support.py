@@ -165,3 +165,30 @@ class WorkerProcess:
     def log(self) -> str:
         return "\n".join(self.errors)
 
+
+
+def server_database_urls() -> dict[str, str]:
+    """The server databases the tests may use, by kind: PHEANQ_TEST_POSTGRES_URL and PHEANQ_TEST_MYSQL_URL."""
+    urls = {"postgresql": os.environ.get("PHEANQ_TEST_POSTGRES_URL"), "mysql": os.environ.get("PHEANQ_TEST_MYSQL_URL")}
+    return {kind: url for kind, url in urls.items() if url}
+
+
+def drop_pheanq_tables(url: str) -> None:
+    """Make `url` a never-upgraded database again: pheanq's table and its alembic version table dropped."""
+    from pheanq.store import Store
+
+    store = Store(url)
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_task")
+            conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_alembic_version")
+    finally:
+        store.close()
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failed pheanq command wrote on stderr; fails on a traceback or any other line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    return lines[0]

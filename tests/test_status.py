@@ -1,0 +1,79 @@
+"""The status table is the single statement of a task's life: which statuses a worker may claim, which are
+final, and that no move leaves `done` or skips `working`."""
+
+from __future__ import annotations
+
+import pytest
+
+from pheanq.status import CLAIMABLE, FINAL, TRANSITIONS, Status, can_move, sources_of
+
+
+def test_the_original_status_names_are_kept() -> None:
+    assert {status.value for status in Status} >= {"new", "working", "done", "failed", "restarted", "stalled"}
+    assert str(Status.DONE) == "done"
+    assert Status("failed") is Status.FAILED
+
+
+def test_a_worker_may_claim_new_restarted_and_stalled_tasks_only() -> None:
+    assert {Status.NEW, Status.RESTARTED, Status.STALLED} == CLAIMABLE
+
+
+def test_done_and_failed_are_final() -> None:
+    assert {Status.DONE, Status.FAILED} == FINAL
+    assert not CLAIMABLE & FINAL
+    assert Status.WORKING not in CLAIMABLE | FINAL
+
+
+@pytest.mark.parametrize("target", list(Status))
+def test_nothing_moves_out_of_done(target: Status) -> None:
+    assert not can_move(Status.DONE, target)
+
+
+def test_a_failed_task_only_moves_when_regenerated() -> None:
+    assert {target for (source, target) in TRANSITIONS if source is Status.FAILED} == {Status.RESTARTED}
+    assert sources_of(Status.RESTARTED) == {Status.FAILED}
+
+
+def test_only_a_working_task_can_end_done_or_failed() -> None:
+    assert sources_of(Status.DONE) == {Status.WORKING}
+    assert sources_of(Status.FAILED) == {Status.WORKING}
+
+
+def test_a_task_goes_back_to_new_only_from_working() -> None:
+    assert sources_of(Status.NEW) == {Status.WORKING}
+
+
+def test_only_a_working_task_stalls() -> None:
+    assert sources_of(Status.STALLED) == {Status.WORKING}
+
+
+def test_every_claimable_status_moves_to_working_and_a_takeover_stays_working() -> None:
+    assert sources_of(Status.WORKING) == CLAIMABLE | {Status.WORKING}
+
+
+def test_every_status_is_reachable_from_new() -> None:
+    reached = {Status.NEW}
+    frontier = [Status.NEW]
+    while frontier:
+        source = frontier.pop()
+        for (start, target) in TRANSITIONS:
+            if start is source and target not in reached:
+                reached.add(target)
+                frontier.append(target)
+    assert reached == set(Status)
+
+
+def test_every_move_says_why_it_happens() -> None:
+    assert TRANSITIONS
+    for (source, target), reason in TRANSITIONS.items():
+        assert isinstance(source, Status) and isinstance(target, Status)
+        assert reason.strip(), (source, target)
+
+
+def test_moves_not_in_the_table_are_refused() -> None:
+    assert can_move(Status.NEW, Status.WORKING)
+    assert not can_move(Status.NEW, Status.DONE)
+    assert not can_move(Status.NEW, Status.FAILED)
+    assert not can_move(Status.RESTARTED, Status.DONE)
+    assert not can_move(Status.FAILED, Status.WORKING)
+    assert not can_move(Status.FAILED, Status.NEW)
