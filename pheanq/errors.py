@@ -45,6 +45,6 @@ class TubeUnavailable(PheanqError):
 class TaskNotSent(TubeUnavailable):
     """The task row is recorded, but its job could not be put into beanstalkd."""
 
-    def __init__(self, task_id: int, reason: str) -> None:
-        super().__init__(f"task {task_id} is recorded as new but was not sent to beanstalkd: {reason}")
+    def __init__(self, task_id: int, reason: str, status: str = "new") -> None:
+        super().__init__(f"task {task_id} is recorded as {status} but was not sent to beanstalkd: {reason}")
         self.task_id = task_id

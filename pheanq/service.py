@@ -80,7 +80,7 @@ class TaskQueueService:
             job_id = self.tube.put(tube, encode_body(task_id, description), priority, delay, ttr)
         except (TubeUnavailable, InvalidInput) as error:
             raise TaskNotSent(task_id, str(error)) from None
-        self.store.set_job_id(task_id, job_id)
+        self._record_job_id(task_id, job_id)
         return task_id
 
     def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1) -> WorkPackage | None:
@@ -138,8 +138,8 @@ class TaskQueueService:
         try:
             job_id = self.tube.put(row.tube, body, row.priority, 0, row.ttr)
         except TubeUnavailable as error:
-            raise TaskNotSent(task_id, str(error)) from None
-        self.store.set_job_id(task_id, job_id)
+            raise TaskNotSent(task_id, str(error), Status.RESTARTED.value) from None
+        self._record_job_id(task_id, job_id)
         return job_id
 
     def clean_up_tasks(self, period_seconds: int) -> int:
@@ -157,6 +157,14 @@ class TaskQueueService:
         if row is None:
             raise NotFound(f"task {task_id} does not exist")
         return row
+
+    def _record_job_id(self, task_id: int, job_id: int) -> None:
+        """Note the job id on the row. The job is already out: failing here must not make the caller
+        queue the task again, and the worker that claims the job records the id anyway."""
+        try:
+            self.store.set_job_id(task_id, job_id)
+        except StoreUnavailable as error:
+            log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
 
     def _claim(self, job: ReservedJob) -> WorkPackage | None:
         try:

@@ -371,6 +371,7 @@ def test_a_regeneration_beanstalkd_did_not_take_is_sent_again_by_the_next_regene
         finally:
             beanstalkd.process.send_signal(signal.SIGCONT)
         assert caught.value.task_id == task_id
+        assert f"task {task_id} is recorded as restarted but was not sent" in str(caught.value)
         row = service.find_task(task_id)
         assert (row.status, row.job_id) == (Status.RESTARTED, None)
 
