@@ -31,6 +31,11 @@ EXIT_INTERRUPTED = 130
 RESERVE_TIMEOUT = 1  # seconds; bounds how long a signal waits to be noticed while idle
 
 
+def lease_interval(package: WorkPackage) -> float:
+    """How often a held job is touched: three times per TTR, so one late touch still keeps it."""
+    return max(0.2, package.row.ttr / 3)
+
+
 class Backoff:
     """Capped exponential waits between retries against a service that went away."""
 
@@ -106,7 +111,7 @@ class Worker:
 
     def _lease(self, package: WorkPackage) -> Callable[[], str | None]:
         """While the child runs: touch the job before its TTR runs out; say when the child must stop."""
-        interval = max(0.2, package.row.ttr / 3)
+        interval = lease_interval(package)
         next_touch = time.monotonic() + interval
 
         def keep_running() -> str | None:
@@ -146,7 +151,8 @@ class Worker:
                 wait = self._backoff.step()
                 log.warning("task %d: %s; result kept, retrying in %.1fs", package.task_id, error, wait)
                 # SIGTERM means "finish this task", so only SIGINT cuts this wait short.
-                self._pause(wait, lambda: self._keep_reserved(package), wake=lambda: self.interrupted)
+                self._pause(wait, lambda: self._keep_reserved(package), lease_interval(package),
+                            wake=lambda: self.interrupted)
 
     def _keep_reserved(self, package: WorkPackage) -> None:
         with contextlib.suppress(TubeUnavailable):
@@ -164,16 +170,16 @@ class Worker:
         self._backoff.reset()
         return result
 
-    def _pause(self, seconds: float, every_second: Callable[[], None] | None = None,
+    def _pause(self, seconds: float, meanwhile: Callable[[], None] | None = None, every: float = 1.0,
                wake: Callable[[], bool] | None = None) -> None:
-        """Wait, but wake when `wake()` (default: any stop signal) says so; `every_second` runs meanwhile."""
+        """Wait, but wake when `wake()` (default: any stop signal) says so; `meanwhile` runs `every` seconds."""
         wake = wake or self._stopping
         deadline = time.monotonic() + seconds
         last = time.monotonic()
         while not wake() and time.monotonic() < deadline:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-            if every_second is not None and time.monotonic() - last >= 1:
-                every_second()
+            if meanwhile is not None and time.monotonic() - last >= every:
+                meanwhile()
                 last = time.monotonic()
 
     def _stopping(self) -> bool:
