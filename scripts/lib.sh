@@ -31,14 +31,24 @@ ensure_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; apt_install python3-venv; "$PYTHON" -m venv "$VENV"; }
     fi
-    stamp=$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)-$extras
-    if [ "$(cat "$VENV/.pheanq-installed" 2>/dev/null)" != "$stamp" ]; then
+    stamp=$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)
+    if ! venv_has "$stamp" "$extras"; then
         say "installing pheanq${extras:+[$extras]} into .venv"
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}" \
             2> >(grep -v '^WARNING: Location' >&2)
-        echo "$stamp" > "$VENV/.pheanq-installed"
+        echo "$stamp $extras" > "$VENV/.pheanq-installed"
     fi
+}
+
+# venv_has STAMP EXTRAS: the venv was installed from these packaging files with at least these extras.
+venv_has() {
+    local installed_stamp installed_extras extra
+    read -r installed_stamp installed_extras < "$VENV/.pheanq-installed" 2>/dev/null || return 1
+    [ "$installed_stamp" = "$1" ] || return 1
+    for extra in ${2//,/ }; do
+        [[ ",$installed_extras," == *",$extra,"* ]] || return 1
+    done
 }
 
 ensure_beanstalkd() {
