@@ -55,7 +55,7 @@ def run_child(
     if unstartable is not None:
         code, reason = unstartable
         return ChildResult(code, f"cannot start {argv[0]!r}: {reason}", 0, None, time.monotonic() - started)
-    prefix, arm = _die_with_parent()
+    prefix, arm = die_with_parent(signal.SIGKILL)
     try:
         process = subprocess.Popen(
             [*prefix, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -258,8 +258,8 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 @functools.cache
-def _die_with_parent() -> tuple[tuple[str, ...], Callable[[], None] | None]:
-    """How the child gets SIGKILL when the worker dies, even by kill -9 (Linux's PR_SET_PDEATHSIG).
+def die_with_parent(signum: int) -> tuple[tuple[str, ...], Callable[[], None] | None]:
+    """How a child gets `signum` when its parent dies, even by kill -9 (Linux's PR_SET_PDEATHSIG).
 
     util-linux's `setpriv --pdeathsig` sets it and execs the command: about 1 ms a task. A `preexec_fn`
     does the same from Python inside the fork, but forbids the fast spawn path: about 3 ms a task, so it
@@ -267,15 +267,15 @@ def _die_with_parent() -> tuple[tuple[str, ...], Callable[[], None] | None]:
     """
     setpriv = shutil.which("setpriv")
     if setpriv is not None and sys.platform.startswith("linux"):
-        return (setpriv, "--pdeathsig", "KILL", "--"), None
-    prctl = _prctl()
+        return (setpriv, "--pdeathsig", signal.Signals(signum).name.removeprefix("SIG"), "--"), None
+    prctl = linux_prctl()
     if prctl is None:
         return (), None
     pr_set_pdeathsig = 1
     parent_pid = os.getpid()
 
     def arm() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        prctl(pr_set_pdeathsig, signum)
         if os.getppid() != parent_pid:  # the worker died before the line above took effect
             os._exit(137)
 
@@ -283,7 +283,7 @@ def _die_with_parent() -> tuple[tuple[str, ...], Callable[[], None] | None]:
 
 
 @functools.cache
-def _prctl() -> Callable[..., int] | None:
+def linux_prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     libc_name = ctypes.util.find_library("c")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -15,12 +18,21 @@ from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.errors import InvalidInput, NotFound, PheanqError, StoreUnavailable, WrongStatus
 from pheanq.example import ExampleTask, run_example
 from pheanq.migrate import upgrade_database
+from pheanq.pool import PoolLimits
 from pheanq.report import format_status, format_task, status_report, task_report
 from pheanq.service import TaskQueueService
+from pheanq.tender import Tender, TenderOptions
+from pheanq.tenders import default_run_dir, stop_tenders
 from pheanq.worker import Worker
 
 # Above this many tasks, add-example-task draws a progress bar.
 PROGRESS_BAR_FROM = 100
+# Commands that log what they do at INFO level without -v.
+LONG_RUNNING = ("task-worker", "worker-tender")
+# What a worker-tender runs when --worker-command is not given: this installation's task-worker.
+DEFAULT_WORKER_COMMAND = [sys.executable, "-m", "pheanq", "task-worker"]
+# The global flags a tender hands on to its workers, so they reach the same settings.
+_FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_URL", "beanstalkd": "PHEANQ_BEANSTALKD"}
 
 
 class _NeverRaised(click.UsageError):
@@ -80,6 +92,10 @@ class Context:
             self._service = TaskQueueService(self.settings)
         return self._service
 
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.settings.run_dir) if self.settings.run_dir else default_run_dir()
+
     def tubes(self, use_tube: str | None) -> list[str]:
         if use_tube is None:
             return [self.settings.default_tube]
@@ -103,7 +119,7 @@ def _use_tube_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[
 def cli(ctx: click.Context, config_file: str | None, database_url: str | None, beanstalkd: str | None,
         verbose: int) -> None:
     """pheanq: a beanstalkd job queue whose SQL table says where every task is."""
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose or ctx.invoked_subcommand == "task-worker" \
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose or ctx.invoked_subcommand in LONG_RUNNING \
         else logging.WARNING
     logging.basicConfig(stream=sys.stderr, level=level,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
@@ -123,6 +139,62 @@ def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, m
     worker = Worker(context.service, context.tubes(use_tube), stop_when_empty=stop_when_empty,
                     max_tasks=max_tasks)
     sys.exit(worker.run())
+
+
+@cli.command("worker-tender")
+@_use_tube_option("Tube(s) the workers take tasks from, comma-separated.")
+@click.option("--worker-command", metavar="COMMAND", help="The worker to run, as a command line; "
+              "`--use-tube T` is appended. [default: this installation's `pheanq task-worker`]")
+@click.option("--min-workers", type=click.IntRange(min=0), default=2, show_default=True, metavar="N")
+@click.option("--spare-workers", type=click.IntRange(min=0), default=1, show_default=True, metavar="N",
+              help="Idle workers to keep ready.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=5, show_default=True, metavar="N")
+@click.option("--max-worker-age", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
+              help="Retire a worker this old (after its current task).")
+@click.option("--max-worker-buffer", type=click.IntRange(min=0), default=6_000_000, show_default=True,
+              metavar="BYTES", help="Retire a worker that has printed more than this.")
+@click.option("--max-worker-memory", type=click.FloatRange(min=1), metavar="MB",
+              help="Retire a worker whose resident memory, with its children's, exceeds this.")
+@click.option("--max-worker-tasks", type=click.IntRange(min=1), metavar="N", help="Retire a worker after N tasks.")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
+              metavar="SECONDS", help="On SIGTERM, how long running tasks may take before they are interrupted.")
+@click.option("--allow-second-tender", is_flag=True, help="Run even if a tender for the tube runs here already.")
+@pass_context
+def worker_tender(context: Context, use_tube: str | None, worker_command: str | None, min_workers: int,
+                  spare_workers: int, max_workers: int, max_worker_age: float, max_worker_buffer: int,
+                  max_worker_memory: float | None, max_worker_tasks: int | None, shutdown_timeout: float,
+                  allow_second_tender: bool) -> None:
+    """Keep a pool of task-workers alive for the tube (SIGTERM: drain and stop; SIGHUP: replace them)."""
+    command = DEFAULT_WORKER_COMMAND if worker_command is None else _split_command(worker_command)
+    limits = PoolLimits(min_workers, spare_workers, max_workers, max_worker_age, max_worker_buffer,
+                        max_worker_memory, max_worker_tasks)
+    problem = limits.problem()
+    if problem is not None:
+        raise click.UsageError(problem)
+    worker_env = {_FLAG_ENV[key]: str(value) for key, value in context.flags.items() if value is not None}
+    if "PHEANQ_CONFIG" in worker_env:
+        worker_env["PHEANQ_CONFIG"] = os.path.abspath(worker_env["PHEANQ_CONFIG"])
+    options = TenderOptions(context.tubes(use_tube), command, limits, shutdown_timeout, allow_second_tender,
+                            worker_env)
+    sys.exit(Tender(options, context.run_dir, context.service).run())
+
+
+@cli.command("stop-worker-tender")
+@_use_tube_option("Stop the tender(s) of this tube.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=120, show_default=True, metavar="SECONDS",
+              help="How long to wait for them to finish their tasks and exit.")
+@pass_context
+def stop_worker_tender(context: Context, use_tube: str | None, timeout: float) -> None:
+    """Stop the worker-tender(s) of a tube on this machine and wait until they are gone."""
+    tube = context.tubes(use_tube)[0]
+    stopped, running = stop_tenders(context.run_dir, tube, timeout)
+    if not stopped and not running:
+        click.echo(f"no worker-tender for tube {tube} runs on this machine")
+    for record in stopped:
+        click.echo(f"stopped worker-tender {record.pid} (tubes {','.join(record.tubes)})")
+    if running:
+        pids = ", ".join(str(record.pid) for record in running)
+        raise PheanqError(f"worker-tender(s) {pids} still running after {timeout:.0f}s")
 
 
 @cli.command("regenerate-failed-task")
@@ -218,6 +290,16 @@ def show(context: Context, task_id: int, as_json: bool) -> None:
     """One task: its status, times, worker and log."""
     report = task_report(context.service.find_task(task_id))
     click.echo(json.dumps(report, indent=2) if as_json else format_task(report))
+
+
+def _split_command(text: str) -> list[str]:
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r} is not a command line: {error}", param_hint="'--worker-command'") from None
+    if not argv:
+        raise click.BadParameter("is empty", param_hint="'--worker-command'")
+    return argv
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -35,6 +35,7 @@ class Settings:
     log_worker_output_on_failure: bool = True
     log_worker_output_on_success: bool = False
     max_log_bytes: int = 65536
+    run_dir: str | None = None      # where worker-tenders keep their lock files; None: the platform's default
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -138,6 +139,12 @@ def _parse_bool(key: str, value: Any) -> bool:
     raise ConfigError(f"{key}: {value!r} is not a boolean (true/false)")
 
 
+def _parse_directory(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigError(f"{key}: expected a directory path, got {value!r}")
+    return value
+
+
 def _parse_positive_int(key: str, value: Any) -> int:
     try:
         number = int(value) if isinstance(value, (int, str)) else 0
@@ -171,6 +178,7 @@ _PARSERS = {
     "log_worker_output_on_failure": _parse_bool,
     "log_worker_output_on_success": _parse_bool,
     "max_log_bytes": _parse_positive_int,
+    "run_dir": _parse_directory,
 }
 
 _ENV_NAMES = {
@@ -180,4 +188,5 @@ _ENV_NAMES = {
     "log_worker_output_on_failure": "PHEANQ_LOG_WORKER_OUTPUT_ON_FAILURE",
     "log_worker_output_on_success": "PHEANQ_LOG_WORKER_OUTPUT_ON_SUCCESS",
     "max_log_bytes": "PHEANQ_MAX_LOG_BYTES",
+    "run_dir": "PHEANQ_RUN_DIR",
 }

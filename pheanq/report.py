@@ -10,8 +10,10 @@ from pheanq.description import decode_data
 from pheanq.errors import InvalidInput, TubeUnavailable
 from pheanq.service import TaskQueueService
 from pheanq.status import Status
-from pheanq.store import TaskRow
+from pheanq.store import PoolRow, TaskRow
 
+# A tender reports every 2 s; one silent for longer than this is shown as possibly gone.
+STALE_REPORT_SECONDS = 15
 # beanstalkd's per-tube figures shown beside the table's counts.
 TUBE_FIGURES = ("current-jobs-ready", "current-jobs-reserved", "current-jobs-delayed", "current-jobs-buried",
                 "current-watching")
@@ -29,6 +31,7 @@ def status_report(service: TaskQueueService) -> dict[str, Any]:
     }
     for tube, status, count in counts:
         report["tubes"][tube]["tasks"][status.value] = count
+    report["pool"] = pool_report(service.list_pool())
     try:
         for tube in tubes:
             stats = service.tube.tube_stats(tube)
@@ -36,6 +39,21 @@ def status_report(service: TaskQueueService) -> dict[str, Any]:
     except TubeUnavailable as error:
         report["beanstalkd_error"] = str(error)
     return report
+
+
+def pool_report(rows: list[PoolRow]) -> list[dict[str, Any]]:
+    """Each worker-tender as it last reported itself, with its workers."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tenders: list[dict[str, Any]] = []
+    for row in rows:
+        entry = {"pid": row.pid, "state": row.state, "task_id": row.task_id,
+                 "age_seconds": round((now - row.started).total_seconds(), 1)}
+        if row.kind == "tender":
+            tenders.append({"host": row.host, **entry, "tubes": row.tubes.split(","),
+                            "reported_seconds_ago": round((now - row.heartbeat).total_seconds(), 1), "workers": []})
+        elif tenders and tenders[-1]["pid"] == row.tender_pid and tenders[-1]["host"] == row.host:
+            tenders[-1]["workers"].append(entry)
+    return tenders
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -54,7 +72,29 @@ def format_status(report: dict[str, Any]) -> str:
                                for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
     if report["beanstalkd_error"]:
         lines.append(f"beanstalkd: {report['beanstalkd_error']}")
+    lines.append("")
+    if not report["pool"]:
+        lines.append("worker-tenders: none reported")
+    for tender in report["pool"]:
+        silent = tender["reported_seconds_ago"]
+        note = f"  (no report for {silent:.0f}s: gone?)" if silent > STALE_REPORT_SECONDS else ""
+        lines.append(f"worker-tender {tender['host']}:{tender['pid']}  tubes {','.join(tender['tubes'])}  "
+                     f"{tender['state']}  up {_duration(tender['age_seconds'])}  "
+                     f"{len(tender['workers'])} worker(s){note}")
+        for worker in tender["workers"]:
+            task = f"task {worker['task_id']}" if worker["task_id"] is not None else "-"
+            lines.append(f"  worker {worker['pid']:<8} {worker['state']:<9} {task:<12} "
+                         f"age {_duration(worker['age_seconds'])}")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def task_report(row: TaskRow) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pheanq.description import (
 )
 from pheanq.errors import InvalidInput, NotFound, StoreUnavailable, TaskNotSent, TubeUnavailable, WrongStatus
 from pheanq.status import Status
-from pheanq.store import ClaimOutcome, Store, TaskRow
+from pheanq.store import ClaimOutcome, PoolRow, Store, TaskRow
 from pheanq.tube import ReservedJob, Tube
 
 log = logging.getLogger("pheanq.service")
@@ -157,6 +157,13 @@ class TaskQueueService:
         if row is None:
             raise NotFound(f"task {task_id} does not exist")
         return row
+
+    def report_pool(self, host: str, tender_pid: int, rows: list[PoolRow]) -> None:
+        """Replace what a worker-tender last reported of its pool (an empty list removes it)."""
+        self.store.replace_pool(host, tender_pid, rows)
+
+    def list_pool(self) -> list[PoolRow]:
+        return self.store.list_pool()
 
     def _record_job_id(self, task_id: int, job_id: int) -> None:
         """Note the job id on the row. The job is already out: failing here must not make the caller

@@ -53,6 +53,37 @@ task_table = sa.Table(
 )
 
 
+# What each worker-tender last reported of its pool: one row for the tender, one per worker.
+pool_table = sa.Table(
+    "pheanq_worker",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("tender_pid", sa.Integer(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("tubes", sa.String(1024), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("task_id", sa.BigInteger(), nullable=True),
+    sa.Column("started", _Timestamp, nullable=False),
+    sa.Column("heartbeat", _Timestamp, nullable=False),
+    sa.Index("ix_pheanq_worker_host_tender", "host", "tender_pid"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRow:
+    host: str
+    tender_pid: int
+    pid: int
+    kind: str               # "tender" or "worker"
+    tubes: str              # comma-separated
+    state: str
+    task_id: int | None
+    started: dt.datetime
+    heartbeat: dt.datetime
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskRow:
     id: int
@@ -185,6 +216,21 @@ class Store:
             return int(conn.execute(
                 task_table.delete().where(c.status == Status.DONE.value, c.finished < cutoff)
             ).rowcount)
+
+    def replace_pool(self, host: str, tender_pid: int, rows: list[PoolRow]) -> None:
+        """Replace what this tender reported before with `rows` (one transaction)."""
+        c = pool_table.c
+        with self.transaction() as conn:
+            conn.execute(pool_table.delete().where(c.host == host, c.tender_pid == tender_pid))
+            if rows:
+                conn.execute(pool_table.insert(), [dataclasses.asdict(row) for row in rows])
+
+    def list_pool(self) -> list[PoolRow]:
+        c = pool_table.c
+        query = sa.select(*[column for column in pool_table.c if column.name != "id"]) \
+            .order_by(c.host, c.tubes, c.tender_pid, c.kind, c.pid)  # "tender" sorts before "worker"
+        with self.transaction() as conn:
+            return [PoolRow(**dict(row)) for row in conn.execute(query).mappings()]
 
     def _move(self, task_id: int, attempt: int, target: Status, **values: Any) -> bool:
         c = task_table.c

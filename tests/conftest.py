@@ -52,6 +52,7 @@ def _upgraded_servers() -> dict[str, str]:
         engine = sa.create_engine(Store(url).engine.url)
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_task"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_worker"))
             conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_alembic_version"))
         engine.dispose()
         store = Store(url)

@@ -182,6 +182,7 @@ def drop_pheanq_tables(url: str) -> None:
     try:
         with store.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_task")
+            conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_worker")
             conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_alembic_version")
     finally:
         store.close()
