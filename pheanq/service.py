@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.description import (
@@ -83,17 +83,23 @@ class TaskQueueService:
         self._record_job_id(task_id, job_id)
         return task_id
 
-    def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1) -> WorkPackage | None:
+    def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1,
+                     still_wanted: Callable[[], bool] = lambda: True) -> WorkPackage | None:
         """Reserve and claim the next task, or None when no job came within `timeout` seconds.
 
         Jobs that must not run are dealt with on the way: a body that is not ours, or
         names no row, is buried; a job for a finished task, or a duplicate of a held
-        one, is deleted without running anything.
+        one, is deleted without running anything. If `still_wanted()` turns false while
+        a job is on its way (the worker got a stop signal), the job is handed back
+        unclaimed: the task's row is not touched.
         """
         watched = [tubes] if isinstance(tubes, str) else list(tubes)
         while True:
             job = self.tube.reserve(watched, timeout)
             if job is None:
+                return None
+            if not still_wanted():
+                self.tube.close()  # beanstalkd releases a reserved job, with its own priority, on disconnect
                 return None
             try:
                 package = self._claim(job)

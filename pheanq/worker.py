@@ -72,14 +72,16 @@ class Worker:
                  self.service.tube.name)
         self._say("READY")
         while not self._stopping() and (self.max_tasks is None or self.tasks_run < self.max_tasks):
-            package = self._retrying(lambda: self.service.reserve_task(self.tubes, RESERVE_TIMEOUT))
+            package = self._retrying(lambda: self.service.reserve_task(
+                self.tubes, RESERVE_TIMEOUT, still_wanted=lambda: not self._stopping()))
             if package is None:
                 if self.stop_when_empty and not self._stopping():
                     log.info("no job is ready; stopping (--stop-when-empty)")
                     break
                 continue
-            if self._stopping():
-                # The signal came while this job was on its way: hand it back without starting it.
+            if self.interrupted:
+                # SIGINT came while this job was being claimed: hand it back without starting it. (After
+                # SIGTERM a task already claimed is the current task: it runs, and no other follows.)
                 self._hand_back(package)
                 break
             self._say(f"BUSY {package.task_id}")

@@ -108,7 +108,8 @@ def test_status_counts_tasks_per_tube_and_status_beside_beanstalkds_figures(
     header = lines[2].split()
     assert header == ["tube", *(s.value for s in Status), "|", "ready", "reserved", "delayed", "buried",
                       "watching"]
-    rows = {line.split()[0]: dict(zip(header, line.split(), strict=True)) for line in lines[3:]}
+    table = lines[3:lines.index("", 3)]  # the pool of worker-tenders follows after a blank line
+    rows = {line.split()[0]: dict(zip(header, line.split(), strict=True)) for line in table}
     assert set(rows) == {"pheanq", "other"}
     assert {k: rows["pheanq"][k] for k in ("new", "working", "done", "failed", "ready", "reserved")} == {
         "new": "1", "working": "1", "done": "1", "failed": "0", "ready": "1", "reserved": "1"}
@@ -135,8 +136,10 @@ def test_status_without_beanstalkd_still_shows_the_tables_counts_and_says_it_is_
 
     pheanq_row = next(line.split() for line in as_text.stdout.splitlines() if line.startswith("pheanq "))
     assert pheanq_row == ["pheanq", "1", "1", "1", "0", "0", "0", "|", "-", "-", "-", "-", "-"]
-    assert as_text.stdout.splitlines()[-1].startswith(f"beanstalkd: beanstalkd at {beanstalkd.address_text} is "
-                                                      "unreachable")
+    text_lines = as_text.stdout.splitlines()
+    below_table = text_lines[text_lines.index("", 3) - 1]  # the line under the table, before the pool
+    assert below_table.startswith(f"beanstalkd: beanstalkd at {beanstalkd.address_text} is unreachable")
+    assert "worker-tenders: none reported" in text_lines
 
 
 def test_show_prints_a_task_with_its_log_as_text_and_json(
