@@ -40,6 +40,19 @@ class PoolLimits:
             return "--max-workers must be at least 1"
         if self.min_workers > self.max_workers:
             return f"--min-workers ({self.min_workers}) is more than --max-workers ({self.max_workers})"
+        if self.min_workers == 0 and self.spare_workers == 0:
+            return "--min-workers and --spare-workers are both 0: no worker would ever start"
+        # Limits every worker passes at once would retire each one as it starts, forever.
+        if self.max_worker_age <= 0:
+            return "--max-worker-age must be more than 0"
+        if self.max_worker_buffer <= 0:
+            return "--max-worker-buffer must be more than 0"
+        if self.max_worker_memory is not None and self.max_worker_memory <= 0:
+            return "--max-worker-memory must be more than 0"
+        if self.max_worker_tasks is not None and self.max_worker_tasks < 1:
+            return "--max-worker-tasks must be at least 1"
+        if self.surplus_idle_seconds < 0:
+            return "the idle time before a surplus worker is retired must be 0 or more"
         return None
 
 
@@ -73,8 +86,9 @@ def retire_reason(worker: WorkerView, limits: PoolLimits) -> str | None:
     if limits.max_worker_memory is not None and worker.memory_mb is not None \
             and worker.memory_mb > limits.max_worker_memory:
         return f"uses more than --max-worker-memory ({worker.memory_mb:.0f} > {limits.max_worker_memory:.0f} MB)"
-    if limits.max_worker_tasks is not None and worker.tasks_started >= limits.max_worker_tasks \
-            and worker.state is not WorkerState.BUSY:
+    # Busy on its last task or past it (under steady load READY and BUSY may come within one tick, so the
+    # tender need never see it idle): SIGTERM lets it finish the task in hand, then it exits.
+    if limits.max_worker_tasks is not None and worker.tasks_started >= limits.max_worker_tasks:
         return f"ran --max-worker-tasks ({worker.tasks_started}) tasks"
     return None
 
@@ -110,4 +124,4 @@ def restart_delay(quick_deaths: int) -> float:
     """Seconds to wait before starting a worker after `quick_deaths` deaths in a row right after start."""
     if quick_deaths <= 0:
         return 0.0
-    return float(min(60.0, 0.5 * 2 ** (quick_deaths - 1)))
+    return min(60.0, 0.5 * 2.0 ** min(quick_deaths - 1, 16))  # exponent capped: 2 ** 1024 overflows a float

@@ -1,6 +1,6 @@
 """Which worker-tenders run on this machine, found through lock files, never by reading `ps`.
 
-Each running tender holds an exclusive `flock` on its own file `tender-<pid>.json` in the run
+Each running tender holds an exclusive `flock` on its own file `tender-<pid>-<n>.json` in the run
 directory; the kernel drops the lock when the process ends, however it ends, so a file whose
 lock can be taken is a leftover. Registering and listing happen under a lock on the directory,
 so two tenders starting at once cannot both miss each other.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -20,7 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from pheanq.errors import PheanqError
+
+_serial = itertools.count(1)  # one file per registration, even two in one process
 
 
 class TenderRunning(PheanqError):
@@ -56,7 +61,7 @@ class Registration:
         self.tubes = tuple(tubes)
         self.beanstalkd = beanstalkd
         self.allow_second = allow_second
-        self.path = run_dir / f"tender-{os.getpid()}.json"
+        self.path = run_dir / f"tender-{os.getpid()}-{next(_serial)}.json"
         self._handle: IO[str] | None = None
 
     def register(self) -> None:
@@ -93,7 +98,10 @@ def running_tenders(run_dir: Path) -> list[TenderRecord]:
 
 
 def stop_tenders(run_dir: Path, tube: str, timeout: float) -> tuple[list[TenderRecord], list[TenderRecord]]:
-    """SIGTERM every tender of `tube` here and wait until they are gone; returns (stopped, still running)."""
+    """SIGTERM every tender of `tube` here and wait until they are gone; returns (stopped, still running).
+
+    A tender releases its lock just before it exits, so gone means its lock released *and* its process ended.
+    """
     targets = [record for record in running_tenders(run_dir) if record.serves(tube)]
     for record in targets:
         with contextlib.suppress(ProcessLookupError):
@@ -101,7 +109,7 @@ def stop_tenders(run_dir: Path, tube: str, timeout: float) -> tuple[list[TenderR
     deadline = time.monotonic() + timeout
     waiting = list(targets)
     while waiting and time.monotonic() < deadline:
-        waiting = [record for record in waiting if _is_locked(record.path)]
+        waiting = [record for record in waiting if _is_locked(record.path) or not _ended(record.pid)]
         if waiting:
             time.sleep(0.1)
     stopped = [record for record in targets if record not in waiting]
@@ -122,6 +130,16 @@ def _live_records(run_dir: Path) -> list[TenderRecord]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written right now, or not ours
     return records
+
+
+def _ended(pid: int) -> bool:
+    """True once process `pid` no longer runs: it does not exist, or it is a zombie its parent has not reaped."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def _is_locked(path: Path) -> bool:
