@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,12 +45,13 @@ from pheanq.tenders import Registration
 log = logging.getLogger("pheanq.tender")
 
 TICK_SECONDS = 0.1
-QUICK_DEATH_SECONDS = 10.0      # a worker dying sooner than this after its start counts towards a crash loop
+QUICK_DEATH_SECONDS = 10.0      # a worker failing sooner than this after its start counts towards a crash loop
 START_REPORT_SECONDS = 30.0     # a worker silent this long after its start is hung: killed, counted as a crash
 INTERRUPT_GRACE_SECONDS = 5.0   # after SIGINT at the shutdown timeout, this long before SIGKILL
 MEMORY_EVERY_SECONDS = 2.0
 ORPHANS_EVERY_SECONDS = 1.0
 REPORT_EVERY_SECONDS = 2.0
+FINAL_REPORT_WAIT_SECONDS = 10.0  # at exit, how long the report in flight may take before the final one is written
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -78,6 +80,7 @@ class Worker:
         self.tasks_started = 0
         self.memory_mb: float | None = None
         self.retire_reason: str | None = None
+        self.hung = False               # killed for saying nothing after its start
         self.last_lines: collections.deque[str] = collections.deque(maxlen=5)
         self.partial: dict[int, bytes] = {}
 
@@ -116,11 +119,13 @@ class Tender:
         self.stopping = False
         self.replace_requested = False
         self.quick_deaths = 0
+        self.last_quick_death = 0.0
         self.next_start_at = 0.0
         self._shutdown_deadline = 0.0
         self._kill_deadline: float | None = None
         self._last = {"memory": 0.0, "orphans": 0.0, "report": 0.0}
         self._report_failing = False
+        self._reporter: threading.Thread | None = None
         self._started_wall = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
     def run(self) -> int:
@@ -168,11 +173,13 @@ class Tender:
                 worker.memory_mb = _resident_mb(worker.pid)
             self._last["memory"] = now
         for worker in self.workers.values():
-            if worker.state is WorkerState.STARTING and now - worker.started > START_REPORT_SECONDS:
-                log.error("worker %d said nothing for %.0fs after its start: killing it", worker.pid,
-                          START_REPORT_SECONDS)
+            if worker.state is WorkerState.STARTING and now - worker.started > START_REPORT_SECONDS \
+                    and not worker.hung:
+                worker.hung = True
                 worker.process.kill()
-            elif self.quick_deaths and now - worker.started > QUICK_DEATH_SECONDS:
+            elif self.quick_deaths and worker.started > self.last_quick_death \
+                    and now - worker.started > QUICK_DEATH_SECONDS:
+                # A worker started since the last quick death has lived: the workers start fine again.
                 self.quick_deaths = 0
         views = [worker.view(now) for worker in self.workers.values()]
         for retiring, reason in workers_to_retire(views, self.limits):
@@ -223,16 +230,21 @@ class Tender:
                 continue
             held = f" while running task {worker.task_id}; beanstalkd hands its job to another worker" \
                 if worker.state is WorkerState.BUSY else ""
-            if now - worker.started < QUICK_DEATH_SECONDS:
+            if worker.hung:
+                self._count_quick_death(now, f"worker {worker.pid} said nothing for {START_REPORT_SECONDS:.0f}s "
+                                             "after its start and was killed", worker)
+            elif code != 0 and now - worker.started < QUICK_DEATH_SECONDS:
                 self._count_quick_death(now, f"worker {worker.pid} ended ({ending}) {now - worker.started:.1f}s "
                                              f"after its start{held}", worker)
+            elif code == 0:
+                log.info("worker %d exited on its own (exit code 0)%s; starting a replacement", worker.pid, held)
             else:
-                self.quick_deaths = 0
                 log.warning("worker %d died (%s)%s; starting a replacement", worker.pid, ending, held)
             self._kill_orphans()
 
     def _count_quick_death(self, now: float, what: str, worker: Worker | None = None) -> None:
         self.quick_deaths += 1
+        self.last_quick_death = now
         delay = restart_delay(self.quick_deaths)
         self.next_start_at = now + delay
         last = f"; its last lines: {' | '.join(worker.last_lines)}" if worker and worker.last_lines else ""
@@ -329,7 +341,12 @@ class Tender:
                 os.waitpid(child.pid, os.WNOHANG)
 
     def _report(self, final: bool = False) -> None:
-        """Write the pool's state to the database for `pheanq status`; best effort, the pool runs without it."""
+        """Write the pool's state to the database for `pheanq status`; best effort, the pool runs without it.
+
+        The write runs in a thread of its own, one at a time: a database that is locked or slow to answer
+        delays the report, never the pool (reaping, restarts, retirements, passing output through).
+        The final report (removing the pool's rows) waits for the one in flight, so it is the last word.
+        """
         if self.service is None:
             return
         host, me = socket.gethostname(), os.getpid()
@@ -341,6 +358,17 @@ class Tender:
             *(PoolRow(host, me, w.pid, "worker", tubes, w.state.value, w.task_id, w.started_wall, now)
               for w in self.workers.values()),
         ]
+        if final:
+            if self._reporter is not None:
+                self._reporter.join(FINAL_REPORT_WAIT_SECONDS)
+            self._write_report(host, me, rows)
+        elif self._reporter is None or not self._reporter.is_alive():
+            self._reporter = threading.Thread(target=self._write_report, args=(host, me, rows),
+                                              name="pheanq-pool-report", daemon=True)
+            self._reporter.start()
+
+    def _write_report(self, host: str, me: int, rows: list[PoolRow]) -> None:
+        assert self.service is not None
         try:
             self.service.report_pool(host, me, rows)
         except PheanqError as error:

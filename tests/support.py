@@ -257,3 +257,111 @@ class TcpProxy:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+class TenderProcess:
+    """A `pheanq worker-tender` process whose stderr lines (its own log, and every worker line passed through
+    as ``worker <pid>: <line>``) are collected as they come. `stop()` ends it and everything below it."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pheanq", "worker-tender", *args], env=dict(env), cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+        )
+        self.lines: list[str] = []
+        self.output: list[str] = []
+        self._readers = [
+            threading.Thread(target=WorkerProcess._read, args=(self.process.stderr, self.lines), daemon=True),
+            threading.Thread(target=WorkerProcess._read, args=(self.process.stdout, self.output), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def tender_lines(self, text: str = "") -> list[str]:
+        """The tender's own log lines (not its workers') that contain `text`."""
+        mark = f" pheanq.tender[{self.pid}] "
+        return [line for line in list(self.lines) if mark in line and text in line]
+
+    def worker_lines(self, pid: int) -> list[str]:
+        """What worker `pid` printed, as the tender passed it through (without the prefix)."""
+        prefix = f"worker {pid}: "
+        return [line[len(prefix):] for line in list(self.lines) if line.startswith(prefix)]
+
+    def wait_log(self, text: str, timeout: float = 15, count: int = 1) -> list[str]:
+        """Wait until `count` of the tender's own log lines contain `text`; returns them."""
+        found: list[str] = wait_for(lambda: len(self.tender_lines(text)) >= count and self.tender_lines(text),
+                                    timeout, f"{count} tender log line(s) with {text!r}; log:\n{self.log[-3000:]}")
+        return found
+
+    def workers(self) -> list[int]:
+        """Pids of the tender's live child processes (its workers), zombies left out."""
+        return psutil_children(self.pid)
+
+    def descendants(self) -> list[int]:
+        """Pids of every live process below the tender (workers and their task processes)."""
+        return psutil_children(self.pid, recursive=True)
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        """Kill the tender and whatever still runs below it (a test that failed half-way leaves no process)."""
+        if self.process.poll() is None:
+            below = psutil_processes(self.pid)
+            self.process.kill()
+            self.process.wait(10)
+            for process in below:
+                with contextlib.suppress(Exception):
+                    process.kill()
+        for reader in self._readers:
+            reader.join(5)
+
+
+def psutil_processes(pid: int) -> list[Any]:
+    """Every descendant of `pid` as psutil.Process objects ([] when `pid` is gone)."""
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def psutil_children(pid: int, recursive: bool = False) -> list[int]:
+    """Pids of the live (not zombie) children, or all descendants, of `pid`; [] when `pid` is gone."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=recursive)
+    except psutil.Error:
+        return []
+    alive = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child.pid)
+    return alive
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` no longer runs: it does not exist, or it is a zombie waiting to be reaped."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
