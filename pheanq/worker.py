@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -188,8 +189,14 @@ class Worker:
         return self.terminating or self.interrupted
 
     def _say(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            # The supervisor reading the state lines is gone (a tender killed with -9): carry on without it,
+            # and keep Python from failing again on the same pipe at exit.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
     def _install_signal_handlers(self) -> None:
         def on_term(signum: int, _frame: FrameType | None) -> None:
