@@ -233,7 +233,9 @@ class Tender:
             if worker.hung:
                 self._count_quick_death(now, f"worker {worker.pid} said nothing for {START_REPORT_SECONDS:.0f}s "
                                              "after its start and was killed", worker)
-            elif code != 0 and now - worker.started < QUICK_DEATH_SECONDS:
+            elif code != 0 and now - worker.started < QUICK_DEATH_SECONDS and worker.tasks_started == 0:
+                # Ended badly before running any task: a start that failed. A worker killed while it works
+                # (OOM, kill -9) started fine, and is replaced at once.
                 self._count_quick_death(now, f"worker {worker.pid} ended ({ending}) {now - worker.started:.1f}s "
                                              f"after its start{held}", worker)
             elif code == 0:

@@ -460,6 +460,23 @@ def test_a_healthy_worker_beside_a_crash_looping_one_does_not_reset_the_growing_
     assert tender.wait(15) == 0, tender.log[-2000:]
 
 
+def test_a_busy_worker_killed_soon_after_its_start_is_replaced_at_once_not_treated_as_a_crash_loop(
+    sqlite_url: str, runs: Path, tmp_path: Path, make_service: MakeService, start_tender: StartTender,
+) -> None:
+    service = make_service(sqlite_url)
+    go = tmp_path / "go"
+    task_id = queue(service, 1, 0, until=str(go))[0]
+    tender = start_tender(sqlite_url, "--min-workers", "2", "--spare-workers", "0", "--max-workers", "2")
+    busy = worker_of(tender, task_id)  # seconds after its start: well inside the 10 s quick-death window
+    os.kill(busy, signal.SIGKILL)
+    wait_for(lambda: len(started_workers(tender)) == 3, 3, "a replacement started without a delay")
+    assert not tender.tender_lines("next start in"), tender.log[-2000:]
+    go.touch()
+    wait_for(all_done(service, [task_id]), 15, "the task taken over and done")
+    assert len(run_lines(runs, "done")) == 1
+    _stop(tender, tmp_path, runs)
+
+
 def test_sighup_replaces_every_worker_and_a_running_task_finishes_done_once(
     sqlite_url: str, runs: Path, tmp_path: Path, make_service: MakeService, start_tender: StartTender,
 ) -> None:
