@@ -119,19 +119,19 @@ def pheanq(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: floa
                           text=True, timeout=timeout, input=input_text)
 
 
-class WorkerProcess:
-    """A `pheanq task-worker` process whose state lines (READY, BUSY <id>) are collected as they come."""
+class PheanqProcess:
+    """A long-running `pheanq COMMAND ARGS` process whose stdout and stderr lines are collected as they come."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(self, command: str, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pheanq", "task-worker", *args], env=dict(env), cwd=cwd,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "pheanq", command, *args], env=dict(env), cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
         )
-        self.lines: list[str] = []
-        self.errors: list[str] = []
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
         self._readers = [
-            threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True),
-            threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stdout, self.stdout_lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.stderr_lines), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
@@ -145,9 +145,6 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_line(self, line: str, timeout: float = 15) -> None:
-        wait_for(lambda: line in self.lines, timeout, f"worker line {line!r} (got {self.lines[-5:]})")
-
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
@@ -156,6 +153,18 @@ class WorkerProcess:
         for reader in self._readers:
             reader.join(5)
         return code
+
+
+class WorkerProcess(PheanqProcess):
+    """A `pheanq task-worker` process: `lines` are its state lines (READY, BUSY <id>), `errors` its log."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+        super().__init__("task-worker", args, env, cwd)
+        self.lines = self.stdout_lines
+        self.errors = self.stderr_lines
+
+    def wait_line(self, line: str, timeout: float = 15) -> None:
+        wait_for(lambda: line in self.lines, timeout, f"worker line {line!r} (got {self.lines[-5:]})")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -259,27 +268,14 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class TenderProcess:
-    """A `pheanq worker-tender` process whose stderr lines (its own log, and every worker line passed through
-    as ``worker <pid>: <line>``) are collected as they come. `stop()` ends it and everything below it."""
+class TenderProcess(PheanqProcess):
+    """A `pheanq worker-tender` process: `lines` are its stderr (its own log, and every worker line passed
+    through as ``worker <pid>: <line>``). `stop()` ends it and everything below it."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pheanq", "worker-tender", *args], env=dict(env), cwd=cwd,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-        )
-        self.lines: list[str] = []
-        self.output: list[str] = []
-        self._readers = [
-            threading.Thread(target=WorkerProcess._read, args=(self.process.stderr, self.lines), daemon=True),
-            threading.Thread(target=WorkerProcess._read, args=(self.process.stdout, self.output), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+        super().__init__("worker-tender", args, env, cwd)
+        self.lines = self.stderr_lines
+        self.output = self.stdout_lines
 
     @property
     def log(self) -> str:
@@ -308,15 +304,6 @@ class TenderProcess:
     def descendants(self) -> list[int]:
         """Pids of every live process below the tender (workers and their task processes)."""
         return psutil_children(self.pid, recursive=True)
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float = 30) -> int:
-        code = self.process.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code
 
     def stop(self) -> None:
         """Kill the tender and whatever still runs below it (a test that failed half-way leaves no process)."""
