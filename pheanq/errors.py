@@ -28,10 +28,11 @@ class WrongStatus(PheanqError):
 
 
 class SchemaMissing(PheanqError):
-    """The database was never upgraded."""
+    """The database was never upgraded, or not to the schema this version of pheanq needs."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(f"the database {url} has no pheanq tables: run `pheanq db upgrade`")
+    def __init__(self, url: str, missing: list[str] | None = None) -> None:
+        what = "has no pheanq tables" if missing is None else f"lacks the table(s) {', '.join(missing)}"
+        super().__init__(f"the database {url} {what}: run `pheanq db upgrade`")
 
 
 class StoreUnavailable(PheanqError):

@@ -263,14 +263,17 @@ class Store:
             raise self._explain(error) from error
 
     def _explain(self, error: DBAPIError) -> Exception:
-        """Tell an outage or a never-upgraded database from a real SQL error."""
+        """Tell an outage, or a database not upgraded to this version's schema, from a real SQL error."""
         try:
             with self.engine.connect() as conn:
-                present = sa.inspect(conn).has_table(task_table.name)
+                inspector = sa.inspect(conn)
+                missing = [name for name in metadata.tables if not inspector.has_table(name)]
         except DBAPIError as probe:
             reason = str(getattr(probe, "orig", probe)).strip().splitlines()[0]
             return StoreUnavailable(f"database {self.safe_url} is unreachable: {reason}")
-        return error if present else SchemaMissing(self.safe_url)
+        if not missing:
+            return error
+        return SchemaMissing(self.safe_url, None if len(missing) == len(metadata.tables) else missing)
 
 
 def create_engine(url: str) -> Engine:

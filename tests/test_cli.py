@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import pytest
 import sqlalchemy as sa
+from alembic import command as alembic_command
 from alembic.script import ScriptDirectory
 from support import Beanstalkd, drop_pheanq_tables, one_error_line, pheanq, server_database_urls
 
@@ -173,6 +174,23 @@ def test_show_prints_a_task_with_its_log_as_text_and_json(
     assert one_error_line(missing) == "pheanq: error: task 987654 does not exist"
     assert zero.returncode == 2 and "ID" in one_error_line(zero)
 
+
+def test_a_database_left_at_an_older_revision_gets_run_db_upgrade_not_a_traceback(
+    sqlite_url: str, tmp_path: Path, make_env: Callable[..., dict[str, str]],
+) -> None:
+    store = Store(sqlite_url)
+    config = _alembic_config()
+    with store.transaction() as conn:  # back to the first revision: the task table, not the pool table
+        config.attributes["connection"] = conn
+        alembic_command.downgrade(config, "0001")
+    store.close()
+    env = make_env(sqlite_url)
+    status = pheanq(["status"], env, tmp_path)
+    assert status.returncode == 1
+    assert one_error_line(status) == (f"pheanq: error: the database {Store(sqlite_url).safe_url} lacks the "
+                                      "table(s) pheanq_worker: run `pheanq db upgrade`")
+    assert pheanq(["db", "upgrade"], env, tmp_path).returncode == 0
+    assert pheanq(["status"], env, tmp_path).returncode == 0
 
 def test_db_upgrade_creates_the_table_on_an_empty_database_and_a_second_run_changes_nothing(
     never_upgraded_url: str, tmp_path: Path, make_env: Callable[..., dict[str, str]],
