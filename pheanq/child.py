@@ -235,6 +235,16 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
+def process_ended(pid: int) -> bool:
+    """True once process `pid` no longer runs: it does not exist, or it is a zombie its parent has not reaped."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     process = _process(pid)
     if process is None:

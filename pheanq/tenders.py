@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import psutil
-
+from pheanq.child import process_ended
 from pheanq.errors import PheanqError
 
 _serial = itertools.count(1)  # one file per registration, even two in one process
@@ -109,7 +108,7 @@ def stop_tenders(run_dir: Path, tube: str, timeout: float) -> tuple[list[TenderR
     deadline = time.monotonic() + timeout
     waiting = list(targets)
     while waiting and time.monotonic() < deadline:
-        waiting = [record for record in waiting if _is_locked(record.path) or not _ended(record.pid)]
+        waiting = [record for record in waiting if _is_locked(record.path) or not process_ended(record.pid)]
         if waiting:
             time.sleep(0.1)
     stopped = [record for record in targets if record not in waiting]
@@ -130,16 +129,6 @@ def _live_records(run_dir: Path) -> list[TenderRecord]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written right now, or not ours
     return records
-
-
-def _ended(pid: int) -> bool:
-    """True once process `pid` no longer runs: it does not exist, or it is a zombie its parent has not reaped."""
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
 
 
 def _is_locked(path: Path) -> bool:

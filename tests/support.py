@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pheanq.child import process_ended
 from pheanq.config import Settings, load_settings
 
 
@@ -28,7 +29,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+        time.sleep(interval)  # the poll of a deadline wait: how every test waits
 
 
 def free_port() -> int:
@@ -346,9 +347,4 @@ def psutil_children(pid: int, recursive: bool = False) -> list[int]:
 
 def process_gone(pid: int) -> bool:
     """True when `pid` no longer runs: it does not exist, or it is a zombie waiting to be reaped."""
-    import psutil
-
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
+    return process_ended(pid)
