@@ -199,7 +199,8 @@ FAMILY = """
 import os, subprocess, sys, time
 pidfile, linger = sys.argv[1], float(sys.argv[2])
 escaped = pidfile + ".escaped"
-# One grandchild stays in the child's process group, one leaves it with setsid().
+# The child under test. Its sleeps are its work: the grandchildren live until killed, and the child
+# itself lives `linger` seconds. One grandchild stays in the child's process group, one leaves it with setsid().
 same = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 escaper = subprocess.Popen([sys.executable, "-c",
     "import os, sys, time; os.setsid(); open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
@@ -271,7 +272,7 @@ def test_stop_tree_kills_a_child_that_ignores_sigterm_after_the_grace_and_keeps_
             import signal, sys, time
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             print("ignoring", flush=True)
-            time.sleep(60)
+            time.sleep(60)  # runs until the test kills it
         """), stdout=subprocess.PIPE, start_new_session=True,
     )
     try:
@@ -317,7 +318,7 @@ def test_the_child_dies_when_its_worker_is_killed_with_sigkill(
         import os, sys, time
         open(sys.argv[1] + ".tmp", "w").write(str(os.getpid()))
         os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-        time.sleep(60)
+        time.sleep(60)  # a task that runs until its worker is killed
     """))
     write_config(tmp_path, commands={"sleeper": [sys.executable, str(script), str(pidfile)]})
     service = make_service(sqlite_url)

@@ -59,7 +59,7 @@ TASK_SCRIPT = """
     deadline, cap = time.monotonic() + seconds, time.monotonic() + 60
     until = options.get("until")
     while time.monotonic() < deadline or (until and not os.path.exists(until) and time.monotonic() < cap):
-        time.sleep(0.02)
+        time.sleep(0.02)  # the task's work: hold until its time or its go-file has come
     with open(runs, "a") as f:
         f.write(f"done {task_id}\\n")
 """

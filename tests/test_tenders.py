@@ -41,6 +41,7 @@ from pheanq.tenders import Registration, TenderRunning
 
 run_dir, tubes, beanstalkd, mode, gate = sys.argv[1:6]
 
+# A stand-in tender. On SIGTERM it exits slowly, as a real one may: stop_tenders must wait for that.
 def finish(signum, frame):
     time.sleep(0.5)
     registration.release()
@@ -59,7 +60,7 @@ except TenderRunning as error:
     sys.exit(3)
 print("registered", flush=True)
 while True:
-    time.sleep(60)
+    time.sleep(60)  # runs until signalled
 """
 
 

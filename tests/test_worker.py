@@ -128,7 +128,7 @@ def test_sigterm_on_a_busy_worker_finishes_the_task_takes_no_other_and_exits_0(
     slow = _script(tmp_path, "slow", """
         import os, sys, time
         open(sys.argv[1], "a").write(os.environ["PHEANQ_TASK_ID"] + "\\n")
-        time.sleep(1.2)
+        time.sleep(1.2)  # the task's work: long enough to signal the worker while it runs
         open(sys.argv[2], "a").write(os.environ["PHEANQ_TASK_ID"] + "\\n")
     """, str(started), str(finished))
     write_config(tmp_path, commands={"slow": slow})
@@ -286,7 +286,7 @@ def test_a_task_longer_than_its_ttr_runs_exactly_once_with_two_workers(
     long = _script(tmp_path, "long", """
         import os, sys, time
         open(sys.argv[1], "a").write(f"{os.getpid()}\\n")
-        time.sleep(4.5)
+        time.sleep(4.5)  # the task's work: longer than its TTR, which is what the test is about
     """, str(runs))
     write_config(tmp_path, commands={"long": long})
     env = make_env(sqlite_url)
@@ -323,7 +323,7 @@ def test_sigint_stops_the_child_at_once_and_hands_the_task_back_never_done(
             sys.exit(0)
         open(pidfile + ".tmp", "w").write(str(os.getpid()))
         os.replace(pidfile + ".tmp", pidfile)
-        time.sleep(60)
+        time.sleep(60)  # a task that runs until the test stops it
     """, str(pidfile), str(second_run))
     write_config(tmp_path, commands={"sleepy": command})
     service = make_service(sqlite_url)
@@ -516,7 +516,7 @@ def test_beanstalkd_going_away_while_a_task_runs_stops_it_hands_it_back_and_the_
         import os, sys, time
         open(sys.argv[1] + ".tmp", "w").write(str(os.getpid()))
         os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-        time.sleep(60)
+        time.sleep(60)  # a task that runs until the test stops it
     """, str(pidfile))
     write_config(tmp_path, commands={"sleeper": sleeper, "record": _record_command(tmp_path, runs)})
     service = make_service(sqlite_url)
