@@ -22,6 +22,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_CONFIG_FILE = "pheanq.toml"
 
+# A shorter secret is refused: it could be guessed offline from any one signed job body.
+MIN_SECRET_LENGTH = 16
+
 # beanstalkd's own rule for tube names (protocol.txt: "Names").
 _TUBE_NAME = re.compile(r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]{0,199}\Z")
 
@@ -36,6 +39,8 @@ class Settings:
     log_worker_output_on_success: bool = False
     max_log_bytes: int = 65536
     run_dir: str | None = None      # where worker-tenders keep their lock files; None: the platform's default
+    # Signs job bodies (pheanq.signing); kept out of repr so it never reaches a log or a traceback.
+    secret: str | None = dataclasses.field(default=None, repr=False)
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -155,6 +160,24 @@ def _parse_positive_int(key: str, value: Any) -> int:
     return number
 
 
+def _parse_secret(key: str, value: Any) -> str:
+    # Messages name the problem, never the value: a secret must not reach a log or a terminal.
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string")
+    if not value.strip():
+        raise ConfigError(f"{key}: is empty; leave the setting out to run unsigned, or set a long random string")
+    if value != value.strip():
+        raise ConfigError(f"{key}: starts or ends with whitespace, which producers and workers could disagree on")
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{key}: is too short; use at least {MIN_SECRET_LENGTH} characters, e.g. the output "
+                          "of `openssl rand -hex 32`")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{key}: is not valid UTF-8 text") from None
+    return value
+
+
 def _parse_commands(key: str, value: Any) -> dict[str, tuple[str, ...]]:
     from pheanq.description import COMMAND_NAME
 
@@ -179,6 +202,7 @@ _PARSERS = {
     "log_worker_output_on_success": _parse_bool,
     "max_log_bytes": _parse_positive_int,
     "run_dir": _parse_directory,
+    "secret": _parse_secret,
 }
 
 _ENV_NAMES = {
@@ -189,4 +213,5 @@ _ENV_NAMES = {
     "log_worker_output_on_success": "PHEANQ_LOG_WORKER_OUTPUT_ON_SUCCESS",
     "max_log_bytes": "PHEANQ_MAX_LOG_BYTES",
     "run_dir": "PHEANQ_RUN_DIR",
+    "secret": "PHEANQ_SECRET",
 }
