@@ -16,6 +16,7 @@ from pheanq.errors import (
     SchemaMissing,
     StoreUnavailable,
     TaskNotSent,
+    TaskPendingWarning,
     TubeUnavailable,
     WrongStatus,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "StoreUnavailable",
     "TaskDescription",
     "TaskNotSent",
+    "TaskPendingWarning",
     "TaskQueueService",
     "TubeUnavailable",
     "WorkPackage",

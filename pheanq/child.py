@@ -43,8 +43,14 @@ def run_child(
     max_output: int,
     keep_running: Callable[[], str | None],
     poll_seconds: float = 0.2,
+    on_start: Callable[[int], None] | None = None,
+    on_exit: Callable[[int], None] | None = None,
 ) -> ChildResult:
     """Run `argv` to its end. Every `poll_seconds`, `keep_running()` may return a reason to stop it.
+
+    `on_start(pid)` is called once the child runs, and `on_exit(code)` the moment it is seen to have
+    ended by itself, before its last output is read: a supervisor told then knows the outcome even if
+    this process dies before it records it.
 
     Output is read in this thread with a selector (no reader thread), and no Python code runs in the
     forked child, so the cost of starting a command stays close to a bare fork and exec.
@@ -66,6 +72,8 @@ def run_child(
         return ChildResult(127 if isinstance(error, FileNotFoundError) else 126, message,
                            0, None, time.monotonic() - started)
     assert process.stdout is not None
+    if on_start is not None:
+        on_start(process.pid)
     events = _ChildEvents(process, output)
     stopped: str | None = None
     # Descendants seen while the child ran: one that left the group (setsid) is found again by this.
@@ -82,6 +90,8 @@ def run_child(
                 break
             next_check = now + poll_seconds
         events.wait(next_check - now)
+    if stopped is None and on_exit is not None:
+        on_exit(process.returncode)
     # What the command left behind ends with it: a task is over when its command is.
     _signal_group(process.pid, signal.SIGKILL)
     for leftover in seen.values():

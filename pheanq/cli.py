@@ -14,12 +14,14 @@ from typing import Any, NoReturn
 
 import click
 
+from pheanq.buried import delete_buried, kick_buried, list_buried
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.errors import InvalidInput, NotFound, PheanqError, StoreUnavailable, WrongStatus
 from pheanq.example import ExampleTask, run_example
 from pheanq.migrate import upgrade_database
 from pheanq.pool import PoolLimits
-from pheanq.report import format_status, format_task, status_report, task_report
+from pheanq.reconcile import DEFAULT_INTERVAL_SECONDS, DEFAULT_MIN_AGE_SECONDS, reconcile
+from pheanq.report import format_buried, format_status, format_task, status_report, task_report
 from pheanq.service import TaskQueueService
 from pheanq.tender import Tender, TenderOptions
 from pheanq.tenders import default_run_dir, stop_tenders
@@ -96,6 +98,14 @@ class Context:
     def run_dir(self) -> Path:
         return Path(self.settings.run_dir) if self.settings.run_dir else default_run_dir()
 
+    def tube(self, use_tube: str | None) -> str:
+        """The one tube a command acts on (several are refused)."""
+        tubes = self.tubes(use_tube)
+        if len(tubes) > 1:
+            raise click.BadParameter(f"{use_tube!r}: this command takes one tube, not several",
+                                     param_hint="'--use-tube'")
+        return tubes[0]
+
     def tubes(self, use_tube: str | None) -> list[str]:
         if use_tube is None:
             return [self.settings.default_tube]
@@ -159,11 +169,14 @@ def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, m
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=60, show_default=True,
               metavar="SECONDS", help="On SIGTERM, how long running tasks may take before they are interrupted.")
 @click.option("--allow-second-tender", is_flag=True, help="Run even if a tender for the tube runs here already.")
+@click.option("--reconcile-interval", type=click.FloatRange(min=0), default=DEFAULT_INTERVAL_SECONDS,
+              show_default=True, metavar="SECONDS",
+              help="Run the reconciler for the tube(s) this often (one at a time across machines); 0: never.")
 @pass_context
 def worker_tender(context: Context, use_tube: str | None, worker_command: str | None, min_workers: int,
                   spare_workers: int, max_workers: int, max_worker_age: float, max_worker_buffer: int,
                   max_worker_memory: float | None, max_worker_tasks: int | None, shutdown_timeout: float,
-                  allow_second_tender: bool) -> None:
+                  allow_second_tender: bool, reconcile_interval: float) -> None:
     """Keep a pool of task-workers alive for the tube (SIGTERM: drain and stop; SIGHUP: replace them)."""
     command = DEFAULT_WORKER_COMMAND if worker_command is None else _split_command(worker_command)
     limits = PoolLimits(min_workers, spare_workers, max_workers, max_worker_age, max_worker_buffer,
@@ -175,7 +188,7 @@ def worker_tender(context: Context, use_tube: str | None, worker_command: str | 
     if "PHEANQ_CONFIG" in worker_env:
         worker_env["PHEANQ_CONFIG"] = os.path.abspath(worker_env["PHEANQ_CONFIG"])
     options = TenderOptions(context.tubes(use_tube), command, limits, shutdown_timeout, allow_second_tender,
-                            worker_env)
+                            worker_env, reconcile_interval)
     sys.exit(Tender(options, context.run_dir, context.service).run())
 
 
@@ -215,6 +228,67 @@ def regenerate_failed_task(context: Context, ids: str, use_tube: str | None) -> 
         click.echo(f"task {task_id}: restarted as job {job_id}")
     if problems:
         sys.exit(1)
+
+
+@cli.command("reconcile")
+@click.option("--use-tube", metavar="TUBE", help="Only this tube's tasks. [default: every tube]")
+@click.option("--dry-run", is_flag=True, help="Only say what would be sent again.")
+@click.option("--min-age", type=click.FloatRange(min=0), default=DEFAULT_MIN_AGE_SECONDS, show_default=True,
+              metavar="SECONDS", help="Leave waiting tasks changed more recently than this alone (their put "
+              "may be in flight).")
+@pass_context
+def reconcile_command(context: Context, use_tube: str | None, dry_run: bool, min_age: float) -> None:
+    """Send again every task the table says must run but beanstalkd has no job for."""
+    tube = None if use_tube is None else context.tube(use_tube)
+    report = reconcile(context.service, tube, dry_run=dry_run, min_age=min_age)
+    for action in report.actions:
+        click.echo(action)
+    click.echo(("dry run: " if dry_run else "") + report.summary(dry_run))
+
+
+@cli.group("buried", invoke_without_command=True)
+@_use_tube_option("The tube whose buried jobs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def buried(ctx: click.Context, use_tube: str | None, as_json: bool) -> None:
+    """List the jobs workers buried (refused to run), with the reason; `kick` or `delete` them."""
+    context: Context = ctx.obj
+    ctx.meta["pheanq.buried_tube"] = use_tube
+    if ctx.invoked_subcommand is not None:
+        return
+    listing = list_buried(context.service, context.tube(use_tube))
+    click.echo(json.dumps(listing.to_json(), indent=2) if as_json else format_buried(listing))
+
+
+@buried.command("kick")
+@click.argument("job_ids", metavar="[JOB_ID]...", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "every", is_flag=True, help="Every buried job of the tube.")
+@_use_tube_option("The tube of the buried jobs.")
+@click.pass_context
+def buried_kick(ctx: click.Context, job_ids: tuple[int, ...], every: bool, use_tube: str | None) -> None:
+    """Make buried jobs ready again (after fixing what made a worker bury them)."""
+    context, tube, chosen = _buried_target(ctx, job_ids, every, use_tube)
+    click.echo(f"kicked {kick_buried(context.service, tube, chosen)} buried job(s) of tube {tube}")
+
+
+@buried.command("delete")
+@click.argument("job_ids", metavar="[JOB_ID]...", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "every", is_flag=True, help="Every buried job of the tube.")
+@_use_tube_option("The tube of the buried jobs.")
+@click.pass_context
+def buried_delete(ctx: click.Context, job_ids: tuple[int, ...], every: bool, use_tube: str | None) -> None:
+    """Delete buried jobs. A task whose job is deleted still runs if the table says it must (reconciler)."""
+    context, tube, chosen = _buried_target(ctx, job_ids, every, use_tube)
+    click.echo(f"deleted {len(delete_buried(context.service, tube, chosen))} buried job(s) of tube {tube}")
+
+
+def _buried_target(ctx: click.Context, job_ids: tuple[int, ...], every: bool,
+                   use_tube: str | None) -> tuple[Context, str, list[int] | None]:
+    if every == bool(job_ids):
+        raise click.UsageError("give job ids or --all (not both)")
+    context: Context = ctx.obj
+    tube = context.tube(use_tube or ctx.meta.get("pheanq.buried_tube"))
+    return context, tube, None if every else list(job_ids)
 
 
 @cli.command("task-cleanup")

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pheanq import signing
 from pheanq.errors import InvalidInput
 
 Argument = str | int
@@ -112,19 +113,32 @@ class MalformedBody(InvalidInput):
     """A job body that is not a pheanq job."""
 
 
-def encode_body(task_id: int, description: TaskDescription) -> bytes:
+def encode_body(task_id: int, description: TaskDescription, secret: str | None = None) -> bytes:
+    """The job body for a task; signed (see `pheanq.signing`) when a secret is given."""
     body = json.dumps({"pheanq": BODY_VERSION, "task_id": task_id, "description": description.to_data()},
                       separators=(",", ":"), ensure_ascii=False).encode()
+    if secret is not None:
+        body = signing.sign(body, secret)
     if len(body) > MAX_BODY_BYTES:
         raise InvalidInput(f"the task description is {len(body)} bytes as a job body; beanstalkd takes at "
                            f"most {MAX_BODY_BYTES}: pass an id and load the data in the command instead")
     return body
 
 
-def decode_body(raw: bytes) -> JobBody:
-    """Parse a job body, or raise MalformedBody saying what is wrong with it."""
+def decode_body(raw: bytes, secret: str | None = None) -> JobBody:
+    """Parse a job body, or raise MalformedBody saying what is wrong with it.
+
+    With a secret, only a body signed with it is read: its signature is checked on the raw bytes
+    first, and what is parsed is exactly the bytes the signature covers. Without one, a signed
+    body's `hmac` is ignored, so producers can start signing before workers start checking.
+    """
+    if len(raw) > MAX_BODY_BYTES + signing.SIGNATURE_BYTES:
+        # pheanq never writes one this big (a beanstalkd with a larger -z lets other clients put it).
+        raise MalformedBody(f"too big: {len(raw)} bytes, a pheanq job body has at most "
+                            f"{MAX_BODY_BYTES + signing.SIGNATURE_BYTES} ({_preview(raw)})")
+    payload = raw if secret is None else _verified(raw, secret)
     try:
-        data = json.loads(raw)
+        data = json.loads(payload)
     except (UnicodeDecodeError, ValueError):
         raise MalformedBody(f"not JSON ({_preview(raw)})") from None
     except RecursionError:
@@ -151,6 +165,17 @@ def decode_data(text: str) -> TaskDescription:
         return TaskDescription.from_data(json.loads(text))
     except ValueError as error:
         raise InvalidInput(f"stored task data is not valid: {error}") from None
+
+
+def _verified(raw: bytes, secret: str) -> bytes:
+    try:
+        return signing.verify(raw, secret)
+    except signing.Unsigned:
+        raise MalformedBody(f"unsigned job body: a secret is configured, so every job must be signed "
+                            f"({_preview(raw)})") from None
+    except signing.WrongSignature as error:
+        # The message says why, never what the signature should have been.
+        raise MalformedBody(f"wrong signature: {error} ({_preview(raw)})") from None
 
 
 def _preview(raw: bytes, limit: int = 60) -> str:

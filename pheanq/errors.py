@@ -31,7 +31,7 @@ class SchemaMissing(PheanqError):
     """The database was never upgraded, or not to the schema this version of pheanq needs."""
 
     def __init__(self, url: str, missing: list[str] | None = None) -> None:
-        what = "has no pheanq tables" if missing is None else f"lacks the table(s) {', '.join(missing)}"
+        what = "has no pheanq tables" if missing is None else f"lacks {', '.join(missing)}"
         super().__init__(f"the database {url} {what}: run `pheanq db upgrade`")
 
 
@@ -44,8 +44,23 @@ class TubeUnavailable(PheanqError):
 
 
 class TaskNotSent(TubeUnavailable):
-    """The task row is recorded, but its job could not be put into beanstalkd."""
+    """The task row is recorded, but its job could not be put into beanstalkd (the reconciler sends it)."""
 
     def __init__(self, task_id: int, reason: str, status: str = "new") -> None:
-        super().__init__(f"task {task_id} is recorded as {status} but was not sent to beanstalkd: {reason}")
+        super().__init__(f"task {task_id} is recorded as {status} but not sent to beanstalkd yet ({reason}); "
+                         "`pheanq reconcile` (run by every worker-tender) sends it when beanstalkd answers")
+        self.task_id = task_id
+
+
+class TaskPendingWarning(UserWarning):
+    """queue_task recorded the task but could not put its job: it is pending, not lost.
+
+    The reconciler (`pheanq reconcile`, run periodically by every worker-tender) sends it once
+    beanstalkd answers. Turn it into an exception with
+    ``warnings.simplefilter("error", pheanq.TaskPendingWarning)`` if the caller must know at once.
+    """
+
+    def __init__(self, task_id: int, reason: str) -> None:
+        super().__init__(f"task {task_id} is recorded but pending: beanstalkd did not take its job ({reason}); "
+                         "the reconciler will send it")
         self.task_id = task_id

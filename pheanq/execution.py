@@ -26,8 +26,10 @@ class Outcome:
 
 
 def execute(package: WorkPackage, settings: Settings, worker_name: str,
-            keep_running: Callable[[], str | None]) -> Outcome:
-    """Run the package's command to its end (or until `keep_running` gives a reason to stop it)."""
+            keep_running: Callable[[], str | None], on_start: Callable[[int], None] | None = None,
+            on_exit: Callable[[int], None] | None = None) -> Outcome:
+    """Run the package's command to its end (or until `keep_running` gives a reason to stop it).
+    `on_start` and `on_exit` are passed to `run_child`."""
     description = package.description
     prefix = settings.registry().get(description.command)
     if prefix is None:
@@ -40,6 +42,8 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
         env={**os.environ, "PHEANQ_TASK_ID": str(package.task_id)},
         max_output=settings.max_log_bytes,
         keep_running=keep_running,
+        on_start=on_start,
+        on_exit=on_exit,
     )
     timing = f"after {result.seconds:.2f}s"
     if result.stopped is not None:

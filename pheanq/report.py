@@ -6,11 +6,12 @@ import datetime as dt
 import shlex
 from typing import Any
 
+from pheanq.buried import BuriedList
 from pheanq.description import decode_data
 from pheanq.errors import InvalidInput, TubeUnavailable
 from pheanq.service import TaskQueueService
 from pheanq.status import Status
-from pheanq.store import PoolRow, TaskRow
+from pheanq.tables import PoolRow, TaskRow
 
 # A tender reports every 2 s; one silent for longer than this is shown as possibly gone.
 STALE_REPORT_SECONDS = 15
@@ -108,17 +109,32 @@ def task_report(row: TaskRow) -> dict[str, Any]:
         "priority": row.priority, "ttr": row.ttr, "job_id": row.job_id, "attempts": row.attempts,
         "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
         "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
-        "data": row.data, "log": row.log,
+        "heartbeat": _time(row.heartbeat), "data": row.data, "log": row.log,
     }
 
 
 def format_task(report: dict[str, Any]) -> str:
     fields = ["status", "command_line", "tube", "priority", "ttr", "job_id", "attempts", "exit_code", "worker",
-              "created", "started", "finished", "modified"]
+              "created", "started", "finished", "modified", "heartbeat"]
     lines = [f"task {report['id']}"]
     lines += [f"  {name:<13}{'-' if report[name] is None else report[name]}" for name in fields]
     lines.append("log:")
     lines.append(report["log"].rstrip("\n") if report["log"] else "  (empty)")
+    return "\n".join(lines)
+
+
+def format_buried(listing: BuriedList) -> str:
+    if not listing.total:
+        return f"tube {listing.tube}: no buried job"
+    lines = [f"tube {listing.tube}: {listing.total} buried job(s)"]
+    for job in listing.jobs:
+        when = _time(job.buried) or "-"
+        lines.append(f"  job {job.job_id}  {when}  {job.reason or '(no reason recorded: buried by another client)'}")
+        body = job.body if len(job.body) <= 120 else job.body[:117] + "..."
+        lines.append(f"      body: {body!r}")
+    if listing.unlisted:
+        lines.append(f"  ... and {listing.unlisted} more without a recorded reason (beanstalkd shows only the next "
+                     "one; `pheanq buried kick --all` or `delete --all` take them too)")
     return "\n".join(lines)
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
+from pheanq.after_commit import send_after_commit
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.description import (
     MalformedBody,
@@ -19,18 +24,36 @@ from pheanq.description import (
     encode_body,
     encode_data,
 )
-from pheanq.errors import InvalidInput, NotFound, StoreUnavailable, TaskNotSent, TubeUnavailable, WrongStatus
+from pheanq.errors import (
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    TaskNotSent,
+    TaskPendingWarning,
+    TubeUnavailable,
+    WrongStatus,
+)
+from pheanq.lease import stale_after
 from pheanq.status import Status
-from pheanq.store import ClaimOutcome, PoolRow, Store, TaskRow
-from pheanq.tube import ReservedJob, Tube
+from pheanq.store import ClaimOutcome, Store
+from pheanq.tables import BuriedRow, PoolRow, TaskRow
+from pheanq.tube import JobInfo, ReservedJob, Tube
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("pheanq.service")
+
+# After a failed put, how long queue_task records tasks as pending without trying beanstalkd again.
+PUT_RETRY_SECONDS = 5.0
 
 DEFAULT_PRIORITY = 1024
 DEFAULT_TTR = 60
 MAX_PRIORITY = 2**32 - 1
 # A job with this id can never exist; it sizes a body before the real id is known.
 _LARGEST_ID = 2**63 - 1
+# How much of a buried job's body is kept beside its reason.
+BURIED_BODY_PREVIEW = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,23 +73,39 @@ class WorkPackage:
         return self.row.attempts
 
 
+@dataclasses.dataclass(frozen=True)
+class PlannedJob:
+    """A recorded task's job, as it is to be put into its tube."""
+
+    task_id: int
+    description: TaskDescription
+    tube: str
+    priority: int
+    delay: int
+    ttr: int
+
+
 class TaskQueueService:
     def __init__(self, settings: Settings, store: Store | None = None, tube: Tube | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.database_url)
         self.tube = tube or Tube(settings.beanstalkd)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._tube_down_until = 0.0
+        self._tube_down_reason = ""
 
     def close(self) -> None:
         self.tube.close()
         self.store.close()
 
     def queue_task(self, description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
-                   delay: int = 0, ttr: int = DEFAULT_TTR) -> int:
+                   delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None) -> int:
         """Record the task as `new`, then put its job; returns the task id.
 
-        Raises TaskNotSent (with `task_id`) when the row is recorded but beanstalkd
-        could not take the job: the task is not lost, it waits as `new` with no job.
+        With `session`, the row is written in that SQLAlchemy session's transaction and the job is put
+        only after it commits (a rollback sends nothing). When beanstalkd does not take the job, the
+        task is kept as `new` with no job, a `TaskPendingWarning` is issued, and the reconciler sends it
+        later: a task whose id was returned is never lost.
         """
         tube = check_tube_name(tube or self.settings.default_tube)
         _check_range("priority", priority, 0, MAX_PRIORITY)
@@ -74,14 +113,40 @@ class TaskQueueService:
         _check_range("ttr", ttr, 1, MAX_PRIORITY)
         if not isinstance(description, TaskDescription):
             raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
-        encode_body(_LARGEST_ID, description)  # too big a body is refused before anything is written
-        task_id = self.store.insert_task(description.command, encode_data(description), tube, priority, ttr)
-        try:
-            job_id = self.tube.put(tube, encode_body(task_id, description), priority, delay, ttr)
-        except (TubeUnavailable, InvalidInput) as error:
-            raise TaskNotSent(task_id, str(error)) from None
-        self._record_job_id(task_id, job_id)
-        return task_id
+        self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
+        job = PlannedJob(0, description, tube, priority, delay, ttr)
+        if session is not None:
+            return send_after_commit(self, session, job)
+        job = dataclasses.replace(job, task_id=self.store.insert_task(
+            description.command, encode_data(description), tube, priority, ttr))
+        self.send(job)
+        return job.task_id
+
+    def send(self, job: PlannedJob) -> bool:
+        """Put the job of a recorded task; False, with a TaskPendingWarning, when beanstalkd did not take it.
+
+        After one failure, beanstalkd is left alone for PUT_RETRY_SECONDS (tasks are recorded as pending
+        meanwhile), so an application queueing many tasks does not wait a connect timeout for each.
+        """
+        reason = self._tube_down_reason if time.monotonic() < self._tube_down_until else None
+        if reason is None:
+            try:
+                job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
+                                       job.delay, job.ttr)
+            except TubeUnavailable as error:
+                reason = str(error)
+                self._tube_down_until = time.monotonic() + PUT_RETRY_SECONDS
+                self._tube_down_reason = f"{reason}; not retried for {PUT_RETRY_SECONDS:g}s"
+            except InvalidInput:
+                # The server's job size limit is below pheanq's: the task can never be sent, so it is taken back.
+                self.store.delete_unsent(job.task_id)
+                raise
+            else:
+                self._record_job_id(job.task_id, job_id)
+                return True
+        log.warning("task %d is pending: %s", job.task_id, reason)
+        warnings.warn(TaskPendingWarning(job.task_id, reason), stacklevel=3)
+        return False
 
     def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1,
                      still_wanted: Callable[[], bool] = lambda: True) -> WorkPackage | None:
@@ -119,13 +184,75 @@ class TaskQueueService:
     def release_task(self, package: WorkPackage, log_text: str) -> bool:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""
         recorded = self.store.release_task(package.task_id, package.attempt, log_text)
-        if recorded:
-            self.tube.release(package.job_id, package.row.priority)
+        if recorded and not self.tube.release(package.job_id, package.row.priority):
+            # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
+            self.tube.kick_job(package.job_id)
         return recorded
 
     def touch(self, package: WorkPackage) -> bool:
         """Renew the job's reservation; False when this worker no longer holds it."""
         return self.tube.touch(package.job_id)
+
+    def recover_task(self, task_id: int, worker: str, exit_code: int | None, why: str) -> str:
+        """Settle the task of a worker that died holding it; says what was done (see pheanq.recovery)."""
+        held = self.store.find_task(task_id)
+        if held is None or held.status is not Status.WORKING or held.worker != worker:
+            return f"already settled ({'gone' if held is None else held.status})"
+        attempt = held.attempts
+        entry = f"--- attempt {attempt} on {worker}: "
+        if exit_code is not None:
+            status = Status.DONE if exit_code == 0 else Status.FAILED
+            verdict = "done" if exit_code == 0 else f"failed: exit code {exit_code}"
+            entry += f"{verdict}; {why}, so its tender recorded the result\n"
+            if not self.store.finish_task(task_id, attempt, status, exit_code, entry):
+                return f"attempt {attempt} already settled"
+            row = self.store.find_task(task_id)
+            if row is not None and row.job_id is not None:
+                self.tube.delete(row.job_id)
+            return f"recorded as {status} (exit code {exit_code}) for a worker that died"
+        entry += f"interrupted: {why}; the task goes back to its tube\n"
+        if not self.store.stall_task(task_id, attempt, entry):
+            return f"attempt {attempt} already settled"
+        row = self.store.find_task(task_id)
+        if row is not None and row.job_id is not None:
+            # Another worker may have found the lease still fresh and delayed the job: make it ready now.
+            self.tube.kick_job(row.job_id)
+        return "stalled: its worker died while the command ran; it runs again"
+
+    def live_job_of(self, row: TaskRow) -> JobInfo | None:
+        """The task's recorded job if beanstalkd still holds it (in any state) and it is this task's."""
+        if row.job_id is None:
+            return None
+        info = self.tube.inspect(row.job_id)
+        if info is None or info.tube != row.tube:
+            return None
+        try:
+            # With a secret, a forged or unsigned body at this id is no job of the task's: it is sent again.
+            body = decode_body(info.body, self.settings.secret)
+        except MalformedBody:
+            return None
+        return info if body.task_id == row.id else None
+
+    def send_again(self, row: TaskRow) -> int | None:
+        """Put a new job for a task whose job is gone (a `working` one is marked `stalled` first); the new
+        job id, or None when the task moved on meanwhile (then no job is left behind)."""
+        if row.status is Status.WORKING:
+            entry = f"--- attempt {row.attempts}: stalled: its job is gone from beanstalkd and its worker " \
+                    f"({row.worker}) stopped renewing its lease; the task is sent again\n"
+            if not self.store.stall_task(row.id, row.attempts, entry):
+                return None
+            status = Status.STALLED
+        else:
+            status = row.status
+        job_id = self.tube.put(row.tube, self._encode(row.id, decode_data(row.data)), row.priority, 0, row.ttr)
+        if not self.store.record_job_if(row.id, status, row.job_id, job_id):
+            self.tube.delete(job_id)
+            return None
+        return job_id
+
+    def renew_lease(self, package: WorkPackage) -> bool:
+        """Renew the attempt's lease on its row; False when the attempt no longer holds the task."""
+        return self.store.renew_lease(package.task_id, package.attempt)
 
     def regenerate_task(self, task_id: int) -> int:
         """Put a failed task back into its tube as `restarted`; returns the new job id.
@@ -140,7 +267,7 @@ class TaskQueueService:
             if found.status is not Status.RESTARTED or found.job_id is not None:
                 raise WrongStatus(f"task {task_id} is {found.status}; only failed tasks can be regenerated")
             row = found
-        body = encode_body(task_id, decode_data(row.data))
+        body = self._encode(task_id, decode_data(row.data))
         try:
             job_id = self.tube.put(row.tube, body, row.priority, 0, row.ttr)
         except TubeUnavailable as error:
@@ -151,7 +278,7 @@ class TaskQueueService:
     def clean_up_tasks(self, period_seconds: int) -> int:
         """Delete `done` tasks that finished more than `period_seconds` ago; returns how many."""
         _check_range("period", period_seconds, 0, 2**40)
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        now = _now()
         return self.store.delete_done_before(now - dt.timedelta(seconds=period_seconds))
 
     def status_of(self, task_id: int) -> Status | None:
@@ -181,17 +308,26 @@ class TaskQueueService:
 
     def _claim(self, job: ReservedJob) -> WorkPackage | None:
         try:
-            body = decode_body(job.body)
+            body = decode_body(job.body, self.settings.secret)
         except MalformedBody as error:
-            log.warning("burying job %d: %s", job.id, error)
-            self.tube.bury(job.id)
+            self.bury(job, str(error))
+            return None
+        if body.description.command not in self.settings.registry():
+            # Kept, not failed: after the command is registered (or on a worker that has it), a kick runs it.
+            self.bury(job, f"task {body.task_id}: command {body.description.command!r} is not registered on "
+                           f"this worker (known: {', '.join(sorted(self.settings.registry())) or 'none'})")
             return None
         claim = self.store.claim_task(body.task_id, job.id, self.worker_name)
         if claim.outcome is ClaimOutcome.MISSING:
-            log.warning("burying job %d: task %d has no row in the table", job.id, body.task_id)
-            self.tube.bury(job.id)
+            self.bury(job, f"task {body.task_id} has no row in the table")
             return None
         assert claim.row is not None
+        if claim.outcome is ClaimOutcome.HELD_ALIVE:
+            wait = _seconds_until_stale(claim.row)
+            log.info("job %d: task %d is still held by %s, whose lease is renewed; the job waits %ds", job.id,
+                     body.task_id, claim.row.worker, wait)
+            self.tube.release(job.id, claim.row.priority, wait)
+            return None
         if claim.outcome is not ClaimOutcome.CLAIMED:
             log.info("deleting job %d without running it: task %d is %s%s", job.id, body.task_id,
                      claim.row.status, f" under job {claim.row.job_id}"
@@ -206,13 +342,33 @@ class TaskQueueService:
             return None
         return WorkPackage(job.id, claim.row, description)
 
+    def bury(self, job: ReservedJob, reason: str) -> None:
+        """Bury a job that must not run, and note why (the worker carries on)."""
+        log.warning("burying job %d: %s", job.id, reason)
+        info = self.tube.inspect(job.id)
+        self.tube.bury(job.id)
+        if info is None:
+            return
+        try:
+            self.store.record_buried(BuriedRow(self.tube.name, info.tube, job.id, reason[:1000],
+                                               job.body[:BURIED_BODY_PREVIEW].decode("utf-8", "replace")
+                                               .replace("\x00", "\ufffd"), _now()))
+        except StoreUnavailable as error:
+            log.warning("job %d: buried, but its reason was not recorded: %s", job.id, error)
+
+    def _encode(self, task_id: int, description: TaskDescription) -> bytes:
+        return encode_body(task_id, description, self.settings.secret)
+
     def _finish(self, package: WorkPackage, status: Status, exit_code: int | None, log_text: str | None) -> bool:
         recorded = self.store.finish_task(package.task_id, package.attempt, status, exit_code, log_text)
         if not recorded:
             log.warning("task %d: attempt %d no longer owns the task (taken over); its result (%s) is not "
                         "recorded", package.task_id, package.attempt, status)
         try:
-            self.tube.delete(package.job_id)
+            try:
+                self.tube.delete(package.job_id)
+            except TubeUnavailable:
+                self.tube.delete(package.job_id)  # once more on a new connection: the old one may just have broken
         except TubeUnavailable as error:
             # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
             log.warning("task %d: recorded as %s, but its job %d was not deleted: %s", package.task_id, status,
@@ -234,9 +390,19 @@ def default_service() -> TaskQueueService:
 
 
 def queue_task(description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
-               delay: int = 0, ttr: int = DEFAULT_TTR) -> int:
+               delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None) -> int:
     """Queue a task with the default service; see `TaskQueueService.queue_task`."""
-    return default_service().queue_task(description, tube=tube, priority=priority, delay=delay, ttr=ttr)
+    return default_service().queue_task(description, tube=tube, priority=priority, delay=delay, ttr=ttr,
+                                        session=session)
+
+
+def _seconds_until_stale(row: TaskRow) -> int:
+    last = row.heartbeat or row.modified
+    return max(1, math.ceil(stale_after(row.ttr) - (_now() - last).total_seconds()) + 1)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:

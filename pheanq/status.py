@@ -26,11 +26,14 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.NEW, Status.WORKING): "a worker claimed the task",
     (Status.RESTARTED, Status.WORKING): "a worker claimed the regenerated task",
     (Status.STALLED, Status.WORKING): "a worker claimed the stalled task",
-    (Status.WORKING, Status.WORKING): "a worker took over the job of a worker that lost its reservation",
+    (Status.WORKING, Status.WORKING): "a worker took over a task whose holder stopped renewing its lease",
     (Status.WORKING, Status.DONE): "the command exited with code 0",
     (Status.WORKING, Status.FAILED): "the command exited non-zero, was killed, or is not registered",
     (Status.WORKING, Status.NEW): "the worker was interrupted (SIGINT) or lost its reservation; job released",
-    (Status.WORKING, Status.STALLED): "the worker holding the task is gone",
+    (Status.WORKING, Status.STALLED): "the worker holding the task died, or its lease went stale and its job is "
+                                      "gone; the task is sent again",
+    (Status.STALLED, Status.DONE): "the stalled attempt's result arrived late, before another claim: exit code 0",
+    (Status.STALLED, Status.FAILED): "the stalled attempt's result arrived late, before another claim: it failed",
     (Status.FAILED, Status.RESTARTED): "regenerate-failed-task put the task back into its tube",
 }
 

@@ -15,93 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
+from pheanq.lease import stale_after
 from pheanq.status import CLAIMABLE, Status, sources_of
-
-metadata = sa.MetaData()
-
-_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-_LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-
-task_table = sa.Table(
-    "pheanq_task",
-    metadata,
-    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("command", sa.String(255), nullable=False),
-    sa.Column("data", _LongText, nullable=False),
-    sa.Column("tube", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("priority", sa.BigInteger(), nullable=False),
-    sa.Column("ttr", sa.Integer(), nullable=False),
-    sa.Column("job_id", sa.BigInteger(), nullable=True),
-    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("exit_code", sa.Integer(), nullable=True),
-    sa.Column("log", _LongText, nullable=True),
-    sa.Column("worker", sa.String(255), nullable=True),
-    sa.Column("created", _Timestamp, nullable=False),
-    sa.Column("started", _Timestamp, nullable=True),
-    sa.Column("finished", _Timestamp, nullable=True),
-    sa.Column("modified", _Timestamp, nullable=False),
-    # `status` and `show` group and filter by these; cleanup scans done rows by age.
-    sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
-    sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
-)
-
-
-# What each worker-tender last reported of its pool: one row for the tender, one per worker.
-pool_table = sa.Table(
-    "pheanq_worker",
-    metadata,
-    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("tender_pid", sa.Integer(), nullable=False),
-    sa.Column("pid", sa.Integer(), nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("tubes", sa.String(1024), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("task_id", sa.BigInteger(), nullable=True),
-    sa.Column("started", _Timestamp, nullable=False),
-    sa.Column("heartbeat", _Timestamp, nullable=False),
-    sa.Index("ix_pheanq_worker_host_tender", "host", "tender_pid"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolRow:
-    host: str
-    tender_pid: int
-    pid: int
-    kind: str               # "tender" or "worker"
-    tubes: str              # comma-separated
-    state: str
-    task_id: int | None
-    started: dt.datetime
-    heartbeat: dt.datetime
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskRow:
-    id: int
-    command: str
-    data: str
-    tube: str
-    status: Status
-    priority: int
-    ttr: int
-    job_id: int | None
-    attempts: int
-    exit_code: int | None
-    log: str | None
-    worker: str | None
-    created: dt.datetime
-    started: dt.datetime | None
-    finished: dt.datetime | None
-    modified: dt.datetime
+from pheanq.tables import BuriedRow, PoolRow, TaskRow, buried_table, lock_table, metadata, pool_table, task_table
 
 
 class ClaimOutcome(enum.Enum):
@@ -109,6 +29,7 @@ class ClaimOutcome(enum.Enum):
     MISSING = "missing"            # no row with that id
     FINISHED = "finished"          # done, failed: the job is a leftover
     HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
+    HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,50 +52,96 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int) -> int:
+    def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int,
+                    conn: Connection | None = None) -> int:
+        """Insert a `new` task; on `conn` (an application's transaction) when given, else in its own."""
         now = _now()
+        insert = task_table.insert().values(command=command, data=data, tube=tube, status=Status.NEW.value,
+                                            priority=priority, ttr=ttr, attempts=0, created=now, modified=now)
+        if conn is not None:
+            key = conn.execute(insert).inserted_primary_key
+        else:
+            with self.transaction() as own:
+                key = own.execute(insert).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def unsent_task_ids(self, task_ids: list[int]) -> set[int]:
+        """Those of `task_ids` that exist with no job recorded."""
+        c = task_table.c
+        found: set[int] = set()
         with self.transaction() as conn:
-            result = conn.execute(task_table.insert().values(
-                command=command, data=data, tube=tube, status=Status.NEW.value, priority=priority, ttr=ttr,
-                attempts=0, created=now, modified=now,
-            ))
-            key = result.inserted_primary_key
-            assert key is not None
-            return int(key[0])
+            for chunk in range(0, len(task_ids), 500):
+                found.update(conn.execute(sa.select(c.id).where(
+                    c.id.in_(task_ids[chunk:chunk + 500]), c.job_id.is_(None))).scalars())
+        return found
+
+    def delete_unsent(self, task_id: int) -> None:
+        """Take back a task whose job beanstalkd refused for good, before anyone could see it run."""
+        c = task_table.c
+        with self.transaction() as conn:
+            conn.execute(task_table.delete().where(c.id == task_id, c.status == Status.NEW.value,
+                                                   c.job_id.is_(None)))
 
     def set_job_id(self, task_id: int, job_id: int) -> None:
         with self.transaction() as conn:
             conn.execute(task_table.update().where(task_table.c.id == task_id).values(job_id=job_id))
 
     def claim_task(self, task_id: int, job_id: int, worker: str) -> Claim:
-        """Move the task to `working` for this job, or say why not. One compare-and-set UPDATE.
+        """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
 
-        A `working` row whose job is this very job was held by a worker that lost its
-        reservation (it died, or its TTR ran out), so this worker takes it over.
+        A `working` row under this very job was held by a worker that lost its reservation. It is
+        taken over only once that holder's lease is stale (it died, or it was cut off and has stopped
+        its child); while the lease is renewed, the answer is HELD_ALIVE and the job must wait.
         """
         c = task_table.c
         now = _now()
-        claimable = c.status.in_([s.value for s in CLAIMABLE])
-        taken_over = sa.and_(c.status == Status.WORKING.value, c.job_id == job_id)
+        claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
+                       started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
         with self.transaction() as conn:
             changed = conn.execute(
-                task_table.update()
-                .where(c.id == task_id, sa.or_(claimable, taken_over))
-                .values(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
-                        started=now, finished=None, exit_code=None, modified=now)
+                task_table.update().where(c.id == task_id, c.status.in_([s.value for s in CLAIMABLE]))
+                .values(**claimed)
             ).rowcount
             row = self._select_row(conn, task_id)
+            if row is not None and changed == 0 and row.status is Status.WORKING and row.job_id == job_id:
+                if not is_stale(row, now):
+                    return Claim(ClaimOutcome.HELD_ALIVE, row)
+                # The same row, unchanged since it was read stale: nobody renewed the lease in between.
+                changed = conn.execute(
+                    task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                              c.attempts == row.attempts, _same(c.heartbeat, row.heartbeat))
+                    .values(**claimed)
+                ).rowcount
+                row = self._select_row(conn, task_id)
         if row is None:
             return Claim(ClaimOutcome.MISSING, None)
         if changed == 1:
             return Claim(ClaimOutcome.CLAIMED, row)
         if row.status is Status.WORKING:
-            return Claim(ClaimOutcome.HELD_ELSEWHERE, row)
+            return Claim(ClaimOutcome.HELD_ALIVE if row.job_id == job_id else ClaimOutcome.HELD_ELSEWHERE, row)
         return Claim(ClaimOutcome.FINISHED, row)
+
+    def renew_lease(self, task_id: int, attempt: int) -> bool:
+        """The holder's heartbeat; False when this attempt no longer holds the task."""
+        c = task_table.c
+        with self.transaction() as conn:
+            return conn.execute(
+                task_table.update().where(c.id == task_id, c.status == Status.WORKING.value, c.attempts == attempt)
+                .values(heartbeat=_now())
+            ).rowcount == 1
+
+    def stall_task(self, task_id: int, attempt: int, log: str) -> bool:
+        """`working` → `stalled` for an attempt whose worker is gone; False when the attempt no longer
+        holds the task (it finished, or someone else already acted)."""
+        return self._move(task_id, attempt, Status.STALLED, log=log, worker=None)
 
     def finish_task(self, task_id: int, attempt: int, status: Status, exit_code: int | None,
                     log: str | None) -> bool:
-        """Record the end of an attempt; False when the attempt no longer owns the task."""
+        """Record the end of an attempt; False when the attempt no longer owns the task.
+
+        A `stalled` task still belongs to its last attempt until another worker claims it, so a result
+        that arrives late (after a database outage) is kept rather than run again."""
         now = _now()
         return self._move(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
 
@@ -217,6 +184,82 @@ class Store:
                 task_table.delete().where(c.status == Status.DONE.value, c.finished < cutoff)
             ).rowcount)
 
+    def tasks_to_reconcile(self, tube: str | None, after_id: int, limit: int, settled_before: dt.datetime,
+                           now: dt.datetime) -> list[TaskRow]:
+        """The next `limit` tasks after `after_id` that should have a live job: waiting ones last changed
+        before `settled_before` (a younger one's put may be in flight), and `working` ones whose lease is
+        stale."""
+        c = task_table.c
+        beat = sa.func.coalesce(c.heartbeat, c.modified)
+        waiting = sa.and_(c.status.in_([s.value for s in CLAIMABLE]), c.modified < settled_before)
+        held = sa.and_(c.status == Status.WORKING.value, beat < now - dt.timedelta(seconds=stale_after(0)))
+        query = sa.select(task_table).where(c.id > after_id, sa.or_(waiting, held)).order_by(c.id).limit(limit)
+        if tube is not None:
+            query = query.where(c.tube == tube)
+        with self.transaction() as conn:
+            rows = [_task_row(found) for found in conn.execute(query).mappings()]
+        return [row for row in rows if row.status is not Status.WORKING or is_stale(row, now)]
+
+    def record_job_if(self, task_id: int, status: Status, old_job_id: int | None, new_job_id: int) -> bool:
+        """Note a re-sent job on a row still as the reconciler found it; False when it changed meanwhile."""
+        c = task_table.c
+        with self.transaction() as conn:
+            return conn.execute(
+                task_table.update().where(c.id == task_id, c.status == status.value, _same(c.job_id, old_job_id))
+                .values(job_id=new_job_id)
+            ).rowcount == 1
+
+    def take_lock(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew a named lock shared by every machine on this database, for `seconds`."""
+        c = lock_table.c
+        now = _now()
+        expires = now + dt.timedelta(seconds=seconds)
+        with self.transaction() as conn:
+            if conn.execute(
+                lock_table.update().where(c.name == name, sa.or_(c.expires < now, c.holder == holder))
+                .values(holder=holder, expires=expires)
+            ).rowcount == 1:
+                return True
+            if conn.execute(sa.select(c.name).where(c.name == name)).first() is not None:
+                return False
+        try:
+            with self.transaction() as conn:
+                conn.execute(lock_table.insert().values(name=name, holder=holder, expires=expires))
+        except IntegrityError:
+            return False  # another machine inserted it first
+        return True
+
+    def lock_holder(self, name: str) -> str | None:
+        c = lock_table.c
+        with self.transaction() as conn:
+            found = conn.execute(sa.select(c.holder, c.expires).where(c.name == name)).first()
+        return None if found is None else f"{found.holder}, until {found.expires:%Y-%m-%d %H:%M:%S} UTC"
+
+    def free_lock(self, name: str, holder: str) -> None:
+        c = lock_table.c
+        with self.transaction() as conn:
+            conn.execute(lock_table.delete().where(c.name == name, c.holder == holder))
+
+    def record_buried(self, row: BuriedRow) -> None:
+        with self.transaction() as conn:
+            conn.execute(buried_table.insert().values(**dataclasses.asdict(row)))
+
+    def list_buried(self, beanstalkd: str, tube: str) -> list[BuriedRow]:
+        """What was recorded of the jobs buried in a tube, newest record of each job only."""
+        c = buried_table.c
+        query = sa.select(*[column for column in buried_table.c if column.name != "id"]) \
+            .where(c.beanstalkd == beanstalkd, c.tube == tube).order_by(c.job_id, c.id)
+        with self.transaction() as conn:
+            latest = {row["job_id"]: BuriedRow(**dict(row)) for row in conn.execute(query).mappings()}
+        return list(latest.values())
+
+    def forget_buried(self, beanstalkd: str, tube: str, job_ids: list[int]) -> None:
+        c = buried_table.c
+        with self.transaction() as conn:
+            for chunk in range(0, len(job_ids), 500):
+                conn.execute(buried_table.delete().where(c.beanstalkd == beanstalkd, c.tube == tube,
+                                                         c.job_id.in_(job_ids[chunk:chunk + 500])))
+
     def replace_pool(self, host: str, tender_pid: int, rows: list[PoolRow]) -> None:
         """Replace what this tender reported before with `rows` (one transaction)."""
         c = pool_table.c
@@ -234,7 +277,7 @@ class Store:
 
     def _move(self, task_id: int, attempt: int, target: Status, **values: Any) -> bool:
         c = task_table.c
-        sources = [s.value for s in sources_of(target) if s is Status.WORKING]
+        sources = [s.value for s in sources_of(target) if s in (Status.WORKING, Status.STALLED)]
         if values.get("log") is not None:
             # Each attempt appends its entry, so an interruption or a takeover stays visible.
             values["log"] = sa.func.coalesce(c.log, "") + values["log"]
@@ -248,11 +291,7 @@ class Store:
     @staticmethod
     def _select_row(conn: Connection, task_id: int) -> TaskRow | None:
         found = conn.execute(sa.select(task_table).where(task_table.c.id == task_id)).mappings().first()
-        if found is None:
-            return None
-        values = dict(found)
-        values["status"] = Status(values["status"])
-        return TaskRow(**values)
+        return None if found is None else _task_row(found)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -267,13 +306,25 @@ class Store:
         try:
             with self.engine.connect() as conn:
                 inspector = sa.inspect(conn)
-                missing = [name for name in metadata.tables if not inspector.has_table(name)]
+                tables = [name for name in metadata.tables if not inspector.has_table(name)]
+                missing = [f"the table {name}" for name in tables]
+                for name, table in metadata.tables.items():
+                    if name not in tables:
+                        present = {column["name"] for column in inspector.get_columns(name)}
+                        missing += [f"the column {name}.{column.name}" for column in table.columns
+                                    if column.name not in present]
         except DBAPIError as probe:
             reason = str(getattr(probe, "orig", probe)).strip().splitlines()[0]
             return StoreUnavailable(f"database {self.safe_url} is unreachable: {reason}")
         if not missing:
             return error
-        return SchemaMissing(self.safe_url, None if len(missing) == len(metadata.tables) else missing)
+        return SchemaMissing(self.safe_url, None if len(tables) == len(metadata.tables) else missing)
+
+
+def is_stale(row: TaskRow, now: dt.datetime) -> bool:
+    """Whether a `working` row's holder stopped renewing its lease (see pheanq.lease)."""
+    last = row.heartbeat or row.started or row.modified
+    return (now - last).total_seconds() > stale_after(row.ttr)
 
 
 def create_engine(url: str) -> Engine:
@@ -307,6 +358,17 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _task_row(found: Any) -> TaskRow:
+    values = dict(found)
+    values["status"] = Status(values["status"])
+    return TaskRow(**values)
+
+
+def _same(column: Any, value: Any) -> Any:
+    """`column = value` that also matches NULL to None."""
+    return column.is_(None) if value is None else column == value
 
 
 def _now() -> dt.datetime:

@@ -38,9 +38,12 @@ import psutil
 from pheanq.child import die_with_parent, linux_prctl
 from pheanq.errors import PheanqError
 from pheanq.pool import Change, PoolLimits, WorkerState, WorkerView, next_change, restart_delay, workers_to_retire
+from pheanq.reconcile import DEFAULT_INTERVAL_SECONDS, PeriodicReconciler
+from pheanq.recovery import Aftercare, OrphanedTask, reap_exit_code
 from pheanq.service import TaskQueueService
-from pheanq.store import PoolRow
+from pheanq.tables import PoolRow
 from pheanq.tenders import Registration
+from pheanq.worker import EXIT_INTERRUPTED
 
 log = logging.getLogger("pheanq.tender")
 
@@ -51,6 +54,7 @@ INTERRUPT_GRACE_SECONDS = 5.0   # after SIGINT at the shutdown timeout, this lon
 MEMORY_EVERY_SECONDS = 2.0
 ORPHANS_EVERY_SECONDS = 1.0
 REPORT_EVERY_SECONDS = 2.0
+AFTERCARE_WAIT_SECONDS = 10.0   # at exit, how long settling the tasks of dead workers may still take
 FINAL_REPORT_WAIT_SECONDS = 10.0  # at exit, how long the report in flight may take before the final one is written
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -63,6 +67,7 @@ class TenderOptions:
     shutdown_timeout: float = 60.0
     allow_second: bool = False
     worker_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    reconcile_interval: float = DEFAULT_INTERVAL_SECONDS
 
 
 class Worker:
@@ -76,6 +81,8 @@ class Worker:
         self.state = WorkerState.STARTING
         self.state_since = now
         self.task_id: int | None = None
+        self.child_pid: int | None = None       # the current task's command
+        self.exit_code: int | None = None       # that command's own exit code, once it ended by itself
         self.output_bytes = 0
         self.tasks_started = 0
         self.memory_mb: float | None = None
@@ -91,13 +98,29 @@ class Worker:
 
     def on_state_line(self, line: str, now: float) -> None:
         words = line.split()
+        numbers = [int(word) for word in words[1:] if word.lstrip("-").isdigit()]
         if words == ["READY"]:
-            self.task_id = None
+            self.task_id, self.child_pid, self.exit_code = None, None, None
             self._become(WorkerState.IDLE, now)
-        elif len(words) == 2 and words[0] == "BUSY" and words[1].isdigit():
-            self.task_id = int(words[1])
+        elif words[:1] == ["BUSY"] and len(words) == 2 and len(numbers) == 1:
+            self.task_id, self.child_pid, self.exit_code = numbers[0], None, None
             self.tasks_started += 1
             self._become(WorkerState.BUSY, now)
+        elif words[:1] == ["CHILD"] and len(words) == 2 and len(numbers) == 1:
+            self.child_pid = numbers[0]
+        elif words[:1] == ["EXITED"] and len(words) == 2 and len(numbers) == 1 and self.task_id is not None:
+            self.exit_code = numbers[0]
+
+    def orphaned_task(self, ending: str) -> OrphanedTask | None:
+        """The task this worker held when it died without settling it, or None."""
+        code = self.process.returncode
+        if self.task_id is None or code in (0, EXIT_INTERRUPTED):
+            return None  # exiting by itself, it recorded or handed back its task
+        exit_code = self.exit_code
+        if exit_code is None and self.child_pid is not None:
+            exit_code = reap_exit_code(self.child_pid)
+        return OrphanedTask(self.task_id, f"{socket.gethostname()}:{self.pid}", exit_code,
+                            f"worker {self.pid} died ({ending})")
 
     def _become(self, state: WorkerState, now: float) -> None:
         if self.state is not WorkerState.RETIRING:
@@ -126,6 +149,9 @@ class Tender:
         self._last = {"memory": 0.0, "orphans": 0.0, "report": 0.0}
         self._report_failing = False
         self._reporter: threading.Thread | None = None
+        self._aftercare = Aftercare(service) if service is not None else None
+        self._reconciler = PeriodicReconciler(lambda: TaskQueueService(service.settings), options.tubes,
+                                              options.reconcile_interval) if service is not None else None
         self._started_wall = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
     def run(self) -> int:
@@ -140,9 +166,15 @@ class Tender:
             log.info("worker-tender %d for tube(s) %s: min %d, spare %d, max %d workers", os.getpid(),
                      ",".join(self.options.tubes), self.limits.min_workers, self.limits.spare_workers,
                      self.limits.max_workers)
+            if self._reconciler is not None:
+                self._reconciler.start()
             while not (self.stopping and not self.workers):
                 self._tick()
         finally:
+            if self._reconciler is not None:
+                self._reconciler.stop()
+            if self._aftercare is not None:
+                self._aftercare.close(AFTERCARE_WAIT_SECONDS)
             self._report(final=True)
             self.registration.release()
         log.info("worker-tender %d stopped", os.getpid())
@@ -225,6 +257,9 @@ class Tender:
             del self.workers[worker.pid]
             code = worker.process.returncode
             ending = f"signal {-code}" if code < 0 else f"exit code {code}"
+            orphaned = worker.orphaned_task(ending)
+            if orphaned is not None and self._aftercare is not None:
+                self._aftercare.settle(orphaned)
             if worker.retire_reason is not None or self.stopping:
                 log.info("worker %d ended (%s)", worker.pid, ending)
                 continue
@@ -331,8 +366,10 @@ class Tender:
             children = psutil.Process().children()
         except psutil.Error:
             return
+        # A dead worker's command, not yet reaped by _reap: its exit code says whether the task completed.
+        commands = {worker.child_pid for worker in self.workers.values()}
         for child in children:
-            if child.pid in self.workers:
+            if child.pid in self.workers or child.pid in commands:
                 continue
             with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
                 if child.status() != psutil.STATUS_ZOMBIE:

@@ -31,6 +31,17 @@ class ReservedJob:
     body: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """A job as beanstalkd holds it now, from stats-job and peek."""
+
+    id: int
+    tube: str
+    state: str      # ready, delayed, reserved or buried
+    priority: int
+    body: bytes
+
+
 class Tube:
     def __init__(self, address: tuple[str, int], connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  io_timeout: float = DEFAULT_IO_TIMEOUT) -> None:
@@ -100,6 +111,43 @@ class Tube:
 
     def bury(self, job_id: int, priority: int = 0) -> bool:
         return self._on_job(job_id, lambda client, job: client.bury(job, priority=priority))
+
+    def inspect(self, job_id: int) -> JobInfo | None:
+        """The job with this id in any state (stats-job, then peek for its body), or None when beanstalkd
+        has no such job. After a restart without binlog, ids start again from 1: the body tells whose it is."""
+        def inspect(client: greenstalk.Client[bytes]) -> JobInfo:
+            stats = client.stats_job(job_id)
+            body = client.peek(job_id).body
+            return JobInfo(job_id, str(stats["tube"]), str(stats["state"]), int(stats["pri"]), body)
+
+        try:
+            return self._call(inspect)
+        except greenstalk.NotFoundError:
+            return None
+
+    def kick_job(self, job_id: int) -> bool:
+        """Make a buried (or delayed) job ready; False when there is no such job in those states."""
+        return self._on_job(job_id, lambda client, job: client.kick_job(job))
+
+    def kick(self, tube: str, bound: int) -> int:
+        """Kick up to `bound` jobs of the tube: buried ones, or delayed ones when none is buried."""
+        def kick(client: greenstalk.Client[bytes]) -> int:
+            self._use(client, tube)
+            return client.kick(bound)
+
+        return self._call(kick)
+
+    def peek_buried(self, tube: str) -> JobInfo | None:
+        """The next buried job of the tube (the one `kick` would take first), or None."""
+        def peek(client: greenstalk.Client[bytes]) -> int:
+            self._use(client, tube)
+            return client.peek_buried().id
+
+        try:
+            job_id = self._call(peek)
+        except greenstalk.NotFoundError:
+            return None
+        return self.inspect(job_id)
 
     def tube_stats(self, tube: str) -> dict[str, Any] | None:
         """beanstalkd's stats-tube, or None for a tube that does not exist (no job and no watcher)."""

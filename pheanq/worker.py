@@ -1,8 +1,10 @@
 """The worker: reserve → claim → run the child → record → delete the job, until told to stop.
 
 Its standard output carries only state lines a supervisor parses, one per change:
-``READY`` (waiting for a job) and ``BUSY <task id>`` (running that task). Human
-logs go to standard error.
+``READY`` (waiting for a job), ``BUSY <task id>`` (running that task),
+``CHILD <pid>`` (its command started) and ``EXITED <code>`` (the command ended by
+itself: said before the result is recorded, so that a tender can record it if this
+worker dies in between). Human logs go to standard error.
 
 SIGTERM: finish the current task, then exit 0. SIGINT: stop the child now, hand
 the task back (row `new`, job released), exit 130.
@@ -22,6 +24,7 @@ from typing import TextIO, TypeVar
 
 from pheanq.errors import StoreUnavailable, TubeUnavailable
 from pheanq.execution import Outcome, execute
+from pheanq.lease import heartbeat_interval, holder_must_stop_after
 from pheanq.service import TaskQueueService, WorkPackage
 from pheanq.status import Status
 
@@ -33,8 +36,8 @@ RESERVE_TIMEOUT = 1  # seconds; bounds how long a signal waits to be noticed whi
 
 
 def lease_interval(package: WorkPackage) -> float:
-    """How often a held job is touched: three times per TTR, so one late touch still keeps it."""
-    return max(0.2, package.row.ttr / 3)
+    """How often the task's lease on its row is renewed and its job touched (see pheanq.lease)."""
+    return heartbeat_interval(package.row.ttr)
 
 
 class Backoff:
@@ -94,7 +97,9 @@ class Worker:
 
     def _work(self, package: WorkPackage) -> None:
         log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
-        outcome = execute(package, self.service.settings, self.service.worker_name, self._lease(package))
+        outcome = execute(package, self.service.settings, self.service.worker_name, self._lease(package),
+                          on_start=lambda pid: self._say(f"CHILD {pid}"),
+                          on_exit=lambda code: self._say(f"EXITED {code}"))
         log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
         if outcome.status is Status.NEW:
             self._record(lambda: self.service.release_task(package, outcome.log), package)
@@ -113,23 +118,47 @@ class Worker:
         return self.service.mark_failed(package, outcome.log, outcome.exit_code)
 
     def _lease(self, package: WorkPackage) -> Callable[[], str | None]:
-        """While the child runs: touch the job before its TTR runs out; say when the child must stop."""
+        """While the child runs: renew the task's lease and touch its job; say when the child must stop.
+
+        The lease on the row is what keeps the task this attempt's. Losing the beanstalkd reservation
+        alone (a dropped connection, a restarted beanstalkd) does not stop the child: another worker that
+        gets the job sees the lease renewed and leaves the task alone. Only a lease that can no longer be
+        renewed stops it, in time for no other worker to start the task while this child still runs.
+        """
         interval = lease_interval(package)
-        next_touch = time.monotonic() + interval
+        deadline_after = holder_must_stop_after(package.row.ttr)
+        next_renewal = time.monotonic() + interval
+        renewed = time.monotonic()
+        job_lost = False
 
         def keep_running() -> str | None:
-            nonlocal next_touch
+            nonlocal next_renewal, renewed, job_lost
             if self.interrupted:
                 return "the worker was interrupted (SIGINT)"
-            if time.monotonic() >= next_touch:
-                try:
-                    held = self.service.touch(package)
-                except TubeUnavailable as error:
-                    return f"lost the reservation of job {package.job_id}: {error}"
-                if not held:
-                    return f"lost the reservation of job {package.job_id} (beanstalkd no longer has it reserved " \
-                           "for this worker)"
-                next_touch = time.monotonic() + interval
+            now = time.monotonic()
+            if now < next_renewal:
+                return None
+            next_renewal = now + interval
+            try:
+                if not self.service.renew_lease(package):
+                    return "the task is no longer held by this attempt (another worker took it over)"
+                renewed = now
+            except StoreUnavailable as error:
+                if now - renewed >= deadline_after:
+                    return f"the task's lease could not be renewed for {now - renewed:.0f}s ({error}), so " \
+                           "another worker may take the task over"
+                log.warning("task %d: lease not renewed (%s); the child goes on for up to %.0fs more",
+                            package.task_id, error, deadline_after - (now - renewed))
+            try:
+                held = self.service.touch(package)
+            except TubeUnavailable as error:
+                held, why = False, str(error)
+            else:
+                why = "beanstalkd no longer has it reserved for this worker"
+            if not held and not job_lost:
+                job_lost = True
+                log.warning("task %d: lost the reservation of job %d (%s); the task's lease keeps it",
+                            package.task_id, package.job_id, why)
             return None
 
         return keep_running

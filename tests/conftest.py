@@ -19,12 +19,15 @@ from support import Beanstalkd, WorkerProcess, write_config
 from pheanq.config import load_settings
 from pheanq.migrate import upgrade_database
 from pheanq.service import TaskQueueService
-from pheanq.store import Store, metadata
+from pheanq.store import Store
+from pheanq.tables import metadata
 
 SERVER_URLS = {
     "postgresql": os.environ.get("PHEANQ_TEST_POSTGRES_URL"),
     "mysql": os.environ.get("PHEANQ_TEST_MYSQL_URL"),
 }
+# The commands tests queue through `make_service` and reserve with the same service.
+SERVICE_COMMANDS = {"invoice": ["/bin/true"], "work": ["/bin/true"]}
 DATABASES = ["sqlite", *(name for name, url in SERVER_URLS.items() if url)]
 
 @pytest.fixture
@@ -51,9 +54,8 @@ def _upgraded_servers() -> dict[str, str]:
             continue
         engine = sa.create_engine(Store(url).engine.url)
         with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_task"))
-            conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_worker"))
-            conn.execute(sa.text("DROP TABLE IF EXISTS pheanq_alembic_version"))
+            for table in [*metadata.tables, "pheanq_alembic_version"]:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
         store = Store(url)
         upgrade_database(store)
@@ -100,6 +102,8 @@ def make_service(tmp_path: Path, beanstalkd: Beanstalkd) -> Iterator[Callable[..
     made: list[TaskQueueService] = []
 
     def make(database_url: str, **settings: Any) -> TaskQueueService:
+        # A service that reserves tasks acts as a worker, which buries jobs of commands it does not know.
+        settings.setdefault("commands", SERVICE_COMMANDS)
         config = load_settings({"database_url": database_url, "beanstalkd": beanstalkd.address_text, **settings},
                                environ={})
         service = TaskQueueService(config)

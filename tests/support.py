@@ -157,12 +157,16 @@ class PheanqProcess:
 
 
 class WorkerProcess(PheanqProcess):
-    """A `pheanq task-worker` process: `lines` are its state lines (READY, BUSY <id>), `errors` its log."""
+    """A `pheanq task-worker` process: `lines` are its READY and BUSY <id> lines, `stdout_lines` every state
+    line (with CHILD <pid> and EXITED <code>), `errors` its log."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
         super().__init__("task-worker", args, env, cwd)
-        self.lines = self.stdout_lines
         self.errors = self.stderr_lines
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stdout_lines if line.split(" ")[0] in ("READY", "BUSY")]
 
     def wait_line(self, line: str, timeout: float = 15) -> None:
         wait_for(lambda: line in self.lines, timeout, f"worker line {line!r} (got {self.lines[-5:]})")
@@ -187,13 +191,13 @@ def server_database_urls() -> dict[str, str]:
 def drop_pheanq_tables(url: str) -> None:
     """Make `url` a never-upgraded database again: pheanq's table and its alembic version table dropped."""
     from pheanq.store import Store
+    from pheanq.tables import metadata
 
     store = Store(url)
     try:
         with store.engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_task")
-            conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_worker")
-            conn.exec_driver_sql("DROP TABLE IF EXISTS pheanq_alembic_version")
+            for name in [*metadata.tables, "pheanq_alembic_version"]:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
     finally:
         store.close()
 

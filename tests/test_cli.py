@@ -24,7 +24,8 @@ from pheanq.cli import cli
 from pheanq.example import ANNOUNCEMENT
 from pheanq.migrate import _alembic_config, upgrade_database
 from pheanq.service import TaskQueueService
-from pheanq.store import Store, task_table
+from pheanq.store import Store
+from pheanq.tables import task_table
 
 DESCRIPTION = TaskDescription("invoice", [42, "a b"], {"send": True})
 Run = subprocess.CompletedProcess[str]
@@ -188,7 +189,8 @@ def test_a_database_left_at_an_older_revision_gets_run_db_upgrade_not_a_tracebac
     status = pheanq(["status"], env, tmp_path)
     assert status.returncode == 1
     assert one_error_line(status) == (f"pheanq: error: the database {Store(sqlite_url).safe_url} lacks the "
-                                      "table(s) pheanq_worker: run `pheanq db upgrade`")
+                                      "table pheanq_worker, the table pheanq_lock, the table pheanq_buried, the "
+                                      "column pheanq_task.heartbeat: run `pheanq db upgrade`")
     assert pheanq(["db", "upgrade"], env, tmp_path).returncode == 0
     assert pheanq(["status"], env, tmp_path).returncode == 0
 

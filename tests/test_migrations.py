@@ -15,7 +15,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from pheanq.migrate import VERSION_TABLE, _alembic_config, current_revision, upgrade_database
-from pheanq.store import Store, metadata
+from pheanq.store import Store
+from pheanq.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,8 @@ from support import TcpProxy, WorkerProcess, server_database_urls, wait_for, wri
 
 from pheanq import Status, TaskDescription
 from pheanq.service import TaskQueueService
-from pheanq.store import Store, task_table
+from pheanq.store import Store
+from pheanq.tables import task_table
 
 
 @pytest.fixture(params=sorted(server_database_urls()))

@@ -24,9 +24,10 @@ from support import Beanstalkd, settings_for
 
 from pheanq import Status, TaskDescription
 from pheanq.description import decode_body, decode_data, encode_body
-from pheanq.errors import ConfigError, InvalidInput, NotFound, TaskNotSent, WrongStatus
+from pheanq.errors import ConfigError, InvalidInput, NotFound, TaskNotSent, TaskPendingWarning, WrongStatus
 from pheanq.service import DEFAULT_PRIORITY, DEFAULT_TTR, MAX_PRIORITY, TaskQueueService
-from pheanq.store import ClaimOutcome, Store, task_table
+from pheanq.store import ClaimOutcome, Store
+from pheanq.tables import task_table
 from pheanq.tube import Tube
 
 DESCRIPTION = TaskDescription("invoice", [42, "a b"], {"send": True, "to": "ü"})
@@ -298,7 +299,7 @@ def test_status_of_an_unknown_task_is_none_and_find_task_says_not_found(
         service.find_task(424_242)
 
 
-def test_queue_task_without_beanstalkd_keeps_the_row_new_and_says_which_task_was_not_sent(
+def test_queue_task_without_beanstalkd_keeps_the_row_new_and_warns_that_it_is_pending(
     db_url: str, beanstalkd: Beanstalkd,
 ) -> None:
     settings = settings_for(db_url, beanstalkd)
@@ -309,8 +310,8 @@ def test_queue_task_without_beanstalkd_keeps_the_row_new_and_says_which_task_was
     try:
         with closing(service):
             started = time.monotonic()
-            with pytest.raises(TaskNotSent) as frozen:
-                service.queue_task(DESCRIPTION)
+            with pytest.warns(TaskPendingWarning) as frozen:
+                frozen_id = service.queue_task(DESCRIPTION)
             assert time.monotonic() - started < 5
     finally:
         beanstalkd.process.send_signal(signal.SIGCONT)
@@ -319,16 +320,17 @@ def test_queue_task_without_beanstalkd_keeps_the_row_new_and_says_which_task_was
     beanstalkd.stop()
     with closing(TaskQueueService(settings)) as service:
         started = time.monotonic()
-        with pytest.raises(TaskNotSent) as stopped:
-            service.queue_task(DESCRIPTION)
+        with pytest.warns(TaskPendingWarning) as stopped:
+            stopped_id = service.queue_task(DESCRIPTION)
         assert time.monotonic() - started < 5
-        for caught in (frozen, stopped):
-            task_id = caught.value.task_id
-            assert f"task {task_id} is recorded as new but was not sent to beanstalkd" in str(caught.value)
+        for caught, task_id in ((frozen, frozen_id), (stopped, stopped_id)):
+            warning = caught[0].message
+            assert isinstance(warning, TaskPendingWarning) and warning.task_id == task_id
+            assert f"task {task_id} is recorded but pending" in str(warning)
             row = service.find_task(task_id)
             assert (row.status, row.job_id) == (Status.NEW, None)
             assert decode_data(row.data) == DESCRIPTION
-        assert frozen.value.task_id != stopped.value.task_id
+        assert frozen_id != stopped_id
 
 
 def test_module_level_queue_task_takes_its_settings_from_the_environment(
@@ -359,7 +361,7 @@ def pheanq_python(code: str, env: dict[str, str], cwd: Path) -> subprocess.Compl
 def test_a_regeneration_beanstalkd_did_not_take_is_sent_again_by_the_next_regenerate(
     db_url: str, beanstalkd: Beanstalkd,
 ) -> None:
-    settings = settings_for(db_url, beanstalkd)
+    settings = settings_for(db_url, beanstalkd, commands={"invoice": ["/bin/true"]})
     with closing(TaskQueueService(settings, tube=Tube(beanstalkd.address, connect_timeout=0.5,
                                                       io_timeout=0.5))) as service:
         task_id = _finish(service, "t", done=False)
@@ -371,7 +373,7 @@ def test_a_regeneration_beanstalkd_did_not_take_is_sent_again_by_the_next_regene
         finally:
             beanstalkd.process.send_signal(signal.SIGCONT)
         assert caught.value.task_id == task_id
-        assert f"task {task_id} is recorded as restarted but was not sent" in str(caught.value)
+        assert f"task {task_id} is recorded as restarted but not sent to beanstalkd yet" in str(caught.value)
         row = service.find_task(task_id)
         assert (row.status, row.job_id) == (Status.RESTARTED, None)
 

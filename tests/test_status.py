@@ -34,9 +34,9 @@ def test_a_failed_task_only_moves_when_regenerated() -> None:
     assert sources_of(Status.RESTARTED) == {Status.FAILED}
 
 
-def test_only_a_working_task_can_end_done_or_failed() -> None:
-    assert sources_of(Status.DONE) == {Status.WORKING}
-    assert sources_of(Status.FAILED) == {Status.WORKING}
+def test_only_a_working_task_or_a_late_result_of_a_stalled_one_can_end_done_or_failed() -> None:
+    assert sources_of(Status.DONE) == {Status.WORKING, Status.STALLED}
+    assert sources_of(Status.FAILED) == {Status.WORKING, Status.STALLED}
 
 
 def test_a_task_goes_back_to_new_only_from_working() -> None:

@@ -717,7 +717,8 @@ def test_every_worker_line_is_passed_through_prefixed_with_the_worker_s_pid(
 
     for pid in workers:
         lines = tender.worker_lines(pid)
-        assert lines.count("READY") >= 1 and all(line.startswith(("20", "READY", "BUSY ")) for line in lines), lines
+        prefixes = ("20", "READY", "BUSY ", "CHILD ", "EXITED ")
+        assert lines.count("READY") >= 1 and all(line.startswith(prefixes) for line in lines), lines
         # The worker's own log lines carry its pid too: the prefix names the process that printed them.
         logged = [line for line in lines if " pheanq.worker[" in line]
         assert logged and all(f" pheanq.worker[{pid}] " in line for line in logged), lines

@@ -2,7 +2,8 @@
 
 Each test starts real worker processes against a real beanstalkd and database, queues tasks through the
 service (or puts raw bodies straight into the tube), and checks the rows, the tube's stats, the child
-processes (psutil) and the worker's stdout state lines, which must only ever be ``READY`` and ``BUSY <id>``.
+processes (psutil) and the worker's stdout state lines, which must only ever be ``READY``, ``BUSY <id>``,
+``CHILD <pid>`` and ``EXITED <code>``.
 Success, failure, SIGTERM and unusual output bytes run on every configured database; the rest on SQLite.
 """
 
@@ -26,7 +27,7 @@ from pheanq.service import TaskQueueService
 from pheanq.tube import Tube
 
 TUBE = "pheanq"  # the default tube
-STATE_LINE = re.compile(r"^(READY|BUSY [1-9][0-9]*)$")
+STATE_LINE = re.compile(r"^(READY|BUSY [1-9][0-9]*|CHILD [1-9][0-9]*|EXITED -?[0-9]+)$")
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -74,7 +75,7 @@ def _gone(pid: int) -> bool:
 
 def _assert_state_lines(worker: WorkerProcess) -> None:
     assert worker.lines, "the worker printed no state line"
-    bad = [line for line in worker.lines if not STATE_LINE.match(line)]
+    bad = [line for line in worker.stdout_lines if not STATE_LINE.match(line)]
     assert not bad, f"stdout carries more than state lines: {bad}"
 
 
@@ -243,8 +244,9 @@ def test_output_with_nul_bytes_invalid_utf8_and_emoji_is_logged_on_every_databas
     assert "nul:\ufffd:" in row.log and "\x00" not in row.log
 
 
-def test_an_unregistered_command_fails_its_task_with_a_log_naming_it(
+def test_an_unregistered_command_is_buried_unrun_and_runs_once_registered_and_kicked(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+    tube: Tube,
 ) -> None:
     write_config(tmp_path, commands={"known": [sys.executable, "-c", "pass"]})
     service = make_service(sqlite_url)
@@ -252,14 +254,18 @@ def test_an_unregistered_command_fails_its_task_with_a_log_naming_it(
 
     worker = start_worker(["--stop-when-empty"], make_env(sqlite_url))
     assert worker.wait() == 0, worker.log
-
     row = service.find_task(task_id)
-    assert row.status is Status.FAILED
-    assert row.exit_code is None
-    assert row.log is not None
-    assert "'nobody-registered-this' is not registered" in row.log
-    assert worker.lines == ["READY", f"BUSY {task_id}", "READY"]
+    assert (row.status, row.attempts) == (Status.NEW, 0)  # kept, never started
+    assert "'nobody-registered-this' is not registered on this worker (known: example-task-worker, known)" \
+        in worker.log
+    assert worker.lines == ["READY", "READY"] or worker.lines == ["READY"]
+    assert (tube.tube_stats(TUBE) or {})["current-jobs-buried"] == 1
 
+    write_config(tmp_path, commands={"nobody-registered-this": [sys.executable, "-c", "pass"]})
+    assert row.job_id is not None and tube.kick_job(row.job_id)
+    again = start_worker(["--stop-when-empty"], make_env(sqlite_url))
+    assert again.wait() == 0, again.log
+    assert (service.find_task(task_id).status, service.find_task(task_id).attempts) == (Status.DONE, 1)
 
 
 def test_a_registered_program_that_does_not_exist_fails_with_127_and_a_log_naming_it(
@@ -506,37 +512,37 @@ def test_an_idle_worker_survives_beanstalkd_going_away_and_runs_tasks_once_it_is
     assert worker.lines == ["READY", f"BUSY {task_id}", "READY"]
 
 
-def test_beanstalkd_going_away_while_a_task_runs_stops_it_hands_it_back_and_the_worker_survives(
+def test_beanstalkd_going_away_while_a_task_runs_leaves_the_task_to_finish_under_its_lease(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
     beanstalkd: Beanstalkd,
 ) -> None:
-    pidfile = tmp_path / "child.pid"
+    go = tmp_path / "go"
     runs = tmp_path / "runs.txt"
-    sleeper = _script(tmp_path, "sleeper", """
+    waiter = _script(tmp_path, "waiter", """
         import os, sys, time
-        open(sys.argv[1] + ".tmp", "w").write(str(os.getpid()))
-        os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-        time.sleep(60)  # a task that runs until the test stops it
-    """, str(pidfile))
-    write_config(tmp_path, commands={"sleeper": sleeper, "record": _record_command(tmp_path, runs)})
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.02)  # a task that runs until the test lets it finish
+        open(sys.argv[2], "a").write("finished\\n")
+    """, str(go), str(runs))
+    write_config(tmp_path, commands={"waiter": waiter, "record": _record_command(tmp_path, runs)})
     service = make_service(sqlite_url)
-    task_id = service.queue_task(TaskDescription("sleeper"), ttr=1)
+    task_id = service.queue_task(TaskDescription("waiter"), ttr=1)
     worker = start_worker([], make_env(sqlite_url))
     worker.wait_line(f"BUSY {task_id}")
-    child = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 10, "the child's pid file"))
 
-    beanstalkd.stop()  # in-memory: the job is gone with it; the row is what remains
-    wait_for(lambda: _gone(child), 5, "the child to be stopped once the reservation is lost")
-    wait_for(_status_is(service, task_id, Status.NEW), 5, "the task to be handed back", interval=0.05)
-    row = service.find_task(task_id)
-    assert row.log is not None and "lost the reservation" in row.log
+    beanstalkd.stop()  # in-memory: the job is gone with it; the row, and the worker's lease on it, remain
+    wait_for(lambda: "lost the reservation" in worker.log, 10, "the worker to notice")
+    go.touch()
+    wait_for(_status_is(service, task_id, Status.DONE), 10, "the task to finish", interval=0.05)
+    assert runs.read_text() == "finished\n"
+    assert service.find_task(task_id).attempts == 1
     wait_for(lambda: "retrying in" in worker.log, 10, "the worker to retry beanstalkd")
     assert worker.process.poll() is None, worker.log
     beanstalkd.start()
 
     later = make_service(sqlite_url).queue_task(TaskDescription("record", ["later"]))  # a fresh connection
     wait_for(_status_is(service, later, Status.DONE), 20, "a task queued after the restart", interval=0.1)
-    assert runs.read_text() == f"{later} later\n"
+    assert runs.read_text() == f"finished\n{later} later\n"
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0, worker.log
     assert worker.lines == ["READY", f"BUSY {task_id}", "READY", f"BUSY {later}", "READY"]

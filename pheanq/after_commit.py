@@ -1,0 +1,91 @@
+"""Transactional enqueue: `queue_task(..., session=s)` writes the task's row in the application's own
+transaction and puts its job only once that transaction has committed.
+
+A rollback (or a rolled-back savepoint) sends nothing, because only rows that exist after the commit
+are sent. If the process dies between the commit and the put, the row is there and the reconciler
+sends it: the job is never lost, which publishing "after commit" alone cannot promise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from pheanq.description import encode_data
+from pheanq.errors import InvalidInput, PheanqError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, SessionTransaction
+
+    from pheanq.service import PlannedJob, TaskQueueService
+
+log = logging.getLogger("pheanq.service")
+
+# session.info key: the jobs waiting for this session's commit.
+_PENDING = "pheanq.pending_jobs"
+
+
+def send_after_commit(service: TaskQueueService, session: Session, job: PlannedJob) -> int:
+    """Insert the row on the session's connection; put the job after the session commits. Returns the id."""
+    connection = session.connection()
+    _check_same_database(service, connection)
+    task_id = service.store.insert_task(job.description.command, encode_data(job.description), job.tube,
+                                        job.priority, job.ttr, conn=connection)
+    pending: list[tuple[TaskQueueService, PlannedJob]] = session.info.setdefault(_PENDING, [])
+    # Listening for the session's whole life: a listener removed while SQLAlchemy runs them breaks its loop.
+    if not sa.event.contains(session, "after_commit", _send_pending):
+        sa.event.listen(session, "after_commit", _send_pending)
+        sa.event.listen(session, "after_transaction_end", _forget_pending)
+    pending.append((service, dataclasses.replace(job, task_id=task_id)))
+    return task_id
+
+
+def _send_pending(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint was released: the rows are not committed yet
+    pending: list[tuple[TaskQueueService, PlannedJob]] = session.info.pop(_PENDING, None) or []
+    # On SQLite, a rolled-back row's id can be given to a later task: the latest task queued under an id wins.
+    latest = {(id(service), job.task_id): (service, job) for service, job in pending}
+    by_service: dict[int, tuple[TaskQueueService, list[PlannedJob]]] = {}
+    for service, job in latest.values():
+        by_service.setdefault(id(service), (service, []))[1].append(job)
+    for service, jobs in by_service.values():
+        try:
+            # Rows inserted in a savepoint that was rolled back are gone: only the rows still unsent go out.
+            unsent = service.store.unsent_task_ids([job.task_id for job in jobs])
+        except PheanqError as error:
+            log.warning("%d task(s) committed but not sent (%s); the reconciler will send them", len(jobs), error)
+            continue
+        for job in jobs:
+            if job.task_id in unsent:
+                try:
+                    service.send(job)
+                except InvalidInput as error:
+                    # Raising here would tell the application its commit failed, and it did not.
+                    log.error("task %d cannot be sent and was taken back out of the table: %s", job.task_id, error)
+
+
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended without a commit (a rollback, or a close): its rows are gone."""
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+def _check_same_database(service: TaskQueueService, connection: Any) -> None:
+    """The row must land in the table pheanq reads: the session has to use pheanq's database."""
+    mine, theirs = make_url(service.store.url), connection.engine.url
+
+    def where(url: Any) -> tuple[Any, ...]:
+        database = url.database
+        if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+            database = os.path.realpath(database)
+        return url.get_backend_name(), url.host, url.port, database
+
+    if where(mine) != where(theirs):
+        raise InvalidInput(f"queue_task(session=...): the session uses {theirs.render_as_string(hide_password=True)}"
+                           f" but pheanq's database is {service.store.safe_url}; both must be the same database")

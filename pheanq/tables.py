@@ -1,0 +1,132 @@
+"""pheanq's tables and the rows read from them. Schema only: every statement lives in `pheanq.store`.
+
+Migrations freeze each revision's own copy of these definitions; a change here needs a new revision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from pheanq.status import Status
+
+metadata = sa.MetaData()
+
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+task_table = sa.Table(
+    "pheanq_task",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("command", sa.String(255), nullable=False),
+    sa.Column("data", _LongText, nullable=False),
+    sa.Column("tube", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.BigInteger(), nullable=False),
+    sa.Column("ttr", sa.Integer(), nullable=False),
+    sa.Column("job_id", sa.BigInteger(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("exit_code", sa.Integer(), nullable=True),
+    sa.Column("log", _LongText, nullable=True),
+    sa.Column("worker", sa.String(255), nullable=True),
+    sa.Column("created", _Timestamp, nullable=False),
+    sa.Column("started", _Timestamp, nullable=True),
+    sa.Column("finished", _Timestamp, nullable=True),
+    sa.Column("modified", _Timestamp, nullable=False),
+    # The holder's last renewal of its lease while the task is `working` (see pheanq.lease).
+    sa.Column("heartbeat", _Timestamp, nullable=True),
+    # `status` and `show` group and filter by these; cleanup scans done rows by age.
+    sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
+    sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
+)
+
+
+# What each worker-tender last reported of its pool: one row for the tender, one per worker.
+pool_table = sa.Table(
+    "pheanq_worker",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("tender_pid", sa.Integer(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("tubes", sa.String(1024), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("task_id", sa.BigInteger(), nullable=True),
+    sa.Column("started", _Timestamp, nullable=False),
+    sa.Column("heartbeat", _Timestamp, nullable=False),
+    sa.Index("ix_pheanq_worker_host_tender", "host", "tender_pid"),
+)
+
+
+# One row per named lock; the holder renews `expires` while it works. A lock past `expires` is free.
+lock_table = sa.Table(
+    "pheanq_lock",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("expires", _Timestamp, nullable=False),
+)
+
+# Why a worker buried a job: beanstalkd keeps the job but has nowhere to keep the reason.
+buried_table = sa.Table(
+    "pheanq_buried",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("beanstalkd", sa.String(255), nullable=False),
+    sa.Column("tube", sa.String(200), nullable=False),
+    sa.Column("job_id", sa.BigInteger(), nullable=False),
+    sa.Column("reason", sa.String(1000), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("buried", _Timestamp, nullable=False),
+    sa.Index("ix_pheanq_buried_tube_job", "beanstalkd", "tube", "job_id"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRow:
+    host: str
+    tender_pid: int
+    pid: int
+    kind: str               # "tender" or "worker"
+    tubes: str              # comma-separated
+    state: str
+    task_id: int | None
+    started: dt.datetime
+    heartbeat: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRow:
+    id: int
+    command: str
+    data: str
+    tube: str
+    status: Status
+    priority: int
+    ttr: int
+    job_id: int | None
+    attempts: int
+    exit_code: int | None
+    log: str | None
+    worker: str | None
+    created: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+    modified: dt.datetime
+    heartbeat: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BuriedRow:
+    beanstalkd: str
+    tube: str
+    job_id: int
+    reason: str
+    body: str
+    buried: dt.datetime

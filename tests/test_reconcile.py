@@ -1,0 +1,196 @@
+"""The reconciler against a real beanstalkd and real databases: lost jobs come back, live ones stay single."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import greenstalk
+import pytest
+import sqlalchemy as sa
+from support import Beanstalkd, TenderProcess, pheanq, wait_for, write_config
+
+from pheanq import Status, TaskDescription, TaskPendingWarning
+from pheanq.reconcile import LOCK_NAME, reconcile
+from pheanq.service import TaskQueueService
+from pheanq.tables import task_table
+
+TASK = TaskDescription("work", [1])
+
+
+def live_jobs_of(server: Beanstalkd, tube: str = "pheanq") -> dict[int, int]:
+    """task id -> number of live jobs pointing at it, read with a plain client (ready, delayed, buried)."""
+    counts: dict[int, int] = {}
+    with greenstalk.Client(server.address, encoding=None, use=tube, watch=tube) as client:
+        stats = dict(client.stats_tube(tube))
+        total = sum(int(str(stats[f"current-jobs-{state}"])) for state in ("ready", "delayed", "buried", "reserved"))
+        for job_id in range(1, int(client.stats()["total-jobs"]) + 1):
+            try:
+                body = client.peek(job_id).body
+            except greenstalk.NotFoundError:
+                continue
+            task_id = int(body.split(b'"task_id":')[1].split(b",")[0])
+            counts[task_id] = counts.get(task_id, 0) + 1
+    assert sum(counts.values()) == total
+    return counts
+
+
+def set_row(service: TaskQueueService, task_id: int, **values: object) -> None:
+    with service.store.transaction() as conn:
+        conn.execute(task_table.update().where(task_table.c.id == task_id).values(**values))
+
+
+def ago(seconds: float) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=seconds)
+
+
+def test_a_task_queued_while_beanstalkd_was_down_is_pending_then_sent_once(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    service = make_service(db_url)
+    beanstalkd.stop()
+    with pytest.warns(TaskPendingWarning) as caught:
+        task_id = service.queue_task(TASK)
+    assert caught[0].message.task_id == task_id  # type: ignore[union-attr]
+    row = service.find_task(task_id)
+    assert (row.status, row.job_id) == (Status.NEW, None)
+
+    beanstalkd.start()
+    young = reconcile(service, min_age=30)
+    assert (young.checked, young.sent_again) == (0, 0)  # its put may still be in flight: left alone
+    report = reconcile(service, min_age=0)
+    assert (report.checked, report.alive, report.sent_again, report.stalled) == (1, 0, 1, 0)
+    assert live_jobs_of(beanstalkd) == {task_id: 1}
+    again = reconcile(service, min_age=0)
+    assert (again.checked, again.alive, again.sent_again) == (1, 1, 0)
+    assert live_jobs_of(beanstalkd) == {task_id: 1}
+
+
+def test_after_a_restart_without_binlog_every_waiting_task_is_sent_again_even_when_job_ids_are_reused(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    service = make_service(db_url)
+    lost = [service.queue_task(TASK) for _ in range(3)]
+    beanstalkd.stop()
+    beanstalkd.start()
+    service.tube.close()
+    # Job ids start again from 1: this task's job gets the id the first lost task's row still names.
+    fresh = service.queue_task(TASK)
+    assert service.find_task(fresh).job_id == service.find_task(lost[0]).job_id
+
+    report = reconcile(service, min_age=0)
+    assert (report.checked, report.alive, report.sent_again) == (4, 1, 3)
+    assert live_jobs_of(beanstalkd) == {task_id: 1 for task_id in [*lost, fresh]}
+
+
+def test_a_working_task_whose_job_and_worker_are_gone_is_stalled_and_sent_again(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    service = make_service(db_url)
+    stale, fresh = service.queue_task(TASK, ttr=3), service.queue_task(TASK, ttr=3)
+    for task_id in (stale, fresh):
+        set_row(service, task_id, status="working", attempts=1, worker="gone:1", job_id=999,
+                heartbeat=ago(60 if task_id == stale else 0))
+    with greenstalk.Client(beanstalkd.address, encoding=None, watch="pheanq") as client:
+        for _ in range(2):
+            client.delete(client.reserve(timeout=1))
+
+    dry = reconcile(service, dry_run=True, min_age=0)
+    assert (dry.checked, dry.stalled) == (1, 1)
+    assert service.find_task(stale).status is Status.WORKING  # a dry run changes nothing
+
+    report = reconcile(service, min_age=0)
+    assert (report.checked, report.stalled, report.sent_again) == (1, 1, 0)
+    row = service.find_task(stale)
+    assert row.status is Status.STALLED and row.job_id != 999
+    assert "stalled: its job is gone" in (row.log or "")
+    assert service.find_task(fresh).status is Status.WORKING  # its holder still renews its lease
+    assert live_jobs_of(beanstalkd) == {stale: 1}
+
+
+def test_a_stale_working_task_whose_job_is_still_there_is_left_to_the_worker_that_gets_the_job(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    service = make_service(db_url)
+    task_id = service.queue_task(TASK, ttr=3)
+    set_row(service, task_id, status="working", attempts=1, heartbeat=ago(60))
+    report = reconcile(service, min_age=0)
+    assert (report.checked, report.alive, report.stalled) == (1, 1, 0)
+    assert service.find_task(task_id).status is Status.WORKING
+
+
+def test_one_reconciler_at_a_time_across_machines_and_a_dead_holders_lock_expires(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    service, other = make_service(db_url), make_service(db_url)
+    other.worker_name = "other-host:1"
+    beanstalkd.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TaskPendingWarning)
+        task_id = service.queue_task(TASK)
+    beanstalkd.start()
+
+    assert other.store.take_lock(LOCK_NAME, other.worker_name, 60)
+    blocked = reconcile(service, min_age=0)
+    assert blocked.locked_by is not None and blocked.locked_by.startswith("other-host:1")
+    assert "another reconciler is running" in blocked.summary()
+    assert service.find_task(task_id).job_id is None
+
+    with service.store.transaction() as conn:
+        conn.execute(sa.text("UPDATE pheanq_lock SET expires = :t"), {"t": ago(1)})
+    assert reconcile(service, min_age=0).sent_again == 1
+    assert service.store.take_lock(LOCK_NAME, "third:1", 60)  # freed at the end of the pass
+
+
+def test_pheanq_reconcile_on_the_command_line(sqlite_url: str, tmp_path: Path, beanstalkd: Beanstalkd,
+                                             make_service: Callable[..., TaskQueueService]) -> None:
+    service = make_service(sqlite_url)
+    beanstalkd.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TaskPendingWarning)
+        task_id = service.queue_task(TASK, tube="mail")
+    beanstalkd.start()
+    write_config(tmp_path)
+    env = {"PHEANQ_DATABASE_URL": sqlite_url, "PHEANQ_BEANSTALKD": beanstalkd.address_text,
+           "PHEANQ_CONFIG": str(tmp_path / "pheanq.toml")}
+
+    dry = pheanq(["reconcile", "--dry-run", "--min-age", "0"], env, tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert f"task {task_id} (new, job None): job gone; would send it again" in dry.stdout
+    assert "dry run: checked 1 task(s)" in dry.stdout
+
+    other_tube = pheanq(["reconcile", "--use-tube", "default", "--min-age", "0"], env, tmp_path)
+    assert "checked 0 task(s)" in other_tube.stdout
+
+    done = pheanq(["reconcile", "--use-tube", "mail", "--min-age", "0"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "sent again 1 (0 of them stalled)" in done.stdout
+    assert live_jobs_of(beanstalkd, "mail") == {task_id: 1}
+
+    bad = pheanq(["reconcile", "--min-age", "-1"], env, tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--min-age" in bad.stderr
+
+
+def test_a_worker_tender_reconciles_its_tube_on_its_own(
+    sqlite_url: str, tmp_path: Path, beanstalkd: Beanstalkd, make_env: Callable[..., dict[str, str]],
+    make_service: Callable[..., TaskQueueService],
+) -> None:
+    service = make_service(sqlite_url)
+    beanstalkd.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TaskPendingWarning)
+        task_id = service.queue_task(TaskDescription("work", []))
+    beanstalkd.start()
+    set_row(service, task_id, modified=ago(120))  # older than --min-age: no put of its own can be in flight
+    write_config(tmp_path, commands={"work": ["/bin/true"]})
+    tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0",
+                            "--reconcile-interval", "0.5"],
+                           {**make_env(sqlite_url), "PHEANQ_RUN_DIR": str(tmp_path / "run")}, tmp_path)
+    try:
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 20,
+                 f"the tender's reconciler to send the task; log:\n{tender.log[-3000:]}")
+        assert "reconciled tube pheanq" in tender.log
+    finally:
+        tender.stop()
