@@ -22,6 +22,8 @@ OPTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 # beanstalkd's default max-job-size (-z); a larger body would be refused by the server.
 MAX_BODY_BYTES = 65535
 BODY_VERSION = 1
+# The largest id the task table can hold (a signed 64-bit integer); a body naming a larger one is not ours.
+MAX_TASK_ID = 2**63 - 1
 
 
 class TaskDescription:
@@ -147,7 +149,7 @@ def decode_body(raw: bytes, secret: str | None = None) -> JobBody:
     if type(version) is not int or version != BODY_VERSION:  # not true, not 1.0
         raise MalformedBody(f"not a pheanq job body ({_preview(raw)})")
     task_id = data.get("task_id")
-    if not isinstance(task_id, int) or isinstance(task_id, bool) or task_id <= 0:
+    if not isinstance(task_id, int) or isinstance(task_id, bool) or not 0 < task_id <= MAX_TASK_ID:
         raise MalformedBody(f"task_id is not a positive integer ({_preview(raw)})")
     try:
         description = TaskDescription.from_data(data.get("description", {}))

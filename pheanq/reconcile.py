@@ -29,9 +29,10 @@ LOCK_NAME = "reconcile"
 # A reconciler that dies holding the lock blocks the others this long at most; it renews it per page.
 LOCK_SECONDS = 300.0
 PAGE_SIZE = 500
-# A younger waiting task may be between its insert and its put: leave it alone.
-DEFAULT_MIN_AGE_SECONDS = 30.0
-DEFAULT_INTERVAL_SECONDS = 60.0
+# A younger waiting task may be between its insert and its put (at most the connect and answer timeouts,
+# 5 + 10 s): leave it alone.
+DEFAULT_MIN_AGE_SECONDS = 20.0
+DEFAULT_INTERVAL_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -125,6 +126,8 @@ class PeriodicReconciler:
                         log.warning("reconciled tube %s: %s", tube, report.summary())
             except PheanqError as error:
                 log.warning("reconcile skipped: %s", error)
+            except Exception as error:  # the next pass may well succeed; the tender goes on
+                log.error("reconcile failed: %s: %s", type(error).__name__, error)
         if service is not None:
             service.close()
 

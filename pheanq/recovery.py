@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 
-from pheanq.errors import PheanqError, StoreUnavailable, TubeUnavailable
+from pheanq.errors import StoreUnavailable, TubeUnavailable
 from pheanq.service import TaskQueueService
 
 log = logging.getLogger("pheanq.tender")
@@ -92,6 +92,7 @@ class Aftercare:
                         log.warning("task %d: not settled (%s); the reconciler will", task.task_id, error)
                         break
                     time.sleep(RETRY_SECONDS)  # a database or beanstalkd outage: try again shortly
-                except PheanqError as error:
-                    log.warning("task %d: not settled: %s", task.task_id, error)
+                except Exception as error:  # this thread must outlive any one task's trouble
+                    log.error("task %d: not settled (%s: %s); the reconciler will", task.task_id,
+                              type(error).__name__, error)
                     break

@@ -44,8 +44,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pheanq.service")
 
-# After a failed put, how long queue_task records tasks as pending without trying beanstalkd again.
+# After a put that failed slowly (a timeout, not a refused connection), how long queue_task records tasks as
+# pending without trying beanstalkd again.
 PUT_RETRY_SECONDS = 5.0
+SLOW_FAILURE_SECONDS = 0.5
+# At most this many of its own pending tasks a service remembers, to send them itself once a put works again.
+MAX_OWN_PENDING = 10_000
+# How long a job whose task is held under a live lease waits before it is looked at again.
+HELD_RECHECK_SECONDS = 3
 
 DEFAULT_PRIORITY = 1024
 DEFAULT_TTR = 60
@@ -93,6 +99,8 @@ class TaskQueueService:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._tube_down_until = 0.0
         self._tube_down_reason = ""
+        self._own_pending: list[PlannedJob] = []
+        self._pending_lock = threading.Lock()
 
     def close(self) -> None:
         self.tube.close()
@@ -125,28 +133,53 @@ class TaskQueueService:
     def send(self, job: PlannedJob) -> bool:
         """Put the job of a recorded task; False, with a TaskPendingWarning, when beanstalkd did not take it.
 
-        After one failure, beanstalkd is left alone for PUT_RETRY_SECONDS (tasks are recorded as pending
-        meanwhile), so an application queueing many tasks does not wait a connect timeout for each.
+        After a put that failed slowly (an unreachable host costs the connect timeout), beanstalkd is left
+        alone for PUT_RETRY_SECONDS and tasks are recorded as pending meanwhile, so an application queueing
+        many tasks is not held up for each. Once a put works again, the service sends the tasks it left
+        pending itself, without waiting for the reconciler.
         """
         reason = self._tube_down_reason if time.monotonic() < self._tube_down_until else None
         if reason is None:
+            started = time.monotonic()
             try:
                 job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
                                        job.delay, job.ttr)
             except TubeUnavailable as error:
                 reason = str(error)
-                self._tube_down_until = time.monotonic() + PUT_RETRY_SECONDS
-                self._tube_down_reason = f"{reason}; not retried for {PUT_RETRY_SECONDS:g}s"
+                if time.monotonic() - started >= SLOW_FAILURE_SECONDS:
+                    self._tube_down_until = time.monotonic() + PUT_RETRY_SECONDS
+                    self._tube_down_reason = f"{reason}; not retried for {PUT_RETRY_SECONDS:g}s"
             except InvalidInput:
                 # The server's job size limit is below pheanq's: the task can never be sent, so it is taken back.
                 self.store.delete_unsent(job.task_id)
                 raise
             else:
                 self._record_job_id(job.task_id, job_id)
+                self._send_own_pending()
                 return True
+        with self._pending_lock:
+            if len(self._own_pending) < MAX_OWN_PENDING:
+                self._own_pending.append(job)
         log.warning("task %d is pending: %s", job.task_id, reason)
         warnings.warn(TaskPendingWarning(job.task_id, reason), stacklevel=3)
         return False
+
+    def _send_own_pending(self) -> None:
+        """Send the tasks this service left pending, unless the reconciler already has; the row keeps one job."""
+        with self._pending_lock:
+            if not self._own_pending:
+                return
+            jobs, self._own_pending = self._own_pending, []
+        try:
+            unsent = self.store.unsent_task_ids([job.task_id for job in jobs])
+            for job in jobs:
+                if job.task_id in unsent:
+                    job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
+                                           job.delay, job.ttr)
+                    if not self.store.record_job_if(job.task_id, Status.NEW, None, job_id):
+                        self.tube.delete(job_id)
+        except (StoreUnavailable, TubeUnavailable) as error:
+            log.warning("tasks left pending were not all sent (%s); the reconciler will send them", error)
 
     def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1,
                      still_wanted: Callable[[], bool] = lambda: True) -> WorkPackage | None:
@@ -323,7 +356,9 @@ class TaskQueueService:
             return None
         assert claim.row is not None
         if claim.outcome is ClaimOutcome.HELD_ALIVE:
-            wait = _seconds_until_stale(claim.row)
+            # Not the whole lease: the holder's tender may settle the task any moment (it died), and then the
+            # job should not sit delayed for long.
+            wait = min(HELD_RECHECK_SECONDS, _seconds_until_stale(claim.row))
             log.info("job %d: task %d is still held by %s, whose lease is renewed; the job waits %ds", job.id,
                      body.task_id, claim.row.worker, wait)
             self.tube.release(job.id, claim.row.priority, wait)

@@ -317,6 +317,11 @@ class Store:
             reason = str(getattr(probe, "orig", probe)).strip().splitlines()[0]
             return StoreUnavailable(f"database {self.safe_url} is unreachable: {reason}")
         if not missing:
+            if isinstance(error, OperationalError):
+                # The server answered the probe, but the statement failed on the server's state: starting up,
+                # shutting down, a lock or deadlock. Another try later is the answer, as for an outage.
+                reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+                return StoreUnavailable(f"database {self.safe_url} is unavailable: {reason}")
             return error
         return SchemaMissing(self.safe_url, None if len(tables) == len(metadata.tables) else missing)
 
@@ -325,6 +330,16 @@ def is_stale(row: TaskRow, now: dt.datetime) -> bool:
     """Whether a `working` row's holder stopped renewing its lease (see pheanq.lease)."""
     last = row.heartbeat or row.started or row.modified
     return (now - last).total_seconds() > stale_after(row.ttr)
+
+
+# No wait on a database server is unbounded: a half-open connection (a server gone mid-answer, a cut
+# network) must fail, not hang a worker. pheanq's statements are short, so 30 s is far beyond any of them.
+_BOUNDED_WAITS: dict[str, dict[str, Any]] = {
+    "postgresql": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                   "keepalives_count": 3, "tcp_user_timeout": 30_000},
+    "mysql": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+    "mariadb": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+}
 
 
 def create_engine(url: str) -> Engine:
@@ -336,7 +351,7 @@ def create_engine(url: str) -> Engine:
             engine = sa.create_engine(parsed, connect_args={"timeout": 30})
             sa.event.listen(engine, "connect", _tune_sqlite)
             return engine
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=_BOUNDED_WAITS.get(backend, {}))
     except (NoSuchModuleError, ImportError) as error:
         safe = make_url(url).render_as_string(hide_password=True)
         raise ConfigError(f"database_url: {safe}: the driver {parsed.drivername!r} is not available "

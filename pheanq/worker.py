@@ -120,48 +120,58 @@ class Worker:
     def _lease(self, package: WorkPackage) -> Callable[[], str | None]:
         """While the child runs: renew the task's lease and touch its job; say when the child must stop.
 
-        The lease on the row is what keeps the task this attempt's. Losing the beanstalkd reservation
-        alone (a dropped connection, a restarted beanstalkd) does not stop the child: another worker that
-        gets the job sees the lease renewed and leaves the task alone. Only a lease that can no longer be
-        renewed stops it, in time for no other worker to start the task while this child still runs.
+        Either hold keeps the task this attempt's: the lease on the row (no claim takes over a task
+        whose lease is renewed) or the beanstalkd reservation (no other worker can get a reserved job,
+        and the reconciler leaves a task whose job is alive alone). So a restarted beanstalkd, or a
+        database outage, alone does not stop the child. Only when both holds fail for long enough is it
+        stopped, in time for no other worker to start the task while this child still runs.
         """
         interval = lease_interval(package)
         deadline_after = holder_must_stop_after(package.row.ttr)
         next_renewal = time.monotonic() + interval
-        renewed = time.monotonic()
+        renewed = reserved = time.monotonic()
         job_lost = False
 
         def keep_running() -> str | None:
-            nonlocal next_renewal, renewed, job_lost
+            nonlocal next_renewal, renewed, reserved, job_lost
             if self.interrupted:
                 return "the worker was interrupted (SIGINT)"
             now = time.monotonic()
             if now < next_renewal:
                 return None
             next_renewal = now + interval
+            lease_problem = None
             try:
                 if not self.service.renew_lease(package):
                     return "the task is no longer held by this attempt (another worker took it over)"
                 renewed = now
             except StoreUnavailable as error:
-                if now - renewed >= deadline_after:
-                    return f"the task's lease could not be renewed for {now - renewed:.0f}s ({error}), so " \
-                           "another worker may take the task over"
-                log.warning("task %d: lease not renewed (%s); the child goes on for up to %.0fs more",
-                            package.task_id, error, deadline_after - (now - renewed))
+                lease_problem = str(error)
             try:
-                held = self.service.touch(package)
+                if self.service.touch(package):
+                    reserved = now
+                else:
+                    job_lost = job_lost or self._note_job_lost(package, "beanstalkd no longer has it reserved "
+                                                                        "for this worker")
             except TubeUnavailable as error:
-                held, why = False, str(error)
-            else:
-                why = "beanstalkd no longer has it reserved for this worker"
-            if not held and not job_lost:
-                job_lost = True
-                log.warning("task %d: lost the reservation of job %d (%s); the task's lease keeps it",
-                            package.task_id, package.job_id, why)
+                job_lost = job_lost or self._note_job_lost(package, str(error))
+            if lease_problem is not None:
+                held_for = now - max(renewed, reserved)
+                if held_for >= deadline_after:
+                    return f"neither the task's lease ({lease_problem}) nor its job's reservation could be " \
+                           f"renewed for {held_for:.0f}s, so another worker may take the task over"
+                log.warning("task %d: lease not renewed (%s)%s", package.task_id, lease_problem,
+                            "; its job is still reserved" if reserved == now else
+                            f"; the child goes on for up to {deadline_after - held_for:.0f}s more")
             return None
 
         return keep_running
+
+    @staticmethod
+    def _note_job_lost(package: WorkPackage, why: str) -> bool:
+        log.warning("task %d: lost the reservation of job %d (%s); the task's lease keeps it", package.task_id,
+                    package.job_id, why)
+        return True
 
     def _record(self, write: Callable[[], bool], package: WorkPackage) -> None:
         """Record a task's result, waiting out a database outage while keeping the job reserved."""

@@ -57,6 +57,13 @@ ensure_beanstalkd() {
     fi
 }
 
+# The PostgreSQL server programs (initdb, pg_ctl), for the private throwaway cluster of the chaos scenarios.
+ensure_postgres_server_programs() {
+    if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+        apt_install postgresql
+    fi
+}
+
 free_port() {
     "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

@@ -99,3 +99,28 @@ def test_a_job_reserved_while_the_database_is_down_is_handed_back_and_runs_once_
     assert service.find_task(task_id).attempts == 1
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.log
+
+
+def test_a_command_outlives_a_database_outage_longer_than_its_lease_while_its_job_stays_reserved(
+    server_url: str, proxied: tuple[str, TcpProxy], tmp_path: Path,
+    make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    proxied_url, proxy = proxied
+    marker = _slow_command(tmp_path, 5.0)
+    service = make_service(server_url)
+    task_id = service.queue_task(TaskDescription("slow"), ttr=1)  # a lease that goes stale after 3 s
+    worker = start_worker([], make_env(proxied_url))
+    worker.wait_line(f"BUSY {task_id}")
+
+    proxy.cut()
+    wait_for(lambda: "its job is still reserved" in worker.log, 10, "the worker to lean on the reservation")
+    wait_for(lambda: marker.exists(), 15, f"the command to finish during the outage; log:\n{worker.log}")
+    proxy.restore()
+    wait_for(lambda: service.find_task(task_id).status is Status.DONE, 30, f"the result recorded; log:\n{worker.log}")
+    row = service.find_task(task_id)
+    assert (row.attempts, row.exit_code) == (1, 0)
+    assert marker.read_text() == "ran\n"
+    assert "interrupted" not in (row.log or "")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
