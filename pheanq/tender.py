@@ -263,7 +263,7 @@ class Tender:
             if worker.retire_reason is not None or self.stopping:
                 log.info("worker %d ended (%s)", worker.pid, ending)
                 continue
-            held = f" while running task {worker.task_id}; beanstalkd hands its job to another worker" \
+            held = f" while running task {worker.task_id}; the tender settles the task" \
                 if worker.state is WorkerState.BUSY else ""
             if worker.hung:
                 self._count_quick_death(now, f"worker {worker.pid} said nothing for {START_REPORT_SECONDS:.0f}s "

@@ -23,7 +23,7 @@ from support import Beanstalkd, TenderProcess, WorkerProcess, wait_for, write_co
 
 from pheanq import Status, TaskDescription
 from pheanq.lease import heartbeat_interval, holder_must_stop_after, stale_after
-from pheanq.service import TaskQueueService
+from pheanq.service import TaskQueueService, WorkPackage
 from pheanq.store import ClaimOutcome
 from pheanq.tables import task_table
 
@@ -96,15 +96,23 @@ def test_the_lease_rule() -> None:
         assert heartbeat_interval(ttr) < ttr or ttr < 1
 
 
-def test_a_job_handed_out_again_while_its_holder_renews_the_lease_waits_and_is_not_run_twice(
-    db_url: str, make_service: MakeService, beanstalkd: Beanstalkd,
-) -> None:
+def held_then_dropped(make_service: MakeService, db_url: str) -> tuple[TaskQueueService, TaskQueueService, int,
+                                                                      WorkPackage]:
+    """A task claimed by `holder`, whose beanstalkd connection then drops (the job is handed out again), and
+    another service that will get the job: (holder, other, task id, the holder's package)."""
     holder, other = make_service(db_url), make_service(db_url)
     other.worker_name = "other:1"
     task_id = holder.queue_task(TaskDescription("example-task-worker", ["1"]), ttr=3)
     package = holder.reserve_task(TUBE, 1)
     assert package is not None
-    holder.tube.close()  # the connection drops: beanstalkd hands the job out again
+    holder.tube.close()
+    return holder, other, task_id, package
+
+
+def test_a_job_handed_out_again_while_its_holder_renews_the_lease_waits_and_is_not_run_twice(
+    db_url: str, make_service: MakeService, beanstalkd: Beanstalkd,
+) -> None:
+    holder, other, task_id, package = held_then_dropped(make_service, db_url)
 
     assert other.reserve_task(TUBE, 1) is None  # it came, found the lease renewed, and was put off
     row = other.find_task(task_id)
@@ -122,12 +130,7 @@ def test_a_job_handed_out_again_while_its_holder_renews_the_lease_waits_and_is_n
 def test_a_stale_lease_is_taken_over_and_the_old_attempt_can_no_longer_record_anything(
     db_url: str, make_service: MakeService, beanstalkd: Beanstalkd,
 ) -> None:
-    holder, other = make_service(db_url), make_service(db_url)
-    other.worker_name = "other:1"
-    task_id = holder.queue_task(TaskDescription("example-task-worker", ["1"]), ttr=3)
-    package = holder.reserve_task(TUBE, 1)
-    assert package is not None
-    holder.tube.close()
+    holder, other, task_id, package = held_then_dropped(make_service, db_url)
     set_heartbeat(holder, task_id, stale_after(3) + 1)
 
     taken = other.reserve_task(TUBE, 1)

@@ -348,7 +348,7 @@ def test_kill_9_of_a_busy_worker_kills_its_task_and_another_worker_runs_the_task
     died = wait_for(lambda: [line for line in tender.tender_lines(f"worker {victim} ")
                              if re.search(rf"worker {victim} (ended|died) \(signal 9\)", line)], 10,
                     f"the tender to notice worker {victim} died")[0]
-    assert f"while running task {task_id}; beanstalkd hands its job to another worker" in died, died
+    assert f"while running task {task_id}; the tender settles the task" in died, died
     # What the task started in a session of its own was adopted by the tender (a subreaper), which kills it.
     wait_for(lambda: process_gone(detached), 5, f"the task's detached process {detached} killed")
     assert tender.tender_lines(f"killing process {detached} ")
