@@ -306,9 +306,12 @@ def task_cleanup(context: Context, period: int) -> None:
 @click.option("--wait", type=click.IntRange(min=0), default=1, show_default=True, metavar="SECONDS",
               help="How long each example task runs.")
 @click.option("--message", default="hello world", show_default=True, help="What each example task prints.")
+@click.option("--timeout", type=click.IntRange(min=1), metavar="SECONDS",
+              help="Stop each task's command after this long; the attempt fails. [default: no limit]")
 @_use_tube_option("Tube to queue into.")
 @pass_context
-def add_example_task(context: Context, total_tasks: int, wait: int, message: str, use_tube: str | None) -> None:
+def add_example_task(context: Context, total_tasks: int, wait: int, message: str, timeout: int | None,
+                     use_tube: str | None) -> None:
     """Queue example tasks: a quick check that beanstalkd, the database and the workers are set up."""
     tube = context.tubes(use_tube)[0]
     service = context.service
@@ -316,7 +319,7 @@ def add_example_task(context: Context, total_tasks: int, wait: int, message: str
     with click.progressbar(length=total_tasks, label="queueing", file=sys.stderr,
                            hidden=total_tasks < PROGRESS_BAR_FROM) as progress:
         for _ in range(total_tasks):
-            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube))
+            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube, timeout=timeout))
             progress.update(1)
     span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
     click.echo(f"queued {len(ids)} example task(s) into tube {tube}: id {span}")

@@ -15,6 +15,7 @@ from pheanq.config import Settings
 from pheanq.description import build_argv
 from pheanq.service import WorkPackage
 from pheanq.status import Status
+from pheanq.time_limit import timed_out, with_time_limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +42,14 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
         build_argv(prefix, description),
         env={**os.environ, "PHEANQ_TASK_ID": str(package.task_id)},
         max_output=settings.max_log_bytes,
-        keep_running=keep_running,
+        keep_running=with_time_limit(package.row.timeout, keep_running),
         on_start=on_start,
         on_exit=on_exit,
     )
     timing = f"after {result.seconds:.2f}s"
+    if package.row.timeout is not None and result.stopped == timed_out(package.row.timeout):
+        return Outcome(Status.FAILED, result.exit_code, _entry(package, worker_name, f"failed {timing}: "
+                       f"{result.stopped}; its command was stopped", result.output), result.output_bytes)
     if result.stopped is not None:
         return Outcome(Status.NEW, result.exit_code,
                        _entry(package, worker_name, f"interrupted {timing}: {result.stopped}; the task goes "

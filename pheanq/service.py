@@ -56,6 +56,7 @@ HELD_RECHECK_SECONDS = 3
 DEFAULT_PRIORITY = 1024
 DEFAULT_TTR = 60
 MAX_PRIORITY = 2**32 - 1
+MAX_TIMEOUT = 2**31 - 1
 # A job with this id can never exist; it sizes a body before the real id is known.
 _LARGEST_ID = 2**63 - 1
 # How much of a buried job's body is kept beside its reason.
@@ -89,6 +90,7 @@ class PlannedJob:
     priority: int
     delay: int
     ttr: int
+    timeout: int | None = None
 
 
 class TaskQueueService:
@@ -107,8 +109,11 @@ class TaskQueueService:
         self.store.close()
 
     def queue_task(self, description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
-                   delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None) -> int:
+                   delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None,
+                   timeout: int | None = None) -> int:
         """Record the task as `new`, then put its job; returns the task id.
+
+        `timeout`: seconds the command may run; then its worker stops it and the attempt fails.
 
         With `session`, the row is written in that SQLAlchemy session's transaction and the job is put
         only after it commits (a rollback sends nothing). When beanstalkd does not take the job, the
@@ -119,14 +124,16 @@ class TaskQueueService:
         _check_range("priority", priority, 0, MAX_PRIORITY)
         _check_range("delay", delay, 0, MAX_PRIORITY)
         _check_range("ttr", ttr, 1, MAX_PRIORITY)
+        if timeout is not None:
+            _check_range("timeout", timeout, 1, MAX_TIMEOUT)
         if not isinstance(description, TaskDescription):
             raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
-        job = PlannedJob(0, description, tube, priority, delay, ttr)
+        job = PlannedJob(0, description, tube, priority, delay, ttr, timeout)
         if session is not None:
             return send_after_commit(self, session, job)
         job = dataclasses.replace(job, task_id=self.store.insert_task(
-            description.command, encode_data(description), tube, priority, ttr))
+            description.command, encode_data(description), tube, priority, ttr, timeout))
         self.send(job)
         return job.task_id
 
@@ -425,10 +432,11 @@ def default_service() -> TaskQueueService:
 
 
 def queue_task(description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
-               delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None) -> int:
+               delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None,
+               timeout: int | None = None) -> int:
     """Queue a task with the default service; see `TaskQueueService.queue_task`."""
     return default_service().queue_task(description, tube=tube, priority=priority, delay=delay, ttr=ttr,
-                                        session=session)
+                                        session=session, timeout=timeout)
 
 
 def _seconds_until_stale(row: TaskRow) -> int:

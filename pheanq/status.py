@@ -28,7 +28,8 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.STALLED, Status.WORKING): "a worker claimed the stalled task",
     (Status.WORKING, Status.WORKING): "a worker took over a task whose holder stopped renewing its lease",
     (Status.WORKING, Status.DONE): "the command exited with code 0",
-    (Status.WORKING, Status.FAILED): "the command exited non-zero, was killed, or is not registered",
+    (Status.WORKING, Status.FAILED): "the command exited non-zero, was killed, ran past its timeout, or is not "
+                                     "registered",
     (Status.WORKING, Status.NEW): "the worker was interrupted (SIGINT) or lost its reservation; job released",
     (Status.WORKING, Status.STALLED): "the worker holding the task died, or its lease went stale and its job is "
                                       "gone; the task is sent again",

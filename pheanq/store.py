@@ -52,12 +52,13 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int,
+    def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int, timeout: int | None = None,
                     conn: Connection | None = None) -> int:
         """Insert a `new` task; on `conn` (an application's transaction) when given, else in its own."""
         now = _now()
         insert = task_table.insert().values(command=command, data=data, tube=tube, status=Status.NEW.value,
-                                            priority=priority, ttr=ttr, attempts=0, created=now, modified=now)
+                                            priority=priority, ttr=ttr, timeout=timeout, attempts=0, created=now,
+                                            modified=now)
         if conn is not None:
             key = conn.execute(insert).inserted_primary_key
         else:

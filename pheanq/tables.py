@@ -40,6 +40,8 @@ task_table = sa.Table(
     sa.Column("modified", _Timestamp, nullable=False),
     # The holder's last renewal of its lease while the task is `working` (see pheanq.lease).
     sa.Column("heartbeat", _Timestamp, nullable=True),
+    # Seconds the command may run before its worker stops it and the attempt fails; NULL: no limit.
+    sa.Column("timeout", sa.Integer(), nullable=True),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
@@ -120,6 +122,7 @@ class TaskRow:
     finished: dt.datetime | None
     modified: dt.datetime
     heartbeat: dt.datetime | None = None
+    timeout: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

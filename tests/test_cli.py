@@ -190,7 +190,8 @@ def test_a_database_left_at_an_older_revision_gets_run_db_upgrade_not_a_tracebac
     assert status.returncode == 1
     assert one_error_line(status) == (f"pheanq: error: the database {Store(sqlite_url).safe_url} lacks the "
                                       "table pheanq_worker, the table pheanq_lock, the table pheanq_buried, the "
-                                      "column pheanq_task.heartbeat: run `pheanq db upgrade`")
+                                      "column pheanq_task.heartbeat, the column pheanq_task.timeout: run `pheanq "
+                                      "db upgrade`")
     assert pheanq(["db", "upgrade"], env, tmp_path).returncode == 0
     assert pheanq(["status"], env, tmp_path).returncode == 0
 
