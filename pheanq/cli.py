@@ -26,6 +26,7 @@ from pheanq.service import TaskQueueService
 from pheanq.tender import Tender, TenderOptions
 from pheanq.tenders import default_run_dir, stop_tenders
 from pheanq.worker import Worker
+from pheanq.worker_limits import SingleInstance, WorkerLimits
 
 # Above this many tasks, add-example-task draws a progress bar.
 PROGRESS_BAR_FROM = 100
@@ -140,14 +141,35 @@ def cli(ctx: click.Context, config_file: str | None, database_url: str | None, b
 @_use_tube_option("Tube(s) to take tasks from, comma-separated.")
 @click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting.")
 @click.option("--max-tasks", type=click.IntRange(min=1), metavar="N", help="Exit after N tasks.")
+@click.option("--cycles-limit", type=click.IntRange(min=1), metavar="N",
+              help="Exit after checking the tube N times (a check counts whether a job came or not).")
+@click.option("--cycle-delay", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Pause this long after a check that found no job.")
+@click.option("--memory-limit", type=click.FloatRange(min=1), metavar="MB",
+              help="Exit (after the current task) once the worker's resident memory exceeds this.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Exit (after the current task) once the worker has run this long.")
+@click.option("--single-id", metavar="ID", help="Run only if no other worker with this id runs (from cron).")
+@click.option("--pid-dir", metavar="DIR", help="Where --single-id keeps its lock files. [default: run_dir]")
 @pass_context
-def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, max_tasks: int | None) -> None:
+def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, max_tasks: int | None,
+                cycles_limit: int | None, cycle_delay: float, memory_limit: float | None, time_limit: float | None,
+                single_id: str | None, pid_dir: str | None) -> None:
     """Run tasks from the tube until stopped (SIGTERM: finish the task, then exit)."""
+    if pid_dir is not None and single_id is None:
+        raise click.UsageError("--pid-dir needs --single-id")
+    if single_id is not None:
+        instance = SingleInstance(Path(pid_dir) if pid_dir else context.run_dir, single_id)
+        holder = instance.acquire()
+        if holder is not None:
+            click.echo(f"pheanq task-worker: a worker with --single-id {single_id} already runs"
+                       f"{f' (pid {holder})' if holder else ''}; exiting", err=True)
+            sys.exit(0)
     # A never-upgraded database is a set-up mistake to report now; an outage the worker waits out.
     with contextlib.suppress(StoreUnavailable):
         context.service.store.check_schema()
     worker = Worker(context.service, context.tubes(use_tube), stop_when_empty=stop_when_empty,
-                    max_tasks=max_tasks)
+                    max_tasks=max_tasks, limits=WorkerLimits(cycles_limit, cycle_delay, memory_limit, time_limit))
     sys.exit(worker.run())
 
 

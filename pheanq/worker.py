@@ -27,6 +27,7 @@ from pheanq.execution import Outcome, execute
 from pheanq.lease import heartbeat_interval, holder_must_stop_after
 from pheanq.service import TaskQueueService, WorkPackage
 from pheanq.status import Status
+from pheanq.worker_limits import WorkerLimits
 
 log = logging.getLogger("pheanq.worker")
 T = TypeVar("T")
@@ -58,11 +59,13 @@ class Backoff:
 
 class Worker:
     def __init__(self, service: TaskQueueService, tubes: Sequence[str], *, stop_when_empty: bool = False,
-                 max_tasks: int | None = None, out: TextIO = sys.stdout) -> None:
+                 max_tasks: int | None = None, limits: WorkerLimits | None = None, out: TextIO = sys.stdout) -> None:
         self.service = service
         self.tubes = list(tubes)
         self.stop_when_empty = stop_when_empty
         self.max_tasks = max_tasks
+        self.limits = limits or WorkerLimits()
+        self.cycles = 0
         self.out = out
         self.terminating = False   # SIGTERM: finish the task in hand, take no other
         self.interrupted = False   # SIGINT: stop the task in hand now
@@ -75,13 +78,21 @@ class Worker:
         log.info("worker %s watching %s on beanstalkd %s", self.service.worker_name, ",".join(self.tubes),
                  self.service.tube.name)
         self._say("READY")
+        started = time.monotonic()
         while not self._stopping() and (self.max_tasks is None or self.tasks_run < self.max_tasks):
+            limit = self.limits.reason_to_stop(self.cycles, time.monotonic() - started)
+            if limit is not None:
+                log.info("stopping: %s", limit)
+                break
+            self.cycles += 1
             package = self._retrying(lambda: self.service.reserve_task(
                 self.tubes, RESERVE_TIMEOUT, still_wanted=lambda: not self._stopping()))
             if package is None:
                 if self.stop_when_empty and not self._stopping():
                     log.info("no job is ready; stopping (--stop-when-empty)")
                     break
+                if self.limits.cycle_delay:
+                    self._pause(self.limits.cycle_delay)
                 continue
             if self.interrupted:
                 # SIGINT came while this job was being claimed: hand it back without starting it. (After
