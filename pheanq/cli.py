@@ -22,7 +22,7 @@ from pheanq.migrate import upgrade_database
 from pheanq.pool import PoolLimits
 from pheanq.reconcile import DEFAULT_INTERVAL_SECONDS, DEFAULT_MIN_AGE_SECONDS, reconcile
 from pheanq.report import format_buried, format_status, format_task, status_report, task_report
-from pheanq.service import TaskQueueService
+from pheanq.service import DEFAULT_PRIORITY, MAX_PRIORITY, TaskQueueService
 from pheanq.tender import Tender, TenderOptions
 from pheanq.tenders import default_run_dir, stop_tenders
 from pheanq.worker import Worker
@@ -330,10 +330,12 @@ def task_cleanup(context: Context, period: int) -> None:
 @click.option("--message", default="hello world", show_default=True, help="What each example task prints.")
 @click.option("--timeout", type=click.IntRange(min=1), metavar="SECONDS",
               help="Stop each task's command after this long; the attempt fails. [default: no limit]")
+@click.option("--priority", type=click.IntRange(min=0, max=MAX_PRIORITY), default=DEFAULT_PRIORITY,
+              show_default=True, metavar="N", help="beanstalkd priority: 0 is the most urgent.")
 @_use_tube_option("Tube to queue into.")
 @pass_context
 def add_example_task(context: Context, total_tasks: int, wait: int, message: str, timeout: int | None,
-                     use_tube: str | None) -> None:
+                     priority: int, use_tube: str | None) -> None:
     """Queue example tasks: a quick check that beanstalkd, the database and the workers are set up."""
     tube = context.tubes(use_tube)[0]
     service = context.service
@@ -341,7 +343,8 @@ def add_example_task(context: Context, total_tasks: int, wait: int, message: str
     with click.progressbar(length=total_tasks, label="queueing", file=sys.stderr,
                            hidden=total_tasks < PROGRESS_BAR_FROM) as progress:
         for _ in range(total_tasks):
-            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube, timeout=timeout))
+            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube, priority=priority,
+                                          timeout=timeout))
             progress.update(1)
     span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
     click.echo(f"queued {len(ids)} example task(s) into tube {tube}: id {span}")

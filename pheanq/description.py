@@ -34,6 +34,7 @@ class TaskDescription:
 
         class SendInvoice(TaskDescription):
             command = "invoice"
+            tube = "billing"        # optional: the tube it goes to when queue_task names none
 
             def __init__(self, invoice_id: int, *, email: bool = True) -> None:
                 super().__init__(arguments=[invoice_id], options={"email": email})
@@ -43,6 +44,8 @@ class TaskDescription:
     """
 
     command: str = ""
+    # The tube a task type is routed to when queue_task names none (before the default_tube setting).
+    tube: str | None = None
 
     def __init__(
         self,

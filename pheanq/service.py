@@ -120,14 +120,14 @@ class TaskQueueService:
         task is kept as `new` with no job, a `TaskPendingWarning` is issued, and the reconciler sends it
         later: a task whose id was returned is never lost.
         """
-        tube = check_tube_name(tube or self.settings.default_tube)
+        if not isinstance(description, TaskDescription):
+            raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
+        tube = check_tube_name(tube or description.tube or self.settings.default_tube)
         _check_range("priority", priority, 0, MAX_PRIORITY)
         _check_range("delay", delay, 0, MAX_PRIORITY)
         _check_range("ttr", ttr, 1, MAX_PRIORITY)
         if timeout is not None:
             _check_range("timeout", timeout, 1, MAX_TIMEOUT)
-        if not isinstance(description, TaskDescription):
-            raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
         job = PlannedJob(0, description, tube, priority, delay, ttr, timeout)
         if session is not None:

@@ -67,7 +67,7 @@ def test_a_bad_timeout_is_refused_before_anything_is_written(
     assert service.store.count_tasks() == []
 
 
-def test_add_example_task_takes_a_timeout(
+def test_add_example_task_takes_a_timeout_and_a_priority(
     sqlite_url: str, tmp_path: Path, make_env: MakeEnv, make_service: MakeService, beanstalkd: Beanstalkd,
 ) -> None:
     env = make_env(sqlite_url)
@@ -80,3 +80,7 @@ def test_add_example_task_takes_a_timeout(
     wait_for(lambda: make_service(sqlite_url).status_of(task_id) is Status.FAILED, 5, "the task to fail")
     bad = pheanq(["add-example-task", "--timeout", "0"], env, tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--timeout" in bad.stderr
+    urgent = pheanq(["add-example-task", "--priority", "0"], env, tmp_path)
+    assert make_service(sqlite_url).find_task(int(urgent.stdout.split("id ")[1])).priority == 0
+    bad = pheanq(["add-example-task", "--priority", "-1"], env, tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--priority" in bad.stderr
