@@ -35,7 +35,7 @@ def send_after_commit(service: TaskQueueService, session: Session, job: PlannedJ
     connection = session.connection()
     _check_same_database(service, connection)
     task_id = service.store.insert_task(job.description.command, encode_data(job.description), job.tube,
-                                        job.priority, job.ttr, job.timeout, conn=connection)
+                                        job.priority, job.ttr, job.timeout, job.run_at, conn=connection)
     pending: list[tuple[TaskQueueService, PlannedJob]] = session.info.setdefault(_PENDING, [])
     # Listening for the session's whole life: a listener removed while SQLAlchemy runs them breaks its loop.
     if not sa.event.contains(session, "after_commit", _send_pending):

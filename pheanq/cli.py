@@ -332,10 +332,12 @@ def task_cleanup(context: Context, period: int) -> None:
               help="Stop each task's command after this long; the attempt fails. [default: no limit]")
 @click.option("--priority", type=click.IntRange(min=0, max=MAX_PRIORITY), default=DEFAULT_PRIORITY,
               show_default=True, metavar="N", help="beanstalkd priority: 0 is the most urgent.")
+@click.option("--delay", type=click.IntRange(min=0, max=MAX_PRIORITY), default=0, show_default=True,
+              metavar="SECONDS", help="Not to run before this many seconds from now.")
 @_use_tube_option("Tube to queue into.")
 @pass_context
 def add_example_task(context: Context, total_tasks: int, wait: int, message: str, timeout: int | None,
-                     priority: int, use_tube: str | None) -> None:
+                     priority: int, delay: int, use_tube: str | None) -> None:
     """Queue example tasks: a quick check that beanstalkd, the database and the workers are set up."""
     tube = context.tubes(use_tube)[0]
     service = context.service
@@ -343,7 +345,7 @@ def add_example_task(context: Context, total_tasks: int, wait: int, message: str
     with click.progressbar(length=total_tasks, label="queueing", file=sys.stderr,
                            hidden=total_tasks < PROGRESS_BAR_FROM) as progress:
         for _ in range(total_tasks):
-            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube, priority=priority,
+            ids.append(service.queue_task(ExampleTask(wait, message), tube=tube, priority=priority, delay=delay,
                                           timeout=timeout))
             progress.update(1)
     span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"

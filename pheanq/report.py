@@ -109,13 +109,13 @@ def task_report(row: TaskRow) -> dict[str, Any]:
         "priority": row.priority, "ttr": row.ttr, "timeout": row.timeout, "job_id": row.job_id,
         "attempts": row.attempts, "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
         "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
-        "heartbeat": _time(row.heartbeat), "data": row.data, "log": row.log,
+        "heartbeat": _time(row.heartbeat), "run_at": _time(row.run_at), "data": row.data, "log": row.log,
     }
 
 
 def format_task(report: dict[str, Any]) -> str:
     fields = ["status", "command_line", "tube", "priority", "ttr", "timeout", "job_id", "attempts", "exit_code",
-              "worker", "created", "started", "finished", "modified", "heartbeat"]
+              "worker", "run_at", "created", "started", "finished", "modified", "heartbeat"]
     lines = [f"task {report['id']}"]
     lines += [f"  {name:<13}{'-' if report[name] is None else report[name]}" for name in fields]
     lines.append("log:")

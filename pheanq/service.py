@@ -34,6 +34,7 @@ from pheanq.errors import (
     WrongStatus,
 )
 from pheanq.lease import stale_after
+from pheanq.schedule import put_delay, run_at_of
 from pheanq.status import Status
 from pheanq.store import ClaimOutcome, Store
 from pheanq.tables import BuriedRow, PoolRow, TaskRow
@@ -88,7 +89,7 @@ class PlannedJob:
     description: TaskDescription
     tube: str
     priority: int
-    delay: int
+    run_at: dt.datetime | None
     ttr: int
     timeout: int | None = None
 
@@ -110,10 +111,11 @@ class TaskQueueService:
 
     def queue_task(self, description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
                    delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None,
-                   timeout: int | None = None) -> int:
+                   timeout: int | None = None, run_at: dt.datetime | None = None) -> int:
         """Record the task as `new`, then put its job; returns the task id.
 
         `timeout`: seconds the command may run; then its worker stops it and the attempt fails.
+        `delay` (seconds) or `run_at` (a timezone-aware datetime): not to run before then.
 
         With `session`, the row is written in that SQLAlchemy session's transaction and the job is put
         only after it commits (a rollback sends nothing). When beanstalkd does not take the job, the
@@ -129,11 +131,11 @@ class TaskQueueService:
         if timeout is not None:
             _check_range("timeout", timeout, 1, MAX_TIMEOUT)
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
-        job = PlannedJob(0, description, tube, priority, delay, ttr, timeout)
+        job = PlannedJob(0, description, tube, priority, run_at_of(delay, run_at, _now()), ttr, timeout)
         if session is not None:
             return send_after_commit(self, session, job)
         job = dataclasses.replace(job, task_id=self.store.insert_task(
-            description.command, encode_data(description), tube, priority, ttr, timeout))
+            description.command, encode_data(description), tube, priority, ttr, timeout, job.run_at))
         self.send(job)
         return job.task_id
 
@@ -150,7 +152,7 @@ class TaskQueueService:
             started = time.monotonic()
             try:
                 job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
-                                       job.delay, job.ttr)
+                                       put_delay(job.run_at, _now()), job.ttr)
             except TubeUnavailable as error:
                 reason = str(error)
                 if time.monotonic() - started >= SLOW_FAILURE_SECONDS:
@@ -182,7 +184,7 @@ class TaskQueueService:
             for job in jobs:
                 if job.task_id in unsent:
                     job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
-                                           job.delay, job.ttr)
+                                           put_delay(job.run_at, _now()), job.ttr)
                     if not self.store.record_job_if(job.task_id, Status.NEW, None, job_id):
                         self.tube.delete(job_id)
         except (StoreUnavailable, TubeUnavailable) as error:
@@ -284,7 +286,8 @@ class TaskQueueService:
             status = Status.STALLED
         else:
             status = row.status
-        job_id = self.tube.put(row.tube, self._encode(row.id, decode_data(row.data)), row.priority, 0, row.ttr)
+        job_id = self.tube.put(row.tube, self._encode(row.id, decode_data(row.data)), row.priority,
+                               put_delay(row.run_at, _now()), row.ttr)
         if not self.store.record_job_if(row.id, status, row.job_id, job_id):
             self.tube.delete(job_id)
             return None
@@ -362,6 +365,12 @@ class TaskQueueService:
             self.bury(job, f"task {body.task_id} has no row in the table")
             return None
         assert claim.row is not None
+        if claim.outcome is ClaimOutcome.EARLY:
+            wait = put_delay(claim.row.run_at, _now())
+            log.info("job %d: task %d may not run before %s UTC; the job waits %ds more", job.id, body.task_id,
+                     claim.row.run_at, wait)
+            self.tube.release(job.id, claim.row.priority, wait)
+            return None
         if claim.outcome is ClaimOutcome.HELD_ALIVE:
             # Not the whole lease: the holder's tender may settle the task any moment (it died), and then the
             # job should not sit delayed for long.
@@ -433,10 +442,10 @@ def default_service() -> TaskQueueService:
 
 def queue_task(description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
                delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None,
-               timeout: int | None = None) -> int:
+               timeout: int | None = None, run_at: dt.datetime | None = None) -> int:
     """Queue a task with the default service; see `TaskQueueService.queue_task`."""
     return default_service().queue_task(description, tube=tube, priority=priority, delay=delay, ttr=ttr,
-                                        session=session, timeout=timeout)
+                                        session=session, timeout=timeout, run_at=run_at)
 
 
 def _seconds_until_stale(row: TaskRow) -> int:

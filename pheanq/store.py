@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, NoSuchModuleError, Operat
 
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
 from pheanq.lease import stale_after
+from pheanq.schedule import EARLY_TOLERANCE, is_early
 from pheanq.status import CLAIMABLE, Status, sources_of
 from pheanq.tables import BuriedRow, PoolRow, TaskRow, buried_table, lock_table, metadata, pool_table, task_table
 
@@ -30,6 +31,7 @@ class ClaimOutcome(enum.Enum):
     FINISHED = "finished"          # done, failed: the job is a leftover
     HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
     HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
+    EARLY = "early"                # not to run before its run_at: the job must wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +55,12 @@ class Store:
         self.engine.dispose()
 
     def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int, timeout: int | None = None,
-                    conn: Connection | None = None) -> int:
+                    run_at: dt.datetime | None = None, conn: Connection | None = None) -> int:
         """Insert a `new` task; on `conn` (an application's transaction) when given, else in its own."""
         now = _now()
         insert = task_table.insert().values(command=command, data=data, tube=tube, status=Status.NEW.value,
-                                            priority=priority, ttr=ttr, timeout=timeout, attempts=0, created=now,
-                                            modified=now)
+                                            priority=priority, ttr=ttr, timeout=timeout, run_at=run_at, attempts=0,
+                                            created=now, modified=now)
         if conn is not None:
             key = conn.execute(insert).inserted_primary_key
         else:
@@ -100,11 +102,14 @@ class Store:
         claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
                        started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
         with self.transaction() as conn:
+            due = sa.or_(c.run_at.is_(None), c.run_at <= now + EARLY_TOLERANCE)
             changed = conn.execute(
-                task_table.update().where(c.id == task_id, c.status.in_([s.value for s in CLAIMABLE]))
+                task_table.update().where(c.id == task_id, c.status.in_([s.value for s in CLAIMABLE]), due)
                 .values(**claimed)
             ).rowcount
             row = self._select_row(conn, task_id)
+            if row is not None and changed == 0 and row.status in CLAIMABLE and is_early(row.run_at, now):
+                return Claim(ClaimOutcome.EARLY, row)
             if row is not None and changed == 0 and row.status is Status.WORKING and row.job_id == job_id:
                 if not is_stale(row, now):
                     return Claim(ClaimOutcome.HELD_ALIVE, row)
@@ -158,7 +163,7 @@ class Store:
                 task_table.update()
                 .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
                 .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
-                        started=None, finished=None, modified=_now())
+                        started=None, finished=None, run_at=None, modified=_now())
             ).rowcount
             return self._select_row(conn, task_id) if changed == 1 else None
 

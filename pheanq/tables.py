@@ -42,6 +42,8 @@ task_table = sa.Table(
     sa.Column("heartbeat", _Timestamp, nullable=True),
     # Seconds the command may run before its worker stops it and the attempt fails; NULL: no limit.
     sa.Column("timeout", sa.Integer(), nullable=True),
+    # From when the task may run (UTC); NULL: at once. Every put of its job is delayed until then.
+    sa.Column("run_at", _Timestamp, nullable=True),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
@@ -123,6 +125,7 @@ class TaskRow:
     modified: dt.datetime
     heartbeat: dt.datetime | None = None
     timeout: int | None = None
+    run_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
