@@ -19,6 +19,7 @@ from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.errors import InvalidInput, NotFound, PheanqError, StoreUnavailable, WrongStatus
 from pheanq.example import ExampleTask, run_example
 from pheanq.migrate import upgrade_database
+from pheanq.pause import FOREVER_SECONDS, pause_tube, resume_tube
 from pheanq.pool import PoolLimits
 from pheanq.reconcile import DEFAULT_INTERVAL_SECONDS, DEFAULT_MIN_AGE_SECONDS, reconcile
 from pheanq.report import format_buried, format_status, format_task, status_report, task_report
@@ -266,6 +267,28 @@ def reconcile_command(context: Context, use_tube: str | None, dry_run: bool, min
     for action in report.actions:
         click.echo(action)
     click.echo(("dry run: " if dry_run else "") + report.summary(dry_run))
+
+
+@cli.command("pause")
+@_use_tube_option("The tube to pause.")
+@click.option("--for", "seconds", type=click.IntRange(min=1, max=FOREVER_SECONDS), metavar="SECONDS",
+              help="Resume by itself after this long. [default: until `pheanq resume`]")
+@pass_context
+def pause(context: Context, use_tube: str | None, seconds: int | None) -> None:
+    """Stop workers taking tasks from the tube (running tasks finish); queueing goes on."""
+    tube = context.tube(use_tube)
+    until = pause_tube(context.service, tube, seconds)
+    click.echo(f"tube {tube} paused " + (f"until {until:%Y-%m-%d %H:%M:%S} UTC" if seconds else
+                                         "until `pheanq resume`"))
+
+
+@cli.command("resume")
+@_use_tube_option("The tube to resume.")
+@pass_context
+def resume(context: Context, use_tube: str | None) -> None:
+    """Let workers take tasks from a paused tube again."""
+    tube = context.tube(use_tube)
+    click.echo(f"tube {tube} resumed" if resume_tube(context.service, tube) else f"tube {tube} was not paused")
 
 
 @cli.group("buried", invoke_without_command=True)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 from pheanq.errors import PheanqError
+from pheanq.pause import reapply_pauses
 from pheanq.service import TaskQueueService
 
 log = logging.getLogger("pheanq.reconcile")
@@ -90,6 +91,9 @@ def reconcile(service: TaskQueueService, tube: str | None = None, dry_run: bool 
                 report.sent_again += not was_working
             if not dry_run:
                 service.store.take_lock(LOCK_NAME, holder, LOCK_SECONDS)
+        if not dry_run:
+            # After the re-sends: beanstalkd can only pause a tube that has a job (or a watcher).
+            reapply_pauses(service)
     finally:
         if not dry_run:
             service.store.free_lock(LOCK_NAME, holder)

@@ -32,6 +32,8 @@ def status_report(service: TaskQueueService) -> dict[str, Any]:
     }
     for tube, status, count in counts:
         report["tubes"][tube]["tasks"][status.value] = count
+    report["paused"] = {tube: _time(until) for tube, until in sorted(service.store.paused_tubes(
+        dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).items())}
     report["pool"] = pool_report(service.list_pool())
     try:
         for tube in tubes:
@@ -73,6 +75,8 @@ def format_status(report: dict[str, Any]) -> str:
                                for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
     if report["beanstalkd_error"]:
         lines.append(f"beanstalkd: {report['beanstalkd_error']}")
+    for tube, until in report["paused"].items():
+        lines.append(f"tube {tube} is paused until {until} (`pheanq resume --use-tube {tube}`)")
     lines.append("")
     if not report["pool"]:
         lines.append("worker-tenders: none reported")

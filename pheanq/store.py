@@ -22,7 +22,17 @@ from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
 from pheanq.lease import stale_after
 from pheanq.schedule import EARLY_TOLERANCE, is_early
 from pheanq.status import CLAIMABLE, Status, sources_of
-from pheanq.tables import BuriedRow, PoolRow, TaskRow, buried_table, lock_table, metadata, pool_table, task_table
+from pheanq.tables import (
+    BuriedRow,
+    PoolRow,
+    TaskRow,
+    buried_table,
+    lock_table,
+    metadata,
+    pool_table,
+    task_table,
+    tube_table,
+)
 
 
 class ClaimOutcome(enum.Enum):
@@ -265,6 +275,27 @@ class Store:
             for chunk in range(0, len(job_ids), 500):
                 conn.execute(buried_table.delete().where(c.beanstalkd == beanstalkd, c.tube == tube,
                                                          c.job_id.in_(job_ids[chunk:chunk + 500])))
+
+    def set_pause(self, tube: str, until: dt.datetime, by: str) -> None:
+        c = tube_table.c
+        with self.transaction() as conn:
+            conn.execute(tube_table.delete().where(c.name == tube))
+            conn.execute(tube_table.insert().values(name=tube, paused_until=until, paused_by=by, paused_at=_now()))
+
+    def clear_pause(self, tube: str) -> bool:
+        """Resume a tube; False when it was not paused (or its pause had run out)."""
+        c = tube_table.c
+        with self.transaction() as conn:
+            paused = conn.execute(sa.select(c.name).where(c.name == tube, c.paused_until > _now())).first()
+            conn.execute(tube_table.delete().where(c.name == tube))
+        return paused is not None
+
+    def paused_tubes(self, now: dt.datetime) -> dict[str, dt.datetime]:
+        """Tube -> the end of its pause, for the tubes paused now."""
+        c = tube_table.c
+        with self.transaction() as conn:
+            return {name: until for name, until in
+                    conn.execute(sa.select(c.name, c.paused_until).where(c.paused_until > now))}
 
     def replace_pool(self, host: str, tender_pid: int, rows: list[PoolRow]) -> None:
         """Replace what this tender reported before with `rows` (one transaction)."""

@@ -92,6 +92,17 @@ buried_table = sa.Table(
 )
 
 
+# Tubes paused with `pheanq pause`, until `paused_until` (UTC) or `pheanq resume`.
+tube_table = sa.Table(
+    "pheanq_tube",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("paused_until", _Timestamp, nullable=False),
+    sa.Column("paused_by", sa.String(255), nullable=False),
+    sa.Column("paused_at", _Timestamp, nullable=False),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolRow:
     host: str

@@ -149,6 +149,12 @@ class Tube:
             return None
         return self.inspect(job_id)
 
+    def pause(self, tube: str, seconds: int) -> None:
+        """beanstalkd's pause-tube: no job is reserved from the tube for `seconds` (0 resumes it). A tube
+        beanstalkd does not know yet (no job, no watcher) cannot be paused there: nothing to do."""
+        with contextlib.suppress(greenstalk.NotFoundError):
+            self._call(lambda client: client.pause_tube(tube, seconds))
+
     def tube_stats(self, tube: str) -> dict[str, Any] | None:
         """beanstalkd's stats-tube, or None for a tube that does not exist (no job and no watcher)."""
         try:

@@ -13,6 +13,7 @@ the task back (row `new`, job released), exit 130.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from typing import TextIO, TypeVar
 from pheanq.errors import StoreUnavailable, TubeUnavailable
 from pheanq.execution import Outcome, execute
 from pheanq.lease import heartbeat_interval, holder_must_stop_after
+from pheanq.pause import PausedTubes
 from pheanq.service import TaskQueueService, WorkPackage
 from pheanq.status import Status
 from pheanq.worker_limits import WorkerLimits
@@ -66,6 +68,7 @@ class Worker:
         self.max_tasks = max_tasks
         self.limits = limits or WorkerLimits()
         self.cycles = 0
+        self._paused = PausedTubes(service)
         self.out = out
         self.terminating = False   # SIGTERM: finish the task in hand, take no other
         self.interrupted = False   # SIGINT: stop the task in hand now
@@ -85,8 +88,17 @@ class Worker:
                 log.info("stopping: %s", limit)
                 break
             self.cycles += 1
-            package = self._retrying(lambda: self.service.reserve_task(
-                self.tubes, RESERVE_TIMEOUT, still_wanted=lambda: not self._stopping()))
+            tubes = self._retrying(lambda: self._paused.active(self.tubes))
+            if tubes is None:
+                continue  # the database is away: _retrying waited out a backoff step
+            if not tubes:
+                if self.stop_when_empty:
+                    log.info("every tube is paused; stopping (--stop-when-empty)")
+                    break
+                self._pause(RESERVE_TIMEOUT)  # every tube is paused: look again in a moment
+                continue
+            package = self._retrying(functools.partial(self.service.reserve_task, tubes, RESERVE_TIMEOUT,
+                                                       still_wanted=lambda: not self._stopping()))
             if package is None:
                 if self.stop_when_empty and not self._stopping():
                     log.info("no job is ready; stopping (--stop-when-empty)")
