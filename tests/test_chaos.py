@@ -65,9 +65,10 @@ def test_kill_workers(tmp_path: Path) -> None:
     assert outcome.reruns >= 1, outcome.line()
 
 
-def test_beanstalkd_lost_without_binlog(db_url: str, tmp_path: Path) -> None:
-    """On every database: the reconciler's lock and its compare-and-set re-sends, under live workers."""
-    outcome = run("beanstalkd-lost", tmp_path, tasks=40, database_url=db_url)
+def test_beanstalkd_lost_without_binlog(tmp_path: Path) -> None:
+    """The reconciler's re-sends under live workers (its lock and compare-and-set on every database are in
+    test_reconcile.py)."""
+    outcome = run("beanstalkd-lost", tmp_path, tasks=40)
     assert_promise_kept(outcome, 40)
     assert outcome.figures["resent"] >= 1, "beanstalkd restarted empty: the reconciler must have sent tasks again"
 

@@ -189,11 +189,13 @@ def test_a_database_left_at_an_older_revision_gets_run_db_upgrade_not_a_tracebac
     status = pheanq(["status"], env, tmp_path)
     assert status.returncode == 1
     line = one_error_line(status)
-    # Each later revision adds to what is missing; the first ones name the tables and columns after 0001.
-    assert line.startswith(f"pheanq: error: the database {Store(sqlite_url).safe_url} lacks the table "
-                           "pheanq_worker, the table pheanq_lock, the table pheanq_buried, the column "
-                           "pheanq_task.heartbeat, "), line
+    # Each later revision adds to what is missing: every table and column that came after 0001 is named.
+    assert line.startswith(f"pheanq: error: the database {Store(sqlite_url).safe_url} lacks "), line
     assert line.endswith(": run `pheanq db upgrade`"), line
+    for missing in ("the table pheanq_worker", "the table pheanq_lock", "the table pheanq_buried",
+                    "the table pheanq_tube", "the column pheanq_task.heartbeat", "the column pheanq_task.timeout",
+                    "the column pheanq_task.run_at"):
+        assert missing in line, line
     assert pheanq(["db", "upgrade"], env, tmp_path).returncode == 0
     assert pheanq(["status"], env, tmp_path).returncode == 0
 
