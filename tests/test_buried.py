@@ -2,7 +2,8 @@
 
 Bad bodies go straight into the tube with a plain greenstalk client, a real `pheanq task-worker` (or the
 service's own reserve) buries them, and `pheanq buried` is run as a real process. Everything that reads or
-writes `pheanq_buried` runs on every configured database; the command line's error handling on SQLite.
+writes `pheanq_buried` (recording every kind of bad body; kick and delete, which forget records) runs on every
+configured database; the other cases, which add no SQL of their own, and the command line's errors on SQLite.
 
 This module's `beanstalkd` takes jobs up to 1 MiB (`-z`), which `support.Beanstalkd` cannot pass: only then
 can a body bigger than pheanq's 65,535 bytes reach a worker at all (a default beanstalkd refuses the put).
@@ -211,14 +212,14 @@ def test_every_bad_body_is_buried_with_a_reason_that_names_it_and_the_worker_sur
 
 
 def test_a_body_bigger_than_pheanqs_limit_is_buried_even_when_it_names_a_real_row(
-    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
     beanstalkd: Beanstalkd,
 ) -> None:
     """The issue: "A body that is ... too big ... is buried with a reason". No pheanq producer writes one
     (encode_body refuses it), so it comes from someone else: it must not run, whatever row it names."""
     runs = tmp_path / "runs.txt"
     write_config(tmp_path, commands={"record": record_command(tmp_path, runs)})
-    service = make_service(db_url)
+    service = make_service(sqlite_url)
     # A real row with a registered command and no job, so that the only thing wrong with the body is its size.
     task_id = service.store.insert_task("record", encode_data(TaskDescription("record", ["big"])), TUBE, 1024, 60)
     body = pheanq_body(task_id, "record", ["x" * 70_000])
@@ -226,22 +227,22 @@ def test_a_body_bigger_than_pheanqs_limit_is_buried_even_when_it_names_a_real_ro
     with client_of(beanstalkd) as client:
         job_id = client.put(body)
 
-    worker = start_worker(["--stop-when-empty"], make_env(db_url))
+    worker = start_worker(["--stop-when-empty"], make_env(sqlite_url))
     assert worker.wait() == 0, worker.log
     assert worker.lines == ["READY"], f"the worker ran the task of a too big body:\n{worker.log[-3000:]}"
     assert not runs.exists()
     assert job_state(beanstalkd, job_id) == "buried"
     row = service.find_task(task_id)
     assert (row.status, row.attempts) == (Status.NEW, 0)
-    reason = line_of(listing(make_env(db_url), tmp_path), job_id)
+    reason = line_of(listing(make_env(sqlite_url), tmp_path), job_id)
     assert "65535" in reason or "too big" in reason, reason
 
 
 def test_a_job_buried_by_another_client_is_counted_and_the_next_one_is_shown_without_a_reason(
-    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, beanstalkd: Beanstalkd,
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, beanstalkd: Beanstalkd,
 ) -> None:
-    service = make_service(db_url)
-    env = make_env(db_url)
+    service = make_service(sqlite_url)
+    env = make_env(sqlite_url)
     first = bury_as_another_client(beanstalkd, b"buried by some other program")
     second = bury_as_another_client(beanstalkd, b"and another one")
     ours = bury_through_service(service, beanstalkd, b"not for pheanq")
@@ -359,14 +360,14 @@ def test_a_job_that_is_not_a_buried_job_of_the_tube_and_a_bad_choice_of_jobs_are
 # --- a command that was not registered: kept, then run once after it is ---------------------------------------
 
 def test_an_unregistered_command_is_buried_with_its_row_kept_and_runs_once_when_kicked_after_registering_it(
-    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
     beanstalkd: Beanstalkd,
 ) -> None:
     runs = tmp_path / "runs.txt"
     record = record_command(tmp_path, runs)
     write_config(tmp_path, commands={"record": record})
-    service = make_service(db_url)
-    env = make_env(db_url)
+    service = make_service(sqlite_url)
+    env = make_env(sqlite_url)
     task_id = service.queue_task(TaskDescription("later", ["x"]))
     job_id = service.find_task(task_id).job_id
     assert job_id is not None
@@ -403,10 +404,10 @@ def test_an_unregistered_command_is_buried_with_its_row_kept_and_runs_once_when_
 # --- a reason recorded before a restart without binlog -----------------------------------------------------------
 
 def test_after_a_restart_without_binlog_a_stale_reason_is_not_shown_for_the_job_that_now_has_its_id(
-    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, beanstalkd: Beanstalkd,
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, beanstalkd: Beanstalkd,
 ) -> None:
-    service = make_service(db_url)
-    env = make_env(db_url)
+    service = make_service(sqlite_url)
+    env = make_env(sqlite_url)
     old = bury_through_service(service, beanstalkd, b"first life: not JSON")
     assert "not JSON" in line_of(listing(env, tmp_path), old)
 
