@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from pheanq.clock import utc_now
 from pheanq.service import TaskQueueService
 
 # Without --for, a tube stays paused until it is resumed (beanstalkd's longest pause, 136 years).
@@ -21,7 +22,7 @@ PAUSE_CHECK_SECONDS = 2.0
 def pause_tube(service: TaskQueueService, tube: str, seconds: int | None) -> dt.datetime:
     """Pause the tube for `seconds` (None: until resumed); returns when the pause ends (UTC)."""
     length = FOREVER_SECONDS if seconds is None else seconds
-    until = _now() + dt.timedelta(seconds=length)
+    until = utc_now() + dt.timedelta(seconds=length)
     service.store.set_pause(tube, until, service.worker_name)
     service.tube.pause(tube, length)
     return until
@@ -36,7 +37,7 @@ def resume_tube(service: TaskQueueService, tube: str) -> bool:
 
 def reapply_pauses(service: TaskQueueService) -> None:
     """Pause again in beanstalkd every tube the table says is paused (beanstalkd forgets on a restart)."""
-    now = _now()
+    now = utc_now()
     for tube, until in service.store.paused_tubes(now).items():
         service.tube.pause(tube, min(FOREVER_SECONDS, max(1, int((until - now).total_seconds()))))
 
@@ -52,10 +53,7 @@ class PausedTubes:
     def active(self, tubes: list[str]) -> list[str]:
         """Those of `tubes` that are not paused."""
         if time.monotonic() - self._read_at >= PAUSE_CHECK_SECONDS:
-            self._paused = frozenset(self.service.store.paused_tubes(_now()))
+            self._paused = frozenset(self.service.store.paused_tubes(utc_now()))
             self._read_at = time.monotonic()
         return [tube for tube in tubes if tube not in self._paused]
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

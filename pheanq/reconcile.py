@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from pheanq.clock import utc_now
 from pheanq.errors import PheanqError
 from pheanq.pause import reapply_pauses
 from pheanq.service import TaskQueueService
@@ -63,7 +64,7 @@ def reconcile(service: TaskQueueService, tube: str | None = None, dry_run: bool 
         report.locked_by = service.store.lock_holder(LOCK_NAME) or "unknown"
         return report
     try:
-        now = _now()
+        now = utc_now()
         after_id = 0
         while rows := service.store.tasks_to_reconcile(tube, after_id, PAGE_SIZE,
                                                        now - dt.timedelta(seconds=min_age), now):
@@ -135,6 +136,3 @@ class PeriodicReconciler:
         if service is not None:
             service.close()
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -1,5 +1,4 @@
 """What `pheanq status` and `pheanq show` print: the table's view beside beanstalkd's, as text or JSON."""
-
 from __future__ import annotations
 
 import datetime as dt
@@ -7,6 +6,7 @@ import shlex
 from typing import Any
 
 from pheanq.buried import BuriedList
+from pheanq.clock import utc_now
 from pheanq.description import decode_data
 from pheanq.errors import InvalidInput, TubeUnavailable
 from pheanq.service import TaskQueueService
@@ -33,7 +33,7 @@ def status_report(service: TaskQueueService) -> dict[str, Any]:
     for tube, status, count in counts:
         report["tubes"][tube]["tasks"][status.value] = count
     report["paused"] = {tube: _time(until) for tube, until in sorted(service.store.paused_tubes(
-        dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).items())}
+        utc_now()).items())}
     report["pool"] = pool_report(service.list_pool())
     try:
         for tube in tubes:
@@ -46,7 +46,7 @@ def status_report(service: TaskQueueService) -> dict[str, Any]:
 
 def pool_report(rows: list[PoolRow]) -> list[dict[str, Any]]:
     """Each worker-tender as it last reported itself, with its workers."""
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = utc_now()
     tenders: list[dict[str, Any]] = []
     for row in rows:
         entry = {"pid": row.pid, "state": row.state, "task_id": row.task_id,

@@ -1,5 +1,4 @@
 """`TaskQueueService`: the one place that writes to both the task table and beanstalkd."""
-
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pheanq.after_commit import send_after_commit
+from pheanq.clock import utc_now
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.description import (
     MalformedBody,
@@ -131,7 +131,7 @@ class TaskQueueService:
         if timeout is not None:
             _check_range("timeout", timeout, 1, MAX_TIMEOUT)
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
-        job = PlannedJob(0, description, tube, priority, run_at_of(delay, run_at, _now()), ttr, timeout)
+        job = PlannedJob(0, description, tube, priority, run_at_of(delay, run_at, utc_now()), ttr, timeout)
         if session is not None:
             return send_after_commit(self, session, job)
         job = dataclasses.replace(job, task_id=self.store.insert_task(
@@ -151,8 +151,7 @@ class TaskQueueService:
         if reason is None:
             started = time.monotonic()
             try:
-                job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
-                                       put_delay(job.run_at, _now()), job.ttr)
+                job_id = self._put(job)
             except TubeUnavailable as error:
                 reason = str(error)
                 if time.monotonic() - started >= SLOW_FAILURE_SECONDS:
@@ -183,8 +182,7 @@ class TaskQueueService:
             unsent = self.store.unsent_task_ids([job.task_id for job in jobs])
             for job in jobs:
                 if job.task_id in unsent:
-                    job_id = self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
-                                           put_delay(job.run_at, _now()), job.ttr)
+                    job_id = self._put(job)
                     if not self.store.record_job_if(job.task_id, Status.NEW, None, job_id):
                         self.tube.delete(job_id)
         except (StoreUnavailable, TubeUnavailable) as error:
@@ -286,8 +284,7 @@ class TaskQueueService:
             status = Status.STALLED
         else:
             status = row.status
-        job_id = self.tube.put(row.tube, self._encode(row.id, decode_data(row.data)), row.priority,
-                               put_delay(row.run_at, _now()), row.ttr)
+        job_id = self._put(PlannedJob(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr))
         if not self.store.record_job_if(row.id, status, row.job_id, job_id):
             self.tube.delete(job_id)
             return None
@@ -310,9 +307,9 @@ class TaskQueueService:
             if found.status is not Status.RESTARTED or found.job_id is not None:
                 raise WrongStatus(f"task {task_id} is {found.status}; only failed tasks can be regenerated")
             row = found
-        body = self._encode(task_id, decode_data(row.data))
+        job = PlannedJob(task_id, decode_data(row.data), row.tube, row.priority, None, row.ttr)  # at once
         try:
-            job_id = self.tube.put(row.tube, body, row.priority, 0, row.ttr)
+            job_id = self._put(job)
         except TubeUnavailable as error:
             raise TaskNotSent(task_id, str(error), Status.RESTARTED.value) from None
         self._record_job_id(task_id, job_id)
@@ -321,7 +318,7 @@ class TaskQueueService:
     def clean_up_tasks(self, period_seconds: int) -> int:
         """Delete `done` tasks that finished more than `period_seconds` ago; returns how many."""
         _check_range("period", period_seconds, 0, 2**40)
-        now = _now()
+        now = utc_now()
         return self.store.delete_done_before(now - dt.timedelta(seconds=period_seconds))
 
     def status_of(self, task_id: int) -> Status | None:
@@ -366,7 +363,7 @@ class TaskQueueService:
             return None
         assert claim.row is not None
         if claim.outcome is ClaimOutcome.EARLY:
-            wait = put_delay(claim.row.run_at, _now())
+            wait = put_delay(claim.row.run_at, utc_now())
             log.info("job %d: task %d may not run before %s UTC; the job waits %ds more", job.id, body.task_id,
                      claim.row.run_at, wait)
             self.tube.release(job.id, claim.row.priority, wait)
@@ -403,9 +400,14 @@ class TaskQueueService:
         try:
             self.store.record_buried(BuriedRow(self.tube.name, info.tube, job.id, reason[:1000],
                                                job.body[:BURIED_BODY_PREVIEW].decode("utf-8", "replace")
-                                               .replace("\x00", "\ufffd"), _now()))
+                                               .replace("\x00", "\ufffd"), utc_now()))
         except StoreUnavailable as error:
             log.warning("job %d: buried, but its reason was not recorded: %s", job.id, error)
+
+    def _put(self, job: PlannedJob) -> int:
+        """Put a recorded task's job, delayed until its run_at (see pheanq.schedule)."""
+        return self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
+                             put_delay(job.run_at, utc_now()), job.ttr)
 
     def _encode(self, task_id: int, description: TaskDescription) -> bytes:
         return encode_body(task_id, description, self.settings.secret)
@@ -450,11 +452,8 @@ def queue_task(description: TaskDescription, tube: str | None = None, priority: 
 
 def _seconds_until_stale(row: TaskRow) -> int:
     last = row.heartbeat or row.modified
-    return max(1, math.ceil(stale_after(row.ttr) - (_now() - last).total_seconds()) + 1)
+    return max(1, math.ceil(stale_after(row.ttr) - (utc_now() - last).total_seconds()) + 1)
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:

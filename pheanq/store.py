@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from pheanq.clock import utc_now
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
 from pheanq.lease import stale_after
 from pheanq.schedule import EARLY_TOLERANCE, is_early
@@ -67,7 +68,7 @@ class Store:
     def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int, timeout: int | None = None,
                     run_at: dt.datetime | None = None, conn: Connection | None = None) -> int:
         """Insert a `new` task; on `conn` (an application's transaction) when given, else in its own."""
-        now = _now()
+        now = utc_now()
         insert = task_table.insert().values(command=command, data=data, tube=tube, status=Status.NEW.value,
                                             priority=priority, ttr=ttr, timeout=timeout, run_at=run_at, attempts=0,
                                             created=now, modified=now)
@@ -108,7 +109,7 @@ class Store:
         its child); while the lease is renewed, the answer is HELD_ALIVE and the job must wait.
         """
         c = task_table.c
-        now = _now()
+        now = utc_now()
         claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
                        started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
         with self.transaction() as conn:
@@ -144,7 +145,7 @@ class Store:
         with self.transaction() as conn:
             return conn.execute(
                 task_table.update().where(c.id == task_id, c.status == Status.WORKING.value, c.attempts == attempt)
-                .values(heartbeat=_now())
+                .values(heartbeat=utc_now())
             ).rowcount == 1
 
     def stall_task(self, task_id: int, attempt: int, log: str) -> bool:
@@ -158,7 +159,7 @@ class Store:
 
         A `stalled` task still belongs to its last attempt until another worker claims it, so a result
         that arrives late (after a database outage) is kept rather than run again."""
-        now = _now()
+        now = utc_now()
         return self._move(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
 
     def release_task(self, task_id: int, attempt: int, log: str) -> bool:
@@ -173,7 +174,7 @@ class Store:
                 task_table.update()
                 .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
                 .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
-                        started=None, finished=None, run_at=None, modified=_now())
+                        started=None, finished=None, run_at=None, modified=utc_now())
             ).rowcount
             return self._select_row(conn, task_id) if changed == 1 else None
 
@@ -228,7 +229,7 @@ class Store:
     def take_lock(self, name: str, holder: str, seconds: float) -> bool:
         """Take or renew a named lock shared by every machine on this database, for `seconds`."""
         c = lock_table.c
-        now = _now()
+        now = utc_now()
         expires = now + dt.timedelta(seconds=seconds)
         with self.transaction() as conn:
             if conn.execute(
@@ -280,13 +281,13 @@ class Store:
         c = tube_table.c
         with self.transaction() as conn:
             conn.execute(tube_table.delete().where(c.name == tube))
-            conn.execute(tube_table.insert().values(name=tube, paused_until=until, paused_by=by, paused_at=_now()))
+            conn.execute(tube_table.insert().values(name=tube, paused_until=until, paused_by=by, paused_at=utc_now()))
 
     def clear_pause(self, tube: str) -> bool:
         """Resume a tube; False when it was not paused (or its pause had run out)."""
         c = tube_table.c
         with self.transaction() as conn:
-            paused = conn.execute(sa.select(c.name).where(c.name == tube, c.paused_until > _now())).first()
+            paused = conn.execute(sa.select(c.name).where(c.name == tube, c.paused_until > utc_now())).first()
             conn.execute(tube_table.delete().where(c.name == tube))
         return paused is not None
 
@@ -322,7 +323,7 @@ class Store:
             return conn.execute(
                 task_table.update()
                 .where(c.id == task_id, c.status.in_(sources), c.attempts == attempt)
-                .values(status=target.value, modified=_now(), **values)
+                .values(status=target.value, modified=utc_now(), **values)
             ).rowcount == 1
 
     @staticmethod
@@ -422,7 +423,3 @@ def _same(column: Any, value: Any) -> Any:
     """`column = value` that also matches NULL to None."""
     return column.is_(None) if value is None else column == value
 
-
-def _now() -> dt.datetime:
-    """Naive UTC: every backend stores it the same way."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

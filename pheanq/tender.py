@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import os
 import selectors
@@ -36,6 +35,7 @@ from typing import IO
 import psutil
 
 from pheanq.child import die_with_parent, linux_prctl
+from pheanq.clock import utc_now
 from pheanq.errors import PheanqError
 from pheanq.pool import Change, PoolLimits, WorkerState, WorkerView, next_change, restart_delay, workers_to_retire
 from pheanq.reconcile import DEFAULT_INTERVAL_SECONDS, PeriodicReconciler
@@ -77,7 +77,7 @@ class Worker:
         self.process = process
         self.pid = process.pid
         self.started = now
-        self.started_wall = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        self.started_wall = utc_now()
         self.state = WorkerState.STARTING
         self.state_since = now
         self.task_id: int | None = None
@@ -152,7 +152,7 @@ class Tender:
         self._aftercare = Aftercare(service) if service is not None else None
         self._reconciler = PeriodicReconciler(lambda: TaskQueueService(service.settings), options.tubes,
                                               options.reconcile_interval) if service is not None else None
-        self._started_wall = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        self._started_wall = utc_now()
 
     def run(self) -> int:
         """Tend the pool until SIGTERM/SIGINT; returns the exit code."""
@@ -389,7 +389,7 @@ class Tender:
         if self.service is None:
             return
         host, me = socket.gethostname(), os.getpid()
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        now = utc_now()
         tubes = ",".join(self.options.tubes)
         rows = [] if final else [
             PoolRow(host, me, me, "tender", tubes, "stopping" if self.stopping else "running", None,

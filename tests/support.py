@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,6 +95,17 @@ def write_config(directory: Path, commands: Mapping[str, Sequence[str]] | None =
     path = directory / "pheanq.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def register_work_script(directory: Path, script: str) -> Path:
+    """Write `script` (a Python task command whose first argument is the path of runs.txt) to task.py,
+    register it in directory/pheanq.toml as the command `work`; returns the empty runs.txt it writes to."""
+    path = directory / "task.py"
+    path.write_text(textwrap.dedent(script))
+    runs = directory / "runs.txt"
+    runs.touch()
+    write_config(directory, commands={"work": [sys.executable, str(path), str(runs)]})
+    return runs
 
 
 def _toml(value: Any) -> str:

@@ -12,14 +12,12 @@ import datetime as dt
 import os
 import signal
 import sqlite3
-import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import greenstalk
 import pytest
-from support import Beanstalkd, TenderProcess, WorkerProcess, wait_for, write_config
+from support import Beanstalkd, TenderProcess, WorkerProcess, register_work_script, wait_for
 
 from pheanq import Status, TaskDescription
 from pheanq.lease import heartbeat_interval, holder_must_stop_after, stale_after
@@ -48,12 +46,7 @@ TASK_SCRIPT = """
 
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
-    script = tmp_path / "task.py"
-    script.write_text(textwrap.dedent(TASK_SCRIPT))
-    path = tmp_path / "runs.txt"
-    path.touch()
-    write_config(tmp_path, commands={"work": [sys.executable, str(script), str(path)]})
-    return path
+    return register_work_script(tmp_path, TASK_SCRIPT)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import signal
 import socket
 import sqlite3
 import sys
-import textwrap
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +27,15 @@ from typing import Any
 
 import psutil
 import pytest
-from support import Beanstalkd, TenderProcess, one_error_line, pheanq, process_gone, wait_for, write_config
+from support import (
+    Beanstalkd,
+    TenderProcess,
+    one_error_line,
+    pheanq,
+    process_gone,
+    register_work_script,
+    wait_for,
+)
 
 from pheanq import Status, TaskDescription
 from pheanq.service import TaskQueueService
@@ -68,12 +75,7 @@ TASK_SCRIPT = """
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     """The file the task command writes its start and done lines to; the command is registered as `work`."""
-    script = tmp_path / "task.py"
-    script.write_text(textwrap.dedent(TASK_SCRIPT))
-    path = tmp_path / "runs.txt"
-    path.touch()
-    write_config(tmp_path, commands={"work": [sys.executable, str(script), str(path)]})
-    return path
+    return register_work_script(tmp_path, TASK_SCRIPT)
 
 
 @pytest.fixture

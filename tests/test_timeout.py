@@ -19,8 +19,8 @@ MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
 StartWorker = Callable[..., WorkerProcess]
 
-# Prints its pid, then sleeps SECONDS: the work of the task.
-SLEEPER = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(float(sys.argv[1]))"
+# Prints its pid, then sleeps SECONDS.
+SLEEPER = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(float(sys.argv[1]))"  # the task's work
 
 
 @pytest.fixture

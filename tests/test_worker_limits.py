@@ -19,8 +19,7 @@ from pheanq.worker_limits import WorkerLimits
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
 StartWorker = Callable[..., WorkerProcess]
-# Sleeps for its argument: the work of the task.
-SLEEPER = "import sys, time; time.sleep(float(sys.argv[1]))"
+SLEEPER = "import sys, time; time.sleep(float(sys.argv[1]))"  # the task's work: a sleep of its argument
 
 
 @pytest.fixture
