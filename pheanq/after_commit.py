@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from pheanq.description import encode_data
 from pheanq.errors import InvalidInput, PheanqError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, SessionTransaction
 
     from pheanq.service import PlannedJob, TaskQueueService
+    from pheanq.store import NewTask
 
 log = logging.getLogger("pheanq.service")
 
@@ -30,12 +30,15 @@ log = logging.getLogger("pheanq.service")
 _PENDING = "pheanq.pending_jobs"
 
 
-def send_after_commit(service: TaskQueueService, session: Session, job: PlannedJob) -> int:
-    """Insert the row on the session's connection; put the job after the session commits. Returns the id."""
+def send_after_commit(service: TaskQueueService, session: Session, job: PlannedJob, task: NewTask) -> int:
+    """Insert the row on the session's connection; put the job after the session commits. Returns the id
+    (of the task already holding the unique key, if the task has one and it is held)."""
     connection = session.connection()
     _check_same_database(service, connection)
-    task_id = service.store.insert_task(job.description.command, encode_data(job.description), job.tube,
-                                        job.priority, job.ttr, job.timeout, job.run_at, conn=connection)
+    inserted = service.store.insert_task(task, conn=connection)
+    task_id = inserted.task_id
+    if not inserted.created:
+        return task_id
     pending: list[tuple[TaskQueueService, PlannedJob]] = session.info.setdefault(_PENDING, [])
     # Listening for the session's whole life: a listener removed while SQLAlchemy runs them breaks its loop.
     if not sa.event.contains(session, "after_commit", _send_pending):

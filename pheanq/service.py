@@ -34,9 +34,10 @@ from pheanq.errors import (
     WrongStatus,
 )
 from pheanq.lease import stale_after
+from pheanq.retry import Retry
 from pheanq.schedule import put_delay, run_at_of
 from pheanq.status import Status
-from pheanq.store import ClaimOutcome, Store
+from pheanq.store import ClaimOutcome, NewTask, Store
 from pheanq.tables import BuriedRow, PoolRow, TaskRow
 from pheanq.tube import JobInfo, ReservedJob, Tube
 
@@ -58,6 +59,7 @@ DEFAULT_PRIORITY = 1024
 DEFAULT_TTR = 60
 MAX_PRIORITY = 2**32 - 1
 MAX_TIMEOUT = 2**31 - 1
+MAX_UNIQUE_KEY = 191
 # A job with this id can never exist; it sizes a body before the real id is known.
 _LARGEST_ID = 2**63 - 1
 # How much of a buried job's body is kept beside its reason.
@@ -93,6 +95,10 @@ class PlannedJob:
     ttr: int
     timeout: int | None = None
 
+    @classmethod
+    def of(cls, row: TaskRow) -> PlannedJob:
+        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr, row.timeout)
+
 
 class TaskQueueService:
     def __init__(self, settings: Settings, store: Store | None = None, tube: Tube | None = None) -> None:
@@ -111,11 +117,16 @@ class TaskQueueService:
 
     def queue_task(self, description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
                    delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None,
-                   timeout: int | None = None, run_at: dt.datetime | None = None) -> int:
+                   timeout: int | None = None, run_at: dt.datetime | None = None, retry: Retry | None = None,
+                   unique_key: str | None = None, after: Iterable[int] = (), batch: int | None = None) -> int:
         """Record the task as `new`, then put its job; returns the task id.
 
         `timeout`: seconds the command may run; then its worker stops it and the attempt fails.
         `delay` (seconds) or `run_at` (a timezone-aware datetime): not to run before then.
+        `retry`: how many attempts, and the backoff between them (see pheanq.retry).
+        `unique_key`: while a task queued with this key has not ended, its id is returned instead.
+        `after`: ids of tasks that must all be done first; the task is `waiting` until then.
+        `batch`: the id of an open batch (see pheanq.batch) the task joins.
 
         With `session`, the row is written in that SQLAlchemy session's transaction and the job is put
         only after it commits (a rollback sends nothing). When beanstalkd does not take the job, the
@@ -130,14 +141,38 @@ class TaskQueueService:
         _check_range("ttr", ttr, 1, MAX_PRIORITY)
         if timeout is not None:
             _check_range("timeout", timeout, 1, MAX_TIMEOUT)
+        if retry is not None and not isinstance(retry, Retry):
+            raise InvalidInput(f"retry must be a pheanq.Retry, not {type(retry).__name__}")
+        after = tuple(after)
+        for parent in after:
+            _check_range("a task id to wait for", parent, 1, _LARGEST_ID)
+        if unique_key is not None and (not isinstance(unique_key, str) or not 0 < len(unique_key) <= MAX_UNIQUE_KEY):
+            raise InvalidInput(f"unique_key must be a text of 1 to {MAX_UNIQUE_KEY} characters, not {unique_key!r}")
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
         job = PlannedJob(0, description, tube, priority, run_at_of(delay, run_at, utc_now()), ttr, timeout)
+        task = NewTask(description.command, encode_data(description), tube, priority, ttr, timeout, job.run_at,
+                       None if retry is None else retry.to_json(), unique_key, batch, after)
         if session is not None:
-            return send_after_commit(self, session, job)
-        job = dataclasses.replace(job, task_id=self.store.insert_task(
-            description.command, encode_data(description), tube, priority, ttr, timeout, job.run_at))
-        self.send(job)
-        return job.task_id
+            if after or batch is not None:
+                raise InvalidInput("queue_task(session=...) cannot be combined with after= or batch=")
+            return send_after_commit(self, session, job, task)
+        inserted = self.store.insert_task(task)
+        if inserted.created and inserted.status is Status.NEW:
+            self.send(dataclasses.replace(job, task_id=inserted.task_id))
+        elif inserted.created:
+            self.send_released(self.store.settle_waiting(inserted.task_id).released)
+        return inserted.task_id
+
+    def send_released(self, task_ids: Iterable[int]) -> None:
+        """Put the jobs of tasks that a write moved to `new` (released dependants, batch callbacks). What is
+        not sent now (beanstalkd or the database away) is sent by the reconciler: the rows are `new`."""
+        for task_id in task_ids:
+            try:
+                row = self.store.find_task(task_id)
+                if row is not None and row.status is Status.NEW and row.job_id is None:
+                    self.send_again(row)
+            except (StoreUnavailable, TubeUnavailable) as error:
+                log.warning("task %d is ready but not sent yet (%s); the reconciler will send it", task_id, error)
 
     def send(self, job: PlannedJob) -> bool:
         """Put the job of a recorded task; False, with a TaskPendingWarning, when beanstalkd did not take it.
@@ -219,7 +254,24 @@ class TaskQueueService:
         return self._finish(package, Status.DONE, exit_code, log_text)
 
     def mark_failed(self, package: WorkPackage, log_text: str | None, exit_code: int | None = None) -> bool:
-        return self._finish(package, Status.FAILED, exit_code, log_text)
+        """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
+        attempt, else `failed`."""
+        policy = Retry.from_json(package.row.retry)
+        if not policy.retries_after(package.attempt, exit_code):
+            if policy.max_attempts > 1:
+                why = "attempts used up" if package.attempt >= policy.max_attempts else \
+                    f"exit code {exit_code} is not retried"
+                log_text = (log_text or "") + f"--- not retried: {why} ({package.attempt} of {policy.max_attempts})\n"
+            return self._finish(package, Status.FAILED, exit_code, log_text)
+        wait = policy.delay_after(package.attempt)
+        entry = (log_text or "") + f"--- retrying in {wait}s (attempt {package.attempt + 1} of {policy.max_attempts})\n"
+        recorded = self.store.retry_task(package.task_id, package.attempt, exit_code, entry,
+                                         utc_now() + dt.timedelta(seconds=wait))
+        if recorded and not self.tube.release(package.job_id, package.row.priority, wait):
+            # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
+            log.warning("task %d: retrying, but its job %d was not reserved by this worker any more",
+                        package.task_id, package.job_id)
+        return recorded
 
     def release_task(self, package: WorkPackage, log_text: str) -> bool:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""
@@ -228,6 +280,13 @@ class TaskQueueService:
             # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
             self.tube.kick_job(package.job_id)
         return recorded
+
+    def drop_cancelled(self, package: WorkPackage, log_text: str) -> bool:
+        """The worker stopped the command of a task cancelled while it ran: note how the attempt ended and
+        delete the job."""
+        self.store.append_log(package.task_id, Status.CANCELLED, log_text)
+        self.tube.delete(package.job_id)
+        return True
 
     def touch(self, package: WorkPackage) -> bool:
         """Renew the job's reservation; False when this worker no longer holds it."""
@@ -244,11 +303,21 @@ class TaskQueueService:
             status = Status.DONE if exit_code == 0 else Status.FAILED
             verdict = "done" if exit_code == 0 else f"failed: exit code {exit_code}"
             entry += f"{verdict}; {why}, so its tender recorded the result\n"
-            if not self.store.finish_task(task_id, attempt, status, exit_code, entry):
+            policy = Retry.from_json(held.retry)
+            if status is Status.FAILED and policy.retries_after(attempt, exit_code):
+                wait = policy.delay_after(attempt)
+                entry += f"--- retrying in {wait}s (attempt {attempt + 1} of {policy.max_attempts})\n"
+                next_run = utc_now() + dt.timedelta(seconds=wait)
+                if not self.store.retry_task(task_id, attempt, exit_code, entry, next_run):
+                    return f"attempt {attempt} already settled"
+                return f"retrying (exit code {exit_code}) for a worker that died"
+            settled = self.store.finish_task(task_id, attempt, status, exit_code, entry)
+            if settled is None:
                 return f"attempt {attempt} already settled"
             row = self.store.find_task(task_id)
             if row is not None and row.job_id is not None:
                 self.tube.delete(row.job_id)
+            self.send_released(settled.released)
             return f"recorded as {status} (exit code {exit_code}) for a worker that died"
         entry += f"interrupted: {why}; the task goes back to its tube\n"
         if not self.store.stall_task(task_id, attempt, entry):
@@ -284,7 +353,7 @@ class TaskQueueService:
             status = Status.STALLED
         else:
             status = row.status
-        job_id = self._put(PlannedJob(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr))
+        job_id = self._put(PlannedJob.of(row))
         if not self.store.record_job_if(row.id, status, row.job_id, job_id):
             self.tube.delete(job_id)
             return None
@@ -413,7 +482,8 @@ class TaskQueueService:
         return encode_body(task_id, description, self.settings.secret)
 
     def _finish(self, package: WorkPackage, status: Status, exit_code: int | None, log_text: str | None) -> bool:
-        recorded = self.store.finish_task(package.task_id, package.attempt, status, exit_code, log_text)
+        settled = self.store.finish_task(package.task_id, package.attempt, status, exit_code, log_text)
+        recorded = settled is not None
         if not recorded:
             log.warning("task %d: attempt %d no longer owns the task (taken over); its result (%s) is not "
                         "recorded", package.task_id, package.attempt, status)
@@ -426,6 +496,8 @@ class TaskQueueService:
             # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
             log.warning("task %d: recorded as %s, but its job %d was not deleted: %s", package.task_id, status,
                         package.job_id, error)
+        if settled is not None:
+            self.send_released(settled.released)
         return recorded
 
 
@@ -444,10 +516,12 @@ def default_service() -> TaskQueueService:
 
 def queue_task(description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
                delay: int = 0, ttr: int = DEFAULT_TTR, session: Session | None = None,
-               timeout: int | None = None, run_at: dt.datetime | None = None) -> int:
+               timeout: int | None = None, run_at: dt.datetime | None = None, retry: Retry | None = None,
+               unique_key: str | None = None, after: Iterable[int] = (), batch: int | None = None) -> int:
     """Queue a task with the default service; see `TaskQueueService.queue_task`."""
     return default_service().queue_task(description, tube=tube, priority=priority, delay=delay, ttr=ttr,
-                                        session=session, timeout=timeout, run_at=run_at)
+                                        session=session, timeout=timeout, run_at=run_at, retry=retry,
+                                        unique_key=unique_key, after=after, batch=batch)
 
 
 def _seconds_until_stale(row: TaskRow) -> int:

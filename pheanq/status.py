@@ -16,6 +16,10 @@ class Status(str, enum.Enum):
     FAILED = "failed"
     RESTARTED = "restarted"
     STALLED = "stalled"
+    WAITING = "waiting"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
+    UPSTREAM_FAILED = "upstream_failed"
 
     def __str__(self) -> str:
         return self.value
@@ -36,6 +40,16 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.STALLED, Status.DONE): "the stalled attempt's result arrived late, before another claim: exit code 0",
     (Status.STALLED, Status.FAILED): "the stalled attempt's result arrived late, before another claim: it failed",
     (Status.FAILED, Status.RESTARTED): "regenerate-failed-task put the task back into its tube",
+    (Status.WORKING, Status.RETRYING): "the command failed with attempts left and an exit code not declared "
+                                       "non-retryable; its job waits out the backoff delay",
+    (Status.STALLED, Status.RETRYING): "the stalled attempt's result arrived late: it failed with attempts left",
+    (Status.RETRYING, Status.WORKING): "a worker claimed the task for its next attempt",
+    (Status.WAITING, Status.NEW): "every task it waits for is done; its job is put into its tube",
+    (Status.WAITING, Status.UPSTREAM_FAILED): "a task it waits for failed, was cancelled or could not run; "
+                                              "the log names it",
+    **{(source, Status.CANCELLED): "pheanq cancel (or cancel_task, cancel_batch); a running command is "
+                                   "stopped by its worker" for source in (
+        Status.NEW, Status.WAITING, Status.RETRYING, Status.RESTARTED, Status.STALLED, Status.WORKING)},
 }
 
 # Statuses in which a task still has to run: a job for it may be claimed.
@@ -47,6 +61,13 @@ CLAIMABLE: frozenset[Status] = frozenset(
 FINAL: frozenset[Status] = frozenset(
     status for status in Status if not any(source is status for (source, _) in TRANSITIONS)
 ) | {Status.FAILED}
+
+
+# Statuses in which a task has not ended: it holds its unique key and counts as pending in its batch.
+PENDING: frozenset[Status] = frozenset(Status) - FINAL
+
+# The ends that count as a failure: a dependant of such a task never runs, and a batch runs its `catch`.
+FAILURES: frozenset[Status] = frozenset({Status.FAILED, Status.UPSTREAM_FAILED})
 
 
 def can_move(source: Status, target: Status) -> bool:

@@ -19,20 +19,18 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from pheanq.clock import utc_now
-from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
+from pheanq.errors import ConfigError, NotFound, SchemaMissing, StoreUnavailable, WrongStatus
 from pheanq.lease import stale_after
 from pheanq.schedule import EARLY_TOLERANCE, is_early
-from pheanq.status import CLAIMABLE, Status, sources_of
+from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
+from pheanq.store_admin import AdminStore
+from pheanq.store_flow import Settled, WorkflowStore, select_task, task_ended, task_row
 from pheanq.tables import (
-    BuriedRow,
-    PoolRow,
     TaskRow,
-    buried_table,
-    lock_table,
+    batch_table,
+    dependency_table,
     metadata,
-    pool_table,
     task_table,
-    tube_table,
 )
 
 
@@ -51,7 +49,31 @@ class Claim:
     row: TaskRow | None
 
 
-class Store:
+@dataclasses.dataclass(frozen=True)
+class NewTask:
+    """A task to insert: its row's values, and the tasks it waits for."""
+
+    command: str
+    data: str
+    tube: str
+    priority: int
+    ttr: int
+    timeout: int | None = None
+    run_at: dt.datetime | None = None
+    retry: str | None = None
+    unique_key: str | None = None
+    batch_id: int | None = None
+    after: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Inserted:
+    task_id: int
+    created: bool           # False: a task holding the same unique key exists, and this is its id
+    status: Status
+
+
+class Store(WorkflowStore, AdminStore):
     """All reads and writes of pheanq's tables, on SQLite, PostgreSQL or MySQL/MariaDB."""
 
     def __init__(self, url: str) -> None:
@@ -65,20 +87,67 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def insert_task(self, command: str, data: str, tube: str, priority: int, ttr: int, timeout: int | None = None,
-                    run_at: dt.datetime | None = None, conn: Connection | None = None) -> int:
-        """Insert a `new` task; on `conn` (an application's transaction) when given, else in its own."""
-        now = utc_now()
-        insert = task_table.insert().values(command=command, data=data, tube=tube, status=Status.NEW.value,
-                                            priority=priority, ttr=ttr, timeout=timeout, run_at=run_at, attempts=0,
-                                            created=now, modified=now)
-        if conn is not None:
-            key = conn.execute(insert).inserted_primary_key
-        else:
+    def insert_task(self, task: NewTask, conn: Connection | None = None) -> Inserted:
+        """Insert a task, `new` (or `waiting` when it waits for others), on `conn` (an application's
+        transaction) when given, else in its own. With a unique key held by a task that has not ended,
+        nothing is inserted and that task's id is returned."""
+        for _ in range(5):
+            try:
+                if conn is None:
+                    with self.transaction() as own:
+                        return self._insert(own, task)
+                if task.unique_key is None:
+                    return self._insert(conn, task)
+                if conn.dialect.name == "sqlite":
+                    # pysqlite's savepoints do not nest in a transaction SQLAlchemy began; SQLite has one writer
+                    # at a time anyway, so looking first is enough.
+                    return self._unique_holder(conn, task.unique_key) or self._insert(conn, task)
+                with conn.begin_nested():
+                    return self._insert(conn, task)
+            except IntegrityError:
+                if task.unique_key is None:
+                    raise
+            # Another producer holds the key. Read whose task it is; if that one ended meanwhile, try again.
             with self.transaction() as own:
-                key = own.execute(insert).inserted_primary_key
+                holder = self._unique_holder(own, task.unique_key)
+            if holder is not None:
+                return holder
+        raise StoreUnavailable(f"unique key {task.unique_key!r}: the task holding it kept changing; try again")
+
+    @staticmethod
+    def _unique_holder(conn: Connection, key: str) -> Inserted | None:
+        c = task_table.c
+        holder = conn.execute(sa.select(c.id, c.status).where(c.unique_live == key)).first()
+        return None if holder is None else Inserted(int(holder.id), False, Status(holder.status))
+
+    def _insert(self, conn: Connection, task: NewTask) -> Inserted:
+        c, b = task_table.c, batch_table.c
+        now = utc_now()
+        parents = sorted(set(task.after))
+        if parents:
+            found = set(conn.execute(sa.select(c.id).where(c.id.in_(parents))).scalars())
+            if missing := [parent for parent in parents if parent not in found]:
+                raise NotFound(f"task(s) {', '.join(map(str, missing))} to wait for do not exist")
+        if task.batch_id is not None and conn.execute(
+            batch_table.update().where(b.id == task.batch_id, b.closed.is_(None))
+            .values(total=b.total + 1, unfinished=b.unfinished + 1)
+        ).rowcount == 0:
+            batch = conn.execute(sa.select(b.closed).where(b.id == task.batch_id)).first()
+            if batch is None:
+                raise NotFound(f"batch {task.batch_id} does not exist")
+            raise WrongStatus(f"batch {task.batch_id} is closed (or cancelled): no task can join it any more")
+        status = Status.WAITING if parents else Status.NEW
+        key = conn.execute(task_table.insert().values(
+            command=task.command, data=task.data, tube=task.tube, status=status.value, priority=task.priority,
+            ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
+            unique_live=task.unique_key, waiting_for=len(parents), batch_id=task.batch_id, attempts=0,
+            created=now, modified=now)).inserted_primary_key
         assert key is not None
-        return int(key[0])
+        task_id = int(key[0])
+        if parents:
+            conn.execute(dependency_table.insert(), [{"task_id": task_id, "parent_id": parent, "satisfied": False}
+                                                     for parent in parents])
+        return Inserted(task_id, True, status)
 
     def unsent_task_ids(self, task_ids: list[int]) -> set[int]:
         """Those of `task_ids` that exist with no job recorded."""
@@ -154,29 +223,56 @@ class Store:
         return self._move(task_id, attempt, Status.STALLED, log=log, worker=None)
 
     def finish_task(self, task_id: int, attempt: int, status: Status, exit_code: int | None,
-                    log: str | None) -> bool:
-        """Record the end of an attempt; False when the attempt no longer owns the task.
+                    log: str | None) -> Settled | None:
+        """Record the end of an attempt, and what it sets in motion (see pheanq.store_flow); None when the
+        attempt no longer owns the task.
 
         A `stalled` task still belongs to its last attempt until another worker claims it, so a result
         that arrives late (after a database outage) is kept rather than run again."""
         now = utc_now()
-        return self._move(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
+        return self._move_settled(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
+
+    def retry_task(self, task_id: int, attempt: int, exit_code: int | None, log: str,
+                   run_at: dt.datetime) -> bool:
+        """A failed attempt with attempts left: `retrying` until `run_at`; False when the attempt no longer
+        owns the task."""
+        return self._move(task_id, attempt, Status.RETRYING, exit_code=exit_code, log=log, run_at=run_at,
+                          worker=None)
 
     def release_task(self, task_id: int, attempt: int, log: str) -> bool:
         """Hand a claimed task back (`working` → `new`) so another worker runs it."""
         return self._move(task_id, attempt, Status.NEW, log=log, worker=None)
 
-    def restart_task(self, task_id: int) -> TaskRow | None:
-        """Move a task to `restarted` for regeneration; None when its status does not allow it."""
+    def append_log(self, task_id: int, status: Status, entry: str) -> None:
+        """Add to the log of a task while it is still in `status`."""
         c = task_table.c
         with self.transaction() as conn:
-            changed = conn.execute(
-                task_table.update()
-                .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
-                .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
-                        started=None, finished=None, run_at=None, modified=utc_now())
-            ).rowcount
-            return self._select_row(conn, task_id) if changed == 1 else None
+            conn.execute(task_table.update().where(c.id == task_id, c.status == status.value)
+                         .values(log=sa.func.coalesce(c.log, "") + entry))
+
+    def restart_task(self, task_id: int) -> TaskRow | None:
+        """Move a task to `restarted` for regeneration; None when its status does not allow it.
+
+        The task takes its unique key back (WrongStatus when another task holds it now) and counts as
+        pending in its batch again (WrongStatus when the batch has finished)."""
+        c, b = task_table.c, batch_table.c
+        try:
+            with self.transaction() as conn:
+                changed = conn.execute(
+                    task_table.update()
+                    .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
+                    .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
+                            started=None, finished=None, run_at=None, modified=utc_now(), unique_live=c.unique_key)
+                ).rowcount
+                row = self._select_row(conn, task_id) if changed == 1 else None
+                if row is not None and row.batch_id is not None and conn.execute(
+                    batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
+                    .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
+                ).rowcount == 0:
+                    raise WrongStatus(f"task {task_id} belongs to batch {row.batch_id}, which has finished")
+                return row
+        except IntegrityError:
+            raise WrongStatus(f"task {task_id}: another task holds its unique key now") from None
 
     def check_schema(self) -> None:
         """Raise SchemaMissing when the database was never upgraded (StoreUnavailable when it is down)."""
@@ -214,7 +310,7 @@ class Store:
         if tube is not None:
             query = query.where(c.tube == tube)
         with self.transaction() as conn:
-            rows = [_task_row(found) for found in conn.execute(query).mappings()]
+            rows = [task_row(found) for found in conn.execute(query).mappings()]
         return [row for row in rows if row.status is not Status.WORKING or is_stale(row, now)]
 
     def record_job_if(self, task_id: int, status: Status, old_job_id: int | None, new_job_id: int) -> bool:
@@ -226,110 +322,32 @@ class Store:
                 .values(job_id=new_job_id)
             ).rowcount == 1
 
-    def take_lock(self, name: str, holder: str, seconds: float) -> bool:
-        """Take or renew a named lock shared by every machine on this database, for `seconds`."""
-        c = lock_table.c
-        now = utc_now()
-        expires = now + dt.timedelta(seconds=seconds)
-        with self.transaction() as conn:
-            if conn.execute(
-                lock_table.update().where(c.name == name, sa.or_(c.expires < now, c.holder == holder))
-                .values(holder=holder, expires=expires)
-            ).rowcount == 1:
-                return True
-            if conn.execute(sa.select(c.name).where(c.name == name)).first() is not None:
-                return False
-        try:
-            with self.transaction() as conn:
-                conn.execute(lock_table.insert().values(name=name, holder=holder, expires=expires))
-        except IntegrityError:
-            return False  # another machine inserted it first
-        return True
-
-    def lock_holder(self, name: str) -> str | None:
-        c = lock_table.c
-        with self.transaction() as conn:
-            found = conn.execute(sa.select(c.holder, c.expires).where(c.name == name)).first()
-        return None if found is None else f"{found.holder}, until {found.expires:%Y-%m-%d %H:%M:%S} UTC"
-
-    def free_lock(self, name: str, holder: str) -> None:
-        c = lock_table.c
-        with self.transaction() as conn:
-            conn.execute(lock_table.delete().where(c.name == name, c.holder == holder))
-
-    def record_buried(self, row: BuriedRow) -> None:
-        with self.transaction() as conn:
-            conn.execute(buried_table.insert().values(**dataclasses.asdict(row)))
-
-    def list_buried(self, beanstalkd: str, tube: str) -> list[BuriedRow]:
-        """What was recorded of the jobs buried in a tube, newest record of each job only."""
-        c = buried_table.c
-        query = sa.select(*[column for column in buried_table.c if column.name != "id"]) \
-            .where(c.beanstalkd == beanstalkd, c.tube == tube).order_by(c.job_id, c.id)
-        with self.transaction() as conn:
-            latest = {row["job_id"]: BuriedRow(**dict(row)) for row in conn.execute(query).mappings()}
-        return list(latest.values())
-
-    def forget_buried(self, beanstalkd: str, tube: str, job_ids: list[int]) -> None:
-        c = buried_table.c
-        with self.transaction() as conn:
-            for chunk in range(0, len(job_ids), 500):
-                conn.execute(buried_table.delete().where(c.beanstalkd == beanstalkd, c.tube == tube,
-                                                         c.job_id.in_(job_ids[chunk:chunk + 500])))
-
-    def set_pause(self, tube: str, until: dt.datetime, by: str) -> None:
-        c = tube_table.c
-        with self.transaction() as conn:
-            conn.execute(tube_table.delete().where(c.name == tube))
-            conn.execute(tube_table.insert().values(name=tube, paused_until=until, paused_by=by, paused_at=utc_now()))
-
-    def clear_pause(self, tube: str) -> bool:
-        """Resume a tube; False when it was not paused (or its pause had run out)."""
-        c = tube_table.c
-        with self.transaction() as conn:
-            paused = conn.execute(sa.select(c.name).where(c.name == tube, c.paused_until > utc_now())).first()
-            conn.execute(tube_table.delete().where(c.name == tube))
-        return paused is not None
-
-    def paused_tubes(self, now: dt.datetime) -> dict[str, dt.datetime]:
-        """Tube -> the end of its pause, for the tubes paused now."""
-        c = tube_table.c
-        with self.transaction() as conn:
-            return {name: until for name, until in
-                    conn.execute(sa.select(c.name, c.paused_until).where(c.paused_until > now))}
-
-    def replace_pool(self, host: str, tender_pid: int, rows: list[PoolRow]) -> None:
-        """Replace what this tender reported before with `rows` (one transaction)."""
-        c = pool_table.c
-        with self.transaction() as conn:
-            conn.execute(pool_table.delete().where(c.host == host, c.tender_pid == tender_pid))
-            if rows:
-                conn.execute(pool_table.insert(), [dataclasses.asdict(row) for row in rows])
-
-    def list_pool(self) -> list[PoolRow]:
-        c = pool_table.c
-        query = sa.select(*[column for column in pool_table.c if column.name != "id"]) \
-            .order_by(c.host, c.tubes, c.tender_pid, c.kind, c.pid)  # "tender" sorts before "worker"
-        with self.transaction() as conn:
-            return [PoolRow(**dict(row)) for row in conn.execute(query).mappings()]
-
     def _move(self, task_id: int, attempt: int, target: Status, **values: Any) -> bool:
+        return self._move_settled(task_id, attempt, target, **values) is not None
+
+    def _move_settled(self, task_id: int, attempt: int, target: Status, **values: Any) -> Settled | None:
+        """Move an attempt's task (`working` or `stalled`) to `target`; None when the attempt no longer
+        owns it. A move to an end runs what that end sets in motion in the same transaction."""
         c = task_table.c
         sources = [s.value for s in sources_of(target) if s in (Status.WORKING, Status.STALLED)]
         if values.get("log") is not None:
             # Each attempt appends its entry, so an interruption or a takeover stays visible.
             values["log"] = sa.func.coalesce(c.log, "") + values["log"]
+        released: list[int] = []
         with self.transaction() as conn:
-            return conn.execute(
+            if conn.execute(
                 task_table.update()
                 .where(c.id == task_id, c.status.in_(sources), c.attempts == attempt)
                 .values(status=target.value, modified=utc_now(), **values)
-            ).rowcount == 1
+            ).rowcount != 1:
+                return None
+            if target in FINAL:
+                task_ended(conn, task_id, target, released)
+        return Settled(released)
 
     @staticmethod
     def _select_row(conn: Connection, task_id: int) -> TaskRow | None:
-        found = conn.execute(sa.select(task_table).where(task_table.c.id == task_id)).mappings().first()
-        return None if found is None else _task_row(found)
+        return select_task(conn, task_id)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -411,12 +429,6 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
-
-
-def _task_row(found: Any) -> TaskRow:
-    values = dict(found)
-    values["status"] = Status(values["status"])
-    return TaskRow(**values)
 
 
 def _same(column: Any, value: Any) -> Any:

@@ -44,9 +44,58 @@ task_table = sa.Table(
     sa.Column("timeout", sa.Integer(), nullable=True),
     # From when the task may run (UTC); NULL: at once. Every put of its job is delayed until then.
     sa.Column("run_at", _Timestamp, nullable=True),
+    # The retry policy as JSON (see pheanq.retry); NULL: one attempt.
+    sa.Column("retry", sa.String(500), nullable=True),
+    # While the task has not ended, `unique_live` repeats `unique_key`: the unique index lets one such task
+    # exist per key, and clearing it when the task ends frees the key.
+    sa.Column("unique_key", sa.String(191), nullable=True),
+    sa.Column("unique_live", sa.String(191), nullable=True),
+    # How many of the tasks it waits for (pheanq_dependency) are not done yet, while it is `waiting`.
+    sa.Column("waiting_for", sa.Integer(), nullable=False, server_default="0"),
+    # The batch the task belongs to; a batch's callback task names its batch in `callback_of` instead.
+    sa.Column("batch_id", sa.BigInteger(), nullable=True),
+    sa.Column("callback_of", sa.BigInteger(), nullable=True),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
+    sa.Index("uq_pheanq_task_unique_live", "unique_live", unique=True),
+    sa.Index("ix_pheanq_task_batch_status", "batch_id", "status"),
+)
+
+
+# An edge of the dependency graph: `task_id` waits for `parent_id` to be done. `satisfied` is set once, by
+# whoever sees the parent done first, so the child's `waiting_for` counts each parent down exactly once.
+dependency_table = sa.Table(
+    "pheanq_dependency",
+    metadata,
+    sa.Column("task_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("parent_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("satisfied", sa.Boolean(), nullable=False),
+    sa.Index("ix_pheanq_dependency_parent", "parent_id"),
+)
+
+
+# A group of tasks planned over time. `unfinished` counts its tasks that have not ended; once the batch is
+# closed (no more tasks) and it reaches 0, the batch is finished and its callbacks are queued.
+batch_table = sa.Table(
+    "pheanq_batch",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("total", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("unfinished", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created", _Timestamp, nullable=False),
+    sa.Column("closed", _Timestamp, nullable=True),
+    sa.Column("finished", _Timestamp, nullable=True),
+    sa.Column("cancelled_by", sa.String(255), nullable=True),
+    # Each callback: the task description as JSON with its tube, and the id of the task once it was queued.
+    sa.Column("then_task", sa.Text(), nullable=True),
+    sa.Column("catch_task", sa.Text(), nullable=True),
+    sa.Column("finally_task", sa.Text(), nullable=True),
+    sa.Column("then_id", sa.BigInteger(), nullable=True),
+    sa.Column("catch_id", sa.BigInteger(), nullable=True),
+    sa.Column("finally_id", sa.BigInteger(), nullable=True),
 )
 
 
@@ -137,6 +186,31 @@ class TaskRow:
     heartbeat: dt.datetime | None = None
     timeout: int | None = None
     run_at: dt.datetime | None = None
+    retry: str | None = None
+    unique_key: str | None = None
+    unique_live: str | None = None
+    waiting_for: int = 0
+    batch_id: int | None = None
+    callback_of: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRow:
+    id: int
+    name: str | None
+    total: int
+    unfinished: int
+    failures: int
+    created: dt.datetime
+    closed: dt.datetime | None
+    finished: dt.datetime | None
+    cancelled_by: str | None
+    then_task: str | None
+    catch_task: str | None
+    finally_task: str | None
+    then_id: int | None
+    catch_id: int | None
+    finally_id: int | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TextIO, TypeVar
 
+from pheanq.cancel import CancelWatch
 from pheanq.errors import StoreUnavailable, TubeUnavailable
 from pheanq.execution import Outcome, execute
 from pheanq.lease import heartbeat_interval, holder_must_stop_after
@@ -120,11 +121,16 @@ class Worker:
 
     def _work(self, package: WorkPackage) -> None:
         log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
-        outcome = execute(package, self.service.settings, self.service.worker_name, self._lease(package),
+        cancel = CancelWatch(self.service, package)
+        lease = self._lease(package)
+        outcome = execute(package, self.service.settings, self.service.worker_name,
+                          lambda: cancel.reason_to_stop() or lease(),
                           on_start=lambda pid: self._say(f"CHILD {pid}"),
                           on_exit=lambda code: self._say(f"EXITED {code}"))
         log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
-        if outcome.status is Status.NEW:
+        if cancel.cancelled:
+            self._record(lambda: self.service.drop_cancelled(package, outcome.log), package)
+        elif outcome.status is Status.NEW:
             self._record(lambda: self.service.release_task(package, outcome.log), package)
         else:
             self._record(lambda: self._finish(package, outcome), package)

@@ -30,6 +30,7 @@ from pheanq import Status, TaskDescription
 from pheanq.description import encode_body, encode_data
 from pheanq.reconcile import reconcile
 from pheanq.service import TaskQueueService
+from pheanq.store import NewTask
 
 TUBE = "pheanq"  # the default tube
 MAX_JOB_BYTES = 1 << 20
@@ -221,7 +222,8 @@ def test_a_body_bigger_than_pheanqs_limit_is_buried_even_when_it_names_a_real_ro
     write_config(tmp_path, commands={"record": record_command(tmp_path, runs)})
     service = make_service(sqlite_url)
     # A real row with a registered command and no job, so that the only thing wrong with the body is its size.
-    task_id = service.store.insert_task("record", encode_data(TaskDescription("record", ["big"])), TUBE, 1024, 60)
+    task_id = service.store.insert_task(NewTask("record", encode_data(TaskDescription("record", ["big"])), TUBE, 1024,
+                                                     60)).task_id
     body = pheanq_body(task_id, "record", ["x" * 70_000])
     assert len(body) > 65_535
     with client_of(beanstalkd) as client:

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from pheanq.migrate import VERSION_TABLE, _alembic_config, current_revision, upgrade_database
-from pheanq.store import Store
+from pheanq.store import NewTask, Store
 from pheanq.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,8 @@ def test_the_migrated_schema_is_exactly_the_stores_metadata(db_url: str) -> None
         assert schema_differences(store) == []
         inspector = sa.inspect(store.engine)
         assert {index["name"] for index in inspector.get_indexes("pheanq_task")} == {
-            "ix_pheanq_task_tube_status", "ix_pheanq_task_status_finished"}
+            "ix_pheanq_task_tube_status", "ix_pheanq_task_status_finished", "uq_pheanq_task_unique_live",
+            "ix_pheanq_task_batch_status"}
     finally:
         store.close()
 
@@ -60,7 +61,7 @@ def test_downgrade_to_nothing_and_upgrade_again_round_trips(db_url: str) -> None
 
         assert upgrade_database(store) == (None, head)
         assert schema_differences(store) == []
-        task_id = store.insert_task("cmd", "{}", "pheanq", 1, 1)
+        task_id = store.insert_task(NewTask("cmd", "{}", "pheanq", 1, 1)).task_id
         assert store.find_task(task_id) is not None
     finally:
         store.close()

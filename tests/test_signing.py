@@ -26,6 +26,7 @@ from pheanq.config import MIN_SECRET_LENGTH, load_settings
 from pheanq.description import MAX_BODY_BYTES, MalformedBody, decode_body, encode_body, encode_data
 from pheanq.errors import ConfigError, InvalidInput
 from pheanq.service import TaskQueueService
+from pheanq.store import NewTask
 
 SECRET = "correct horse battery staple 42"
 OTHER_SECRET = "another secret, just as long"
@@ -292,7 +293,7 @@ def test_a_worker_with_a_secret_buries_unsigned_and_foreign_jobs_and_runs_only_t
     service = make_service(sqlite_url, secret=SECRET)
     # A task recorded but never sent: what someone who can reach beanstalkd would try to make a worker run.
     victim_description = TaskDescription("record", ["victim"])
-    victim = service.store.insert_task("record", encode_data(victim_description), TUBE, 1024, 60)
+    victim = service.store.insert_task(NewTask("record", encode_data(victim_description), TUBE, 1024, 60)).task_id
 
     client = greenstalk.Client(beanstalkd.address, encoding=None, use=TUBE)
     try:

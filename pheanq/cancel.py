@@ -1,0 +1,96 @@
+"""Cancelling tasks: `pheanq cancel ID…`, `cancel_task`, `cancel_batch`, and the watch a worker keeps on
+the task it runs.
+
+A task that has not started is moved to `cancelled` and its job deleted (a job reserved by a worker at
+that moment is deleted by the worker, whose claim finds the task cancelled). A running task is moved to
+`cancelled` at once; its worker reads the task's status every CHECK_SECONDS while the command runs and
+stops the command when it sees the cancel. Either way the log says who cancelled it and when, and the
+task's end releases or fails what waits on it like any other end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from pheanq.clock import utc_now
+from pheanq.errors import NotFound, StoreUnavailable, TubeUnavailable
+from pheanq.status import Status
+
+if TYPE_CHECKING:
+    from pheanq.service import TaskQueueService, WorkPackage
+
+log = logging.getLogger("pheanq.cancel")
+
+# How often a worker looks whether the task it runs was cancelled.
+CHECK_SECONDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelResult:
+    task_id: int
+    cancelled: bool
+    was: Status          # the status the task had when the cancel came
+    message: str
+
+
+def who_cancels() -> str:
+    """`user@host`, for the log line of a cancel made without `by=`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cancel_task(service: TaskQueueService, task_id: int, by: str | None = None) -> CancelResult:
+    """Cancel one task that has not ended; NotFound when it does not exist."""
+    by = by or who_cancels()
+    now = utc_now()
+    entry = f"--- cancelled by {by} at {now:%Y-%m-%d %H:%M:%S} UTC\n"
+    cancelled = service.store.cancel_task(task_id, entry)
+    if cancelled is None:
+        raise NotFound(f"task {task_id} does not exist")
+    row = cancelled.row
+    if not cancelled.took:
+        return CancelResult(task_id, False, row.status, f"task {task_id} is {row.status}: it has ended, "
+                                                        "nothing to cancel")
+    if row.status is Status.WORKING:
+        message = f"task {task_id} cancelled; its worker ({row.worker}) stops the running command"
+    else:
+        message = f"task {task_id} cancelled (it was {row.status})"
+        if row.job_id is not None:
+            try:
+                service.tube.delete(row.job_id)
+            except TubeUnavailable as error:
+                # If the job comes back, the claim finds the task cancelled and deletes it unrun.
+                log.warning("task %d: cancelled, but its job %d was not deleted: %s", task_id, row.job_id, error)
+    service.send_released(cancelled.settled.released)
+    return CancelResult(task_id, True, row.status, message)
+
+
+class CancelWatch:
+    """For a worker running a task: says, at most every CHECK_SECONDS, whether the task was cancelled."""
+
+    def __init__(self, service: TaskQueueService, package: WorkPackage) -> None:
+        self.service = service
+        self.package = package
+        self.cancelled = False
+        self._next = time.monotonic() + CHECK_SECONDS
+
+    def reason_to_stop(self) -> str | None:
+        if self.cancelled:
+            return "the task was cancelled"
+        if time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + CHECK_SECONDS
+        try:
+            status = self.service.status_of(self.package.task_id)
+        except StoreUnavailable:
+            return None  # the lease logic deals with outages
+        self.cancelled = status is Status.CANCELLED
+        return "the task was cancelled" if self.cancelled else None

@@ -1,0 +1,101 @@
+"""Retries: how many attempts a task gets, how long it waits between them, and which failures are final.
+
+A failed attempt with attempts left moves the task to `retrying`; its `run_at` is set to the end of the
+backoff delay and its job is released with that delay, so the schedule machinery (claims that come early,
+the reconciler's re-puts) carries the wait. The policy is stored on the row as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pheanq.errors import InvalidInput
+
+BACKOFFS = ("fixed", "exponential")
+MAX_ATTEMPTS = 1000
+MAX_DELAY = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """`max_attempts` runs at most; before attempt n+1 the task waits `delay` seconds (fixed) or
+    `delay * 2**(n-1)` (exponential) capped at `cap`; with `jitter`, a random part of the upper half of
+    that wait is dropped so that tasks failing together do not retry together. An exit code in
+    `non_retryable` fails the task at once."""
+
+    max_attempts: int = 1
+    backoff: Literal["fixed", "exponential"] = "exponential"
+    delay: int = 10
+    cap: int = 3600
+    jitter: bool = True
+    non_retryable: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        _check_whole("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
+        if self.backoff not in BACKOFFS:
+            raise InvalidInput(f"backoff must be one of {', '.join(BACKOFFS)}, not {self.backoff!r}")
+        _check_whole("retry delay", self.delay, 0, MAX_DELAY)
+        _check_whole("retry cap", self.cap, 0, MAX_DELAY)
+        if not isinstance(self.jitter, bool):
+            raise InvalidInput(f"jitter must be true or false, not {self.jitter!r}")
+        codes = frozenset(self.non_retryable)
+        for code in codes:
+            _check_whole("a non-retryable exit code", code, 1, 255)
+        object.__setattr__(self, "non_retryable", codes)
+
+    def retries_after(self, attempt: int, exit_code: int | None) -> bool:
+        """Whether attempt number `attempt`, which failed with `exit_code`, is followed by another."""
+        return attempt < self.max_attempts and exit_code not in self.non_retryable
+
+    def delay_after(self, attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> int:
+        """Whole seconds to wait after failed attempt number `attempt` (1 for the first)."""
+        growth = 1.0 if self.backoff == "fixed" else 2.0 ** min(attempt - 1, 62)
+        wait = min(self.delay * growth, float(self.cap))
+        if self.jitter:
+            wait = uniform(wait / 2, wait)
+        return math.ceil(wait)
+
+    def to_json(self) -> str | None:
+        """The row's `retry` column; None for the default of one attempt."""
+        if self == Retry():
+            return None
+        values: dict[str, Any] = dataclasses.asdict(self)
+        values["non_retryable"] = sorted(self.non_retryable)
+        return json.dumps(values, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Retry:
+        if not text:
+            return cls()
+        values = json.loads(text)
+        values["non_retryable"] = frozenset(values.get("non_retryable", ()))
+        return cls(**values)
+
+    def describe(self) -> str:
+        if self.max_attempts == 1:
+            return "1 attempt"
+        wait = f"{self.delay}s" if self.backoff == "fixed" else f"{self.delay}s doubling up to {self.cap}s"
+        text = f"{self.max_attempts} attempts, {self.backoff} backoff {wait}{' with jitter' if self.jitter else ''}"
+        if self.non_retryable:
+            text += f"; exit codes {','.join(map(str, sorted(self.non_retryable)))} are not retried"
+        return text
+
+
+def parse_exit_codes(text: str) -> frozenset[int]:
+    """`2,3` -> {2, 3}, for the CLI."""
+    codes: set[int] = set()
+    for part in (piece.strip() for piece in text.split(",")):
+        if not part.isdigit():
+            raise InvalidInput(f"exit codes must be whole numbers separated by commas, not {text!r}")
+        codes.add(int(part))
+    return frozenset(codes)
+
+
+def _check_whole(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")

@@ -1,0 +1,283 @@
+"""The store's statements for workflows: what a task's end sets in motion, dependencies, batches, cancel.
+
+Part of the store (with `pheanq.store`, the only modules that write SQL). Everything a task's end
+causes — its dependants released or failed, its unique key freed, its batch counted down and finished,
+the batch's callbacks queued — happens in the same transaction as the end itself, so no crash can
+leave a dependant waiting forever or a batch unfinished. Counters are changed with UPDATEs (which lock
+the row and read its latest value on every database), never with a count read earlier, so two tasks
+ending at once on two workers cannot both miss the moment their batch or their dependant is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pheanq.clock import utc_now
+from pheanq.status import FAILURES, PENDING, Status, sources_of
+from pheanq.tables import BatchRow, TaskRow, batch_table, dependency_table, task_table
+
+CALLBACKS = ("then", "catch", "finally")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """What a write set in motion: tasks now `new` whose jobs must be put, and jobs to delete."""
+
+    released: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancelled:
+    took: bool                # False: the task had ended (`row` says how)
+    row: TaskRow              # as it was before the cancel took, or as it ended
+    settled: Settled
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackTask:
+    """A batch callback as stored on the batch row until it is queued."""
+
+    command: str
+    data: str
+    tube: str
+    priority: int
+    ttr: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> CallbackTask:
+        return cls(**json.loads(text))
+
+
+class WorkflowStore:
+    """Mixed into `Store`: statements for dependencies, batches and cancellation."""
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def settle_waiting(self, task_id: int) -> Settled:
+        """Count down, for a `waiting` task, the tasks it waits for that are done; release it when none is
+        left, or end it as `upstream_failed` when one of them failed or was cancelled. Run after the task
+        is inserted (a parent may have ended meanwhile) and by the reconciler; idempotent."""
+        d, c = dependency_table.c, task_table.c
+        released: list[int] = []
+        with self.transaction() as conn:
+            # Locking reads: a parent whose end is being written is waited for, and then seen as it ended.
+            parents = conn.execute(
+                sa.select(c.id, c.status).join(dependency_table, d.parent_id == c.id)
+                .where(d.task_id == task_id, d.satisfied == sa.false()).with_for_update(read=True)
+            ).all()
+            for parent_id, status in parents:
+                if Status(status) is Status.DONE:
+                    _satisfy(conn, task_id, parent_id, released)
+                elif Status(status) in FAILURES | {Status.CANCELLED}:
+                    _fail_dependants(conn, [task_id], parent_id, Status(status), released)
+            _release_if_ready(conn, task_id, released)
+        return Settled(released)
+
+    def waiting_task_ids(self, after_id: int, limit: int, changed_before: dt.datetime) -> list[int]:
+        c = task_table.c
+        with self.transaction() as conn:
+            return list(conn.execute(
+                sa.select(c.id).where(c.id > after_id, c.status == Status.WAITING.value,
+                                      c.modified < changed_before).order_by(c.id).limit(limit)).scalars())
+
+    def cancel_task(self, task_id: int, entry: str) -> Cancelled | None:
+        """Cancel a task that has not ended; None when it does not exist. A task that has ended (or ends
+        while this runs) is left as it is."""
+        c = task_table.c
+        released: list[int] = []
+        for _ in range(5):  # a task moving on between the read and the write is read again
+            with self.transaction() as conn:
+                before = select_task(conn, task_id)
+                if before is None:
+                    return None
+                if before.status not in sources_of(Status.CANCELLED):
+                    return Cancelled(False, before, Settled())
+                if conn.execute(
+                    task_table.update().where(c.id == task_id, c.status == before.status.value,
+                                              c.attempts == before.attempts)
+                    .values(status=Status.CANCELLED.value, finished=utc_now(), modified=utc_now(),
+                            log=sa.func.coalesce(c.log, "") + entry)
+                ).rowcount == 1:
+                    task_ended(conn, task_id, Status.CANCELLED, released)
+                    return Cancelled(True, before, Settled(released))
+        assert before is not None
+        return Cancelled(False, before, Settled())
+
+    def batch_task_ids(self, batch_id: int, after_id: int, limit: int, statuses: Sequence[Status]) -> list[int]:
+        c = task_table.c
+        with self.transaction() as conn:
+            return list(conn.execute(
+                sa.select(c.id).where(c.batch_id == batch_id, c.id > after_id,
+                                      c.status.in_([s.value for s in statuses])).order_by(c.id).limit(limit)
+            ).scalars())
+
+    def create_batch(self, name: str | None, callbacks: dict[str, CallbackTask]) -> int:
+        now = utc_now()
+        values = {f"{which}_task": callback.to_json() for which, callback in callbacks.items()}
+        with self.transaction() as conn:
+            key = conn.execute(batch_table.insert().values(name=name, created=now, **values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def close_batch(self, batch_id: int, cancelled_by: str | None = None) -> Settled | None:
+        """No more tasks join the batch; it finishes once they have all ended. None: no such batch."""
+        b = batch_table.c
+        released: list[int] = []
+        values: dict[str, Any] = {"closed": sa.func.coalesce(b.closed, utc_now())}
+        if cancelled_by is not None:
+            values["cancelled_by"] = sa.func.coalesce(b.cancelled_by, cancelled_by)
+        with self.transaction() as conn:
+            if conn.execute(batch_table.update().where(b.id == batch_id).values(**values)).rowcount == 0:
+                return None
+            _finish_batch_if_done(conn, batch_id, released)
+        return Settled(released)
+
+    def find_batch(self, batch_id: int) -> BatchRow | None:
+        with self.transaction() as conn:
+            found = conn.execute(sa.select(batch_table).where(batch_table.c.id == batch_id)).mappings().first()
+        return None if found is None else BatchRow(**dict(found))
+
+    def count_batch(self, batch_id: int) -> dict[Status, int]:
+        """How many of the batch's tasks are in each status (from the index, not the rows)."""
+        c = task_table.c
+        with self.transaction() as conn:
+            return {Status(status): int(n) for status, n in conn.execute(
+                sa.select(c.status, sa.func.count()).where(c.batch_id == batch_id).group_by(c.status))}
+
+    def unfinished_batch_ids(self) -> list[int]:
+        """Closed batches not marked finished: the reconciler finishes those whose tasks have all ended."""
+        b = batch_table.c
+        with self.transaction() as conn:
+            return list(conn.execute(sa.select(b.id).where(b.closed.is_not(None), b.finished.is_(None))).scalars())
+
+    def recount_batch(self, batch_id: int) -> Settled:
+        """Set the batch's counter of unfinished tasks from its rows, then finish it if they have all ended."""
+        b, c = batch_table.c, task_table.c
+        released: list[int] = []
+        with self.transaction() as conn:
+            conn.execute(sa.select(b.id).where(b.id == batch_id).with_for_update()).all()
+            pending = conn.execute(sa.select(sa.func.count()).where(
+                c.batch_id == batch_id, c.status.in_([s.value for s in PENDING]))).scalar_one()
+            conn.execute(batch_table.update().where(b.id == batch_id).values(unfinished=pending))
+            _finish_batch_if_done(conn, batch_id, released)
+        return Settled(released)
+
+
+def task_ended(conn: Connection, task_id: int, status: Status, released: list[int]) -> None:
+    """Everything the end of `task_id` (just written on `conn`) sets in motion, in the same transaction."""
+    c, d = task_table.c, dependency_table.c
+    conn.execute(task_table.update().where(c.id == task_id).values(unique_live=None))
+    children = list(conn.execute(sa.select(d.task_id).where(d.parent_id == task_id, d.satisfied == sa.false()))
+                    .scalars())
+    if status is Status.DONE:
+        for child in children:
+            _satisfy(conn, child, task_id, released)
+            _release_if_ready(conn, child, released)
+    elif children:
+        _fail_dependants(conn, children, task_id, status, released)
+    batch_id = conn.execute(sa.select(c.batch_id).where(c.id == task_id)).scalar_one_or_none()
+    if batch_id is not None:
+        _count_down_batch(conn, batch_id, status, released)
+
+
+def _satisfy(conn: Connection, child: int, parent: int, released: list[int]) -> None:
+    """Count the done parent off the child's wait, once: the edge is flipped by compare-and-set."""
+    d, c = dependency_table.c, task_table.c
+    flipped = conn.execute(dependency_table.update().where(d.task_id == child, d.parent_id == parent,
+                                                           d.satisfied == sa.false()).values(satisfied=True))
+    if flipped.rowcount == 1:
+        conn.execute(task_table.update().where(c.id == child).values(waiting_for=c.waiting_for - 1))
+
+
+def _release_if_ready(conn: Connection, child: int, released: list[int]) -> None:
+    c = task_table.c
+    if conn.execute(task_table.update().where(c.id == child, c.status == Status.WAITING.value,
+                                              c.waiting_for <= 0)
+                    .values(status=Status.NEW.value, modified=utc_now())).rowcount == 1:
+        released.append(child)
+
+
+def _fail_dependants(conn: Connection, children: list[int], parent: int, why: Status, released: list[int]) -> None:
+    """End the waiting dependants of a task that will never be done, and theirs in turn."""
+    c = task_table.c
+    now = utc_now()
+    ending = "was cancelled" if why is Status.CANCELLED else f"ended {why}"
+    for child in children:
+        entry = f"--- {now:%Y-%m-%d %H:%M:%S} UTC: not run: task {parent}, which it waits for, {ending}\n"
+        moved = conn.execute(
+            task_table.update().where(c.id == child, c.status == Status.WAITING.value)
+            .values(status=Status.UPSTREAM_FAILED.value, finished=now, modified=now,
+                    log=sa.func.coalesce(c.log, "") + entry)
+        ).rowcount
+        if moved == 1:
+            task_ended(conn, child, Status.UPSTREAM_FAILED, released)
+
+
+def _count_down_batch(conn: Connection, batch_id: int, status: Status, released: list[int]) -> None:
+    b = batch_table.c
+    failed = status in FAILURES
+    conn.execute(batch_table.update().where(b.id == batch_id)
+                 .values(unfinished=b.unfinished - 1, failures=b.failures + (1 if failed else 0)))
+    if failed:
+        batch = _lock_batch(conn, batch_id)
+        if batch is not None and batch.catch_task is not None and batch.catch_id is None:
+            _queue_callback(conn, batch, "catch", released)
+    _finish_batch_if_done(conn, batch_id, released)
+
+
+def _finish_batch_if_done(conn: Connection, batch_id: int, released: list[int]) -> None:
+    b, c = batch_table.c, task_table.c
+    if conn.execute(batch_table.update().where(b.id == batch_id, b.closed.is_not(None), b.finished.is_(None),
+                                               b.unfinished <= 0).values(finished=utc_now())).rowcount == 0:
+        return
+    batch = _lock_batch(conn, batch_id)
+    assert batch is not None
+    done = conn.execute(sa.select(sa.func.count()).where(c.batch_id == batch_id,
+                                                         c.status == Status.DONE.value)).scalar_one()
+    if batch.then_task is not None and done == batch.total:
+        _queue_callback(conn, batch, "then", released)
+    if batch.finally_task is not None:
+        _queue_callback(conn, batch, "finally", released)
+
+
+def _lock_batch(conn: Connection, batch_id: int) -> BatchRow | None:
+    found = conn.execute(sa.select(batch_table).where(batch_table.c.id == batch_id).with_for_update()) \
+        .mappings().first()
+    return None if found is None else BatchRow(**dict(found))
+
+
+def _queue_callback(conn: Connection, batch: BatchRow, which: str, released: list[int]) -> None:
+    text = getattr(batch, f"{which}_task")
+    callback = CallbackTask.from_json(text)
+    now = utc_now()
+    entry = f"--- {now:%Y-%m-%d %H:%M:%S} UTC: queued as the {which!r} callback of batch {batch.id}\n"
+    key = conn.execute(task_table.insert().values(
+        command=callback.command, data=callback.data, tube=callback.tube, status=Status.NEW.value,
+        priority=callback.priority, ttr=callback.ttr, attempts=0, created=now, modified=now, log=entry,
+        callback_of=batch.id)).inserted_primary_key
+    assert key is not None
+    conn.execute(batch_table.update().where(batch_table.c.id == batch.id).values({f"{which}_id": int(key[0])}))
+    released.append(int(key[0]))
+
+
+def select_task(conn: Connection, task_id: int) -> TaskRow | None:
+    found = conn.execute(sa.select(task_table).where(task_table.c.id == task_id)).mappings().first()
+    return None if found is None else task_row(found)
+
+
+def task_row(found: Any) -> TaskRow:
+    values = dict(found)
+    values["status"] = Status(values["status"])
+    return TaskRow(**values)
