@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from pheanq.batch import Batch, BatchProgress
+from pheanq.cancel import CancelResult
+from pheanq.chain import Chain
 from pheanq.config import Settings, load_settings
 from pheanq.description import TaskDescription
 from pheanq.errors import (
@@ -20,16 +23,22 @@ from pheanq.errors import (
     TubeUnavailable,
     WrongStatus,
 )
+from pheanq.retry import Retry
 from pheanq.service import TaskQueueService, WorkPackage, default_service, queue_task
 from pheanq.status import Status
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
+    "BatchProgress",
+    "CancelResult",
+    "Chain",
     "ConfigError",
     "InvalidInput",
     "NotFound",
     "PheanqError",
+    "Retry",
     "SchemaMissing",
     "Settings",
     "Status",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pheanq.clock import utc_now
 from pheanq.errors import NotFound, StoreUnavailable, TubeUnavailable
-from pheanq.status import Status
+from pheanq.status import PENDING, Status
 
 if TYPE_CHECKING:
     from pheanq.service import TaskQueueService, WorkPackage
@@ -28,6 +28,8 @@ log = logging.getLogger("pheanq.cancel")
 
 # How often a worker looks whether the task it runs was cancelled.
 CHECK_SECONDS = 1.0
+# A batch is cancelled this many tasks per transaction.
+PAGE_SIZE = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +54,10 @@ def cancel_task(service: TaskQueueService, task_id: int, by: str | None = None) 
     by = by or who_cancels()
     now = utc_now()
     entry = f"--- cancelled by {by} at {now:%Y-%m-%d %H:%M:%S} UTC\n"
-    cancelled = service.store.cancel_task(task_id, entry)
-    if cancelled is None:
+    found = service.store.cancel_tasks([task_id], entry)
+    if not found:
         raise NotFound(f"task {task_id} does not exist")
+    cancelled = found[0]
     row = cancelled.row
     if not cancelled.took:
         return CancelResult(task_id, False, row.status, f"task {task_id} is {row.status}: it has ended, "
@@ -64,13 +67,17 @@ def cancel_task(service: TaskQueueService, task_id: int, by: str | None = None) 
     else:
         message = f"task {task_id} cancelled (it was {row.status})"
         if row.job_id is not None:
-            try:
-                service.tube.delete(row.job_id)
-            except TubeUnavailable as error:
-                # If the job comes back, the claim finds the task cancelled and deletes it unrun.
-                log.warning("task %d: cancelled, but its job %d was not deleted: %s", task_id, row.job_id, error)
+            _delete_job(service, task_id, row.job_id)
     service.send_released(cancelled.settled.released)
     return CancelResult(task_id, True, row.status, message)
+
+
+def _delete_job(service: TaskQueueService, task_id: int, job_id: int) -> None:
+    try:
+        service.tube.delete(job_id)
+    except TubeUnavailable as error:
+        # If the job comes back, the claim finds the task cancelled and deletes it unrun.
+        log.warning("task %d: cancelled, but its job %d was not deleted: %s", task_id, job_id, error)
 
 
 class CancelWatch:
@@ -94,3 +101,24 @@ class CancelWatch:
             return None  # the lease logic deals with outages
         self.cancelled = status is Status.CANCELLED
         return "the task was cancelled" if self.cancelled else None
+
+
+def cancel_batch(service: TaskQueueService, batch_id: int, by: str | None = None) -> int:
+    """Close the batch and cancel each of its tasks that has not ended, page by page; returns how many were
+    cancelled. The batch then finishes (its `finally` callback runs; `then` does not, as not all are done)."""
+    by = by or who_cancels()
+    if service.store.close_batch(batch_id, cancelled_by=by) is None:
+        raise NotFound(f"batch {batch_id} does not exist")
+    cancelled = 0
+    after_id = 0
+    while ids := service.store.batch_task_ids(batch_id, after_id, PAGE_SIZE, sorted(PENDING)):
+        after_id = ids[-1]
+        entry = f"--- cancelled with batch {batch_id} by {by} at {utc_now():%Y-%m-%d %H:%M:%S} UTC\n"
+        for result in service.store.cancel_tasks(ids, entry):
+            if not result.took:
+                continue
+            cancelled += 1
+            if result.row.status is not Status.WORKING and result.row.job_id is not None:
+                _delete_job(service, result.row.id, result.row.job_id)
+            service.send_released(result.settled.released)
+    return cancelled

@@ -23,6 +23,7 @@ from pheanq.pause import FOREVER_SECONDS, pause_tube, resume_tube
 from pheanq.pool import PoolLimits
 from pheanq.reconcile import DEFAULT_INTERVAL_SECONDS, DEFAULT_MIN_AGE_SECONDS, reconcile
 from pheanq.report import format_buried, format_status, format_task, status_report, task_report
+from pheanq.retry import BACKOFFS, MAX_ATTEMPTS, MAX_DELAY, Retry, parse_exit_codes
 from pheanq.service import DEFAULT_PRIORITY, MAX_PRIORITY, TaskQueueService
 from pheanq.tender import Tender, TenderOptions
 from pheanq.tenders import default_run_dir, stop_tenders
@@ -357,19 +358,37 @@ def task_cleanup(context: Context, period: int) -> None:
               show_default=True, metavar="N", help="beanstalkd priority: 0 is the most urgent.")
 @click.option("--delay", type=click.IntRange(min=0, max=MAX_PRIORITY), default=0, show_default=True,
               metavar="SECONDS", help="Not to run before this many seconds from now.")
+@click.option("--max-attempts", type=click.IntRange(min=1, max=MAX_ATTEMPTS), default=1, show_default=True,
+              metavar="N", help="Run a failed task again, up to N attempts in all.")
+@click.option("--backoff", type=click.Choice(BACKOFFS), default="exponential", show_default=True,
+              help="How the wait between attempts grows.")
+@click.option("--retry-delay", type=click.IntRange(min=0, max=MAX_DELAY), default=10, show_default=True,
+              metavar="SECONDS", help="The wait before the second attempt (doubling each time if exponential).")
+@click.option("--retry-cap", type=click.IntRange(min=0, max=MAX_DELAY), default=3600, show_default=True,
+              metavar="SECONDS", help="The longest wait between attempts.")
+@click.option("--non-retryable", metavar="CODE[,CODE...]", help="Exit codes that fail the task at once.")
+@click.option("--after", metavar="ID[,ID...]", help="Wait until these tasks are done.")
+@click.option("--unique-key", metavar="KEY", help="Queue nothing if a task with this key has not ended.")
+@click.option("--batch", "batch_id", type=click.IntRange(min=1), metavar="ID", help="Join this open batch.")
 @_use_tube_option("Tube to queue into.")
 @pass_context
 def add_example_task(context: Context, total_tasks: int, wait: int, message: str, timeout: int | None,
-                     priority: int, delay: int, use_tube: str | None) -> None:
+                     priority: int, delay: int, max_attempts: int, backoff: str, retry_delay: int, retry_cap: int,
+                     non_retryable: str | None, after: str | None, unique_key: str | None, batch_id: int | None,
+                     use_tube: str | None) -> None:
     """Queue example tasks: a quick check that beanstalkd, the database and the workers are set up."""
     tube = context.tubes(use_tube)[0]
     service = context.service
+    retry = Retry(max_attempts, backoff, retry_delay, retry_cap,  # type: ignore[arg-type]  # a BACKOFFS choice
+                  non_retryable=parse_exit_codes(non_retryable) if non_retryable else frozenset())
+    parents = _parse_ids(after, "--after") if after else []
     ids: list[int] = []
     with click.progressbar(length=total_tasks, label="queueing", file=sys.stderr,
                            hidden=total_tasks < PROGRESS_BAR_FROM) as progress:
         for _ in range(total_tasks):
             ids.append(service.queue_task(ExampleTask(wait, message), tube=tube, priority=priority, delay=delay,
-                                          timeout=timeout))
+                                          timeout=timeout, retry=retry, after=parents, unique_key=unique_key,
+                                          batch=batch_id))
             progress.update(1)
     span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
     click.echo(f"queued {len(ids)} example task(s) into tube {tube}: id {span}")
@@ -429,11 +448,15 @@ def _split_command(text: str) -> list[str]:
     return argv
 
 
-def _parse_ids(text: str) -> list[int]:
+def _parse_ids(text: str, option: str = "--id") -> list[int]:
     ids = []
     for part in text.split(","):
         part = part.strip()
         if not (part.isascii() and part.isdigit()) or int(part) == 0:
-            raise click.BadParameter(f"{part!r} is not a task id (a positive whole number)", param_hint="'--id'")
+            raise click.BadParameter(f"{part!r} is not a task id (a positive whole number)", param_hint=f"'{option}'")
         ids.append(int(part))
     return ids
+
+
+# Registered last: they use the group and the helpers above.
+import pheanq.cli_workflow  # noqa: E402,F401

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pheanq import signing
 from pheanq.errors import InvalidInput
@@ -24,6 +24,10 @@ MAX_BODY_BYTES = 65535
 BODY_VERSION = 1
 # The largest id the task table can hold (a signed 64-bit integer); a body naming a larger one is not ours.
 MAX_TASK_ID = 2**63 - 1
+
+
+if TYPE_CHECKING:
+    from pheanq.chain import Chain
 
 
 class TaskDescription:
@@ -58,6 +62,12 @@ class TaskDescription:
         self.options: dict[str, OptionValue] = {
             _check_option_name(name): _check_option_value(name, value) for name, value in (options or {}).items()
         }
+
+    def then(self, step: TaskDescription) -> Chain:
+        """A chain: `step` runs once this task is done (queue it with `TaskQueueService.queue_chain`)."""
+        from pheanq.chain import Chain
+
+        return Chain((self,)).then(step)
 
     @property
     def type_name(self) -> str:

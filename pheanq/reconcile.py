@@ -24,6 +24,7 @@ from pheanq.clock import utc_now
 from pheanq.errors import PheanqError
 from pheanq.pause import reapply_pauses
 from pheanq.service import TaskQueueService
+from pheanq.status import Status
 
 log = logging.getLogger("pheanq.reconcile")
 
@@ -44,6 +45,7 @@ class ReconcileReport:
     sent_again: int = 0         # waiting tasks whose job was gone, sent again
     stalled: int = 0            # working tasks whose job and holder were gone: stalled and sent again
     changed: int = 0            # tasks that moved on while being looked at: left alone
+    workflows: int = 0          # waiting tasks released or failed, batches finished, past a missed moment
     locked_by: str | None = None    # another reconciler held the lock: nothing was done
     actions: list[str] = dataclasses.field(default_factory=list)
 
@@ -52,7 +54,8 @@ class ReconcileReport:
             return f"another reconciler is running ({self.locked_by}); nothing done"
         verb = "would send again" if dry_run else "sent again"
         return (f"checked {self.checked} task(s) that must have a job: {self.alive} had one, {verb} "
-                f"{self.sent_again + self.stalled} ({self.stalled} of them stalled), {self.changed} moved on meanwhile")
+                f"{self.sent_again + self.stalled} ({self.stalled} of them stalled), {self.changed} moved on meanwhile"
+                + (f"; settled {self.workflows} waiting task(s) and batch(es)" if self.workflows else ""))
 
 
 def reconcile(service: TaskQueueService, tube: str | None = None, dry_run: bool = False,
@@ -93,12 +96,33 @@ def reconcile(service: TaskQueueService, tube: str | None = None, dry_run: bool 
             if not dry_run:
                 service.store.take_lock(LOCK_NAME, holder, LOCK_SECONDS)
         if not dry_run:
+            report.workflows = settle_workflows(service, now - dt.timedelta(seconds=min_age))
             # After the re-sends: beanstalkd can only pause a tube that has a job (or a watcher).
             reapply_pauses(service)
     finally:
         if not dry_run:
             service.store.free_lock(LOCK_NAME, holder)
     return report
+
+
+def settle_workflows(service: TaskQueueService, changed_before: dt.datetime) -> int:
+    """Settle what a write should have settled but could not see: a task that began waiting while a task it
+    waits for was ending, a batch whose counter missed an end. Returns how many moved on."""
+    moved = 0
+    after_id = 0
+    while ids := service.store.waiting_task_ids(after_id, PAGE_SIZE, changed_before):
+        after_id = ids[-1]
+        for task_id in ids:
+            settled = service.store.settle_waiting(task_id)
+            moved += service.status_of(task_id) is not Status.WAITING
+            service.send_released(settled.released)
+    for batch_id in service.store.unfinished_batch_ids():
+        settled = service.store.recount_batch(batch_id)
+        if (found := service.store.find_batch(batch_id)) is not None and found.finished is not None:
+            moved += 1
+            log.warning("batch %d: finished by the reconciler", batch_id)
+        service.send_released(settled.released)
+    return moved
 
 
 class PeriodicReconciler:
@@ -127,7 +151,7 @@ class PeriodicReconciler:
                 service = service or self.make_service()
                 for tube in self.tubes:
                     report = reconcile(service, tube)
-                    if report.sent_again or report.stalled:
+                    if report.sent_again or report.stalled or report.workflows:
                         log.warning("reconciled tube %s: %s", tube, report.summary())
             except PheanqError as error:
                 log.warning("reconcile skipped: %s", error)

@@ -16,14 +16,18 @@ This runs on a thread of its own: a slow or locked database must not freeze the 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import queue
 import threading
 import time
 
+from pheanq.clock import utc_now
 from pheanq.errors import StoreUnavailable, TubeUnavailable
+from pheanq.retry import after_failure
 from pheanq.service import TaskQueueService
+from pheanq.status import Status
 
 log = logging.getLogger("pheanq.tender")
 
@@ -57,6 +61,43 @@ def reap_exit_code(pid: int, wait: float = REAP_WAIT_SECONDS) -> int | None:
         time.sleep(0.01)  # the command gets PDEATHSIG with its worker: it is gone within milliseconds
 
 
+def recover_task(service: TaskQueueService, task: OrphanedTask) -> str:
+    """Settle the task of a worker that died holding it; says what was done."""
+    held = service.store.find_task(task.task_id)
+    if held is None or held.status is not Status.WORKING or held.worker != task.worker:
+        return f"already settled ({'gone' if held is None else held.status})"
+    attempt = held.attempts
+    entry = f"--- attempt {attempt} on {task.worker}: "
+    if task.exit_code is None:
+        entry += f"interrupted: {task.why}; the task goes back to its tube\n"
+        if not service.store.stall_task(task.task_id, attempt, entry):
+            return f"attempt {attempt} already settled"
+        row = service.store.find_task(task.task_id)
+        if row is not None and row.job_id is not None:
+            # Another worker may have found the lease still fresh and delayed the job: make it ready now.
+            service.tube.kick_job(row.job_id)
+        return "stalled: its worker died while the command ran; it runs again"
+    verdict = "done" if task.exit_code == 0 else f"failed: exit code {task.exit_code}"
+    entry += f"{verdict}; {task.why}, so its tender recorded the result\n"
+    step = after_failure(held.retry, attempt, task.exit_code)
+    if task.exit_code != 0 and step.wait is not None:
+        next_run = utc_now() + dt.timedelta(seconds=step.wait)
+        if not service.store.retry_task(task.task_id, attempt, task.exit_code, entry + step.note, next_run):
+            return f"attempt {attempt} already settled"
+        # The dead worker's reservation has ended: whoever reserves the job finds the task early and delays it.
+        return f"retrying after exit code {task.exit_code}, for a worker that died"
+    status = Status.DONE if task.exit_code == 0 else Status.FAILED
+    settled = service.store.finish_task(task.task_id, attempt, status, task.exit_code,
+                                        entry + (step.note if status is Status.FAILED else ""))
+    if settled is None:
+        return f"attempt {attempt} already settled"
+    row = service.store.find_task(task.task_id)
+    if row is not None and row.job_id is not None:
+        service.tube.delete(row.job_id)
+    service.send_released(settled.released)
+    return f"recorded as {status} (exit code {task.exit_code}) for a worker that died"
+
+
 class Aftercare:
     """Settles orphaned tasks one after another on a background thread, retrying while the database is away."""
 
@@ -84,8 +125,7 @@ class Aftercare:
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    log.info("task %d: %s", task.task_id, self.service.recover_task(
-                        task.task_id, task.worker, task.exit_code, task.why))
+                    log.info("task %d: %s", task.task_id, recover_task(self.service, task))
                     break
                 except (StoreUnavailable, TubeUnavailable) as error:
                     if time.monotonic() >= deadline:

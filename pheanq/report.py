@@ -9,6 +9,7 @@ from pheanq.buried import BuriedList
 from pheanq.clock import utc_now
 from pheanq.description import decode_data
 from pheanq.errors import InvalidInput, TubeUnavailable
+from pheanq.retry import Retry
 from pheanq.service import TaskQueueService
 from pheanq.status import Status
 from pheanq.tables import PoolRow, TaskRow
@@ -114,12 +115,15 @@ def task_report(row: TaskRow) -> dict[str, Any]:
         "attempts": row.attempts, "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
         "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
         "heartbeat": _time(row.heartbeat), "run_at": _time(row.run_at), "data": row.data, "log": row.log,
+        "retry": Retry.from_json(row.retry).describe(), "unique_key": row.unique_key, "batch": row.batch_id,
+        "callback_of": row.callback_of, "waiting_for": row.waiting_for if row.status is Status.WAITING else None,
     }
 
 
 def format_task(report: dict[str, Any]) -> str:
-    fields = ["status", "command_line", "tube", "priority", "ttr", "timeout", "job_id", "attempts", "exit_code",
-              "worker", "run_at", "created", "started", "finished", "modified", "heartbeat"]
+    fields = ["status", "command_line", "tube", "priority", "ttr", "timeout", "retry", "job_id", "attempts",
+              "exit_code", "worker", "run_at", "unique_key", "batch", "callback_of", "waiting_for", "created",
+              "started", "finished", "modified", "heartbeat"]
     lines = [f"task {report['id']}"]
     lines += [f"  {name:<13}{'-' if report[name] is None else report[name]}" for name in fields]
     lines.append("log:")

@@ -86,6 +86,25 @@ class Retry:
         return text
 
 
+@dataclasses.dataclass(frozen=True)
+class NextStep:
+    """After a failed attempt: wait `wait` seconds and run again, or (wait None) fail; `note` ends its log."""
+
+    wait: int | None
+    note: str
+
+
+def after_failure(policy_json: str | None, attempt: int, exit_code: int | None) -> NextStep:
+    policy = Retry.from_json(policy_json)
+    if policy.retries_after(attempt, exit_code):
+        wait = policy.delay_after(attempt)
+        return NextStep(wait, f"--- retrying in {wait}s (attempt {attempt + 1} of {policy.max_attempts})\n")
+    if policy.max_attempts == 1:
+        return NextStep(None, "")
+    why = "attempts used up" if attempt >= policy.max_attempts else f"exit code {exit_code} is not retried"
+    return NextStep(None, f"--- not retried: {why} (attempt {attempt} of {policy.max_attempts})\n")
+
+
 def parse_exit_codes(text: str) -> frozenset[int]:
     """`2,3` -> {2, 3}, for the CLI."""
     codes: set[int] = set()

@@ -34,8 +34,9 @@ from pheanq.errors import (
     WrongStatus,
 )
 from pheanq.lease import stale_after
-from pheanq.retry import Retry
+from pheanq.retry import Retry, after_failure
 from pheanq.schedule import put_delay, run_at_of
+from pheanq.service_flow import WorkflowService
 from pheanq.status import Status
 from pheanq.store import ClaimOutcome, NewTask, Store
 from pheanq.tables import BuriedRow, PoolRow, TaskRow
@@ -100,7 +101,7 @@ class PlannedJob:
         return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr, row.timeout)
 
 
-class TaskQueueService:
+class TaskQueueService(WorkflowService):
     def __init__(self, settings: Settings, store: Store | None = None, tube: Tube | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.database_url)
@@ -133,6 +134,19 @@ class TaskQueueService:
         task is kept as `new` with no job, a `TaskPendingWarning` is issued, and the reconciler sends it
         later: a task whose id was returned is never lost.
         """
+        job, task = self._plan(description, tube, priority, delay, ttr, timeout, run_at, retry, unique_key, after,
+                               batch)
+        if session is not None:
+            if after or batch is not None:
+                raise InvalidInput("queue_task(session=...) cannot be combined with after= or batch=")
+            return send_after_commit(self, session, job, task)
+        return self._send_inserted(job, self.store.insert_task(task))
+
+    def _plan(self, description: TaskDescription, tube: str | None = None, priority: int = DEFAULT_PRIORITY,
+              delay: int = 0, ttr: int = DEFAULT_TTR, timeout: int | None = None, run_at: dt.datetime | None = None,
+              retry: Retry | None = None, unique_key: str | None = None, after: Iterable[int] = (),
+              batch: int | None = None) -> tuple[PlannedJob, NewTask]:
+        """Check what queue_task was given; the job to put and the row to insert."""
         if not isinstance(description, TaskDescription):
             raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
         tube = check_tube_name(tube or description.tube or self.settings.default_tube)
@@ -146,33 +160,14 @@ class TaskQueueService:
         after = tuple(after)
         for parent in after:
             _check_range("a task id to wait for", parent, 1, _LARGEST_ID)
+        if batch is not None:
+            _check_range("batch", batch, 1, _LARGEST_ID)
         if unique_key is not None and (not isinstance(unique_key, str) or not 0 < len(unique_key) <= MAX_UNIQUE_KEY):
             raise InvalidInput(f"unique_key must be a text of 1 to {MAX_UNIQUE_KEY} characters, not {unique_key!r}")
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
         job = PlannedJob(0, description, tube, priority, run_at_of(delay, run_at, utc_now()), ttr, timeout)
-        task = NewTask(description.command, encode_data(description), tube, priority, ttr, timeout, job.run_at,
-                       None if retry is None else retry.to_json(), unique_key, batch, after)
-        if session is not None:
-            if after or batch is not None:
-                raise InvalidInput("queue_task(session=...) cannot be combined with after= or batch=")
-            return send_after_commit(self, session, job, task)
-        inserted = self.store.insert_task(task)
-        if inserted.created and inserted.status is Status.NEW:
-            self.send(dataclasses.replace(job, task_id=inserted.task_id))
-        elif inserted.created:
-            self.send_released(self.store.settle_waiting(inserted.task_id).released)
-        return inserted.task_id
-
-    def send_released(self, task_ids: Iterable[int]) -> None:
-        """Put the jobs of tasks that a write moved to `new` (released dependants, batch callbacks). What is
-        not sent now (beanstalkd or the database away) is sent by the reconciler: the rows are `new`."""
-        for task_id in task_ids:
-            try:
-                row = self.store.find_task(task_id)
-                if row is not None and row.status is Status.NEW and row.job_id is None:
-                    self.send_again(row)
-            except (StoreUnavailable, TubeUnavailable) as error:
-                log.warning("task %d is ready but not sent yet (%s); the reconciler will send it", task_id, error)
+        return job, NewTask(description.command, encode_data(description), tube, priority, ttr, timeout, job.run_at,
+                            None if retry is None else retry.to_json(), unique_key, batch, after)
 
     def send(self, job: PlannedJob) -> bool:
         """Put the job of a recorded task; False, with a TaskPendingWarning, when beanstalkd did not take it.
@@ -256,18 +251,13 @@ class TaskQueueService:
     def mark_failed(self, package: WorkPackage, log_text: str | None, exit_code: int | None = None) -> bool:
         """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
         attempt, else `failed`."""
-        policy = Retry.from_json(package.row.retry)
-        if not policy.retries_after(package.attempt, exit_code):
-            if policy.max_attempts > 1:
-                why = "attempts used up" if package.attempt >= policy.max_attempts else \
-                    f"exit code {exit_code} is not retried"
-                log_text = (log_text or "") + f"--- not retried: {why} ({package.attempt} of {policy.max_attempts})\n"
-            return self._finish(package, Status.FAILED, exit_code, log_text)
-        wait = policy.delay_after(package.attempt)
-        entry = (log_text or "") + f"--- retrying in {wait}s (attempt {package.attempt + 1} of {policy.max_attempts})\n"
-        recorded = self.store.retry_task(package.task_id, package.attempt, exit_code, entry,
-                                         utc_now() + dt.timedelta(seconds=wait))
-        if recorded and not self.tube.release(package.job_id, package.row.priority, wait):
+        step = after_failure(package.row.retry, package.attempt, exit_code)
+        entry = (log_text or "") + step.note or None
+        if step.wait is None:
+            return self._finish(package, Status.FAILED, exit_code, entry)
+        recorded = self.store.retry_task(package.task_id, package.attempt, exit_code, entry or "",
+                                         utc_now() + dt.timedelta(seconds=step.wait))
+        if recorded and not self.tube.release(package.job_id, package.row.priority, step.wait):
             # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
             log.warning("task %d: retrying, but its job %d was not reserved by this worker any more",
                         package.task_id, package.job_id)
@@ -291,42 +281,6 @@ class TaskQueueService:
     def touch(self, package: WorkPackage) -> bool:
         """Renew the job's reservation; False when this worker no longer holds it."""
         return self.tube.touch(package.job_id)
-
-    def recover_task(self, task_id: int, worker: str, exit_code: int | None, why: str) -> str:
-        """Settle the task of a worker that died holding it; says what was done (see pheanq.recovery)."""
-        held = self.store.find_task(task_id)
-        if held is None or held.status is not Status.WORKING or held.worker != worker:
-            return f"already settled ({'gone' if held is None else held.status})"
-        attempt = held.attempts
-        entry = f"--- attempt {attempt} on {worker}: "
-        if exit_code is not None:
-            status = Status.DONE if exit_code == 0 else Status.FAILED
-            verdict = "done" if exit_code == 0 else f"failed: exit code {exit_code}"
-            entry += f"{verdict}; {why}, so its tender recorded the result\n"
-            policy = Retry.from_json(held.retry)
-            if status is Status.FAILED and policy.retries_after(attempt, exit_code):
-                wait = policy.delay_after(attempt)
-                entry += f"--- retrying in {wait}s (attempt {attempt + 1} of {policy.max_attempts})\n"
-                next_run = utc_now() + dt.timedelta(seconds=wait)
-                if not self.store.retry_task(task_id, attempt, exit_code, entry, next_run):
-                    return f"attempt {attempt} already settled"
-                return f"retrying (exit code {exit_code}) for a worker that died"
-            settled = self.store.finish_task(task_id, attempt, status, exit_code, entry)
-            if settled is None:
-                return f"attempt {attempt} already settled"
-            row = self.store.find_task(task_id)
-            if row is not None and row.job_id is not None:
-                self.tube.delete(row.job_id)
-            self.send_released(settled.released)
-            return f"recorded as {status} (exit code {exit_code}) for a worker that died"
-        entry += f"interrupted: {why}; the task goes back to its tube\n"
-        if not self.store.stall_task(task_id, attempt, entry):
-            return f"attempt {attempt} already settled"
-        row = self.store.find_task(task_id)
-        if row is not None and row.job_id is not None:
-            # Another worker may have found the lease still fresh and delayed the job: make it ready now.
-            self.tube.kick_job(row.job_id)
-        return "stalled: its worker died while the command ran; it runs again"
 
     def live_job_of(self, row: TaskRow) -> JobInfo | None:
         """The task's recorded job if beanstalkd still holds it (in any state) and it is this task's."""

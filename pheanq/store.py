@@ -114,6 +114,31 @@ class Store(WorkflowStore, AdminStore):
                 return holder
         raise StoreUnavailable(f"unique key {task.unique_key!r}: the task holding it kept changing; try again")
 
+    def insert_chain(self, tasks: list[NewTask]) -> list[Inserted]:
+        """Insert tasks in one transaction, each after the first waiting for the one before it."""
+        inserted: list[Inserted] = []
+        with self.transaction() as conn:
+            for task in tasks:
+                if inserted:
+                    task = dataclasses.replace(task, after=(*task.after, inserted[-1].task_id))
+                holder = None if task.unique_key is None else self._unique_holder(conn, task.unique_key)
+                inserted.append(holder or self._insert(conn, task))
+        return inserted
+
+    def insert_tasks(self, tasks: list[NewTask]) -> list[int]:
+        """Insert tasks without keys or dependencies (a batch's chunk) in one transaction."""
+        with self.transaction() as conn:
+            return [self._insert(conn, task).task_id for task in tasks]
+
+    def set_job_ids(self, pairs: list[tuple[int, int]]) -> None:
+        """Note (task id, job id) pairs in one transaction."""
+        if not pairs:
+            return
+        c = task_table.c
+        with self.transaction() as conn:
+            conn.execute(task_table.update().where(c.id == sa.bindparam("task")).values(job_id=sa.bindparam("job")),
+                         [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
+
     @staticmethod
     def _unique_holder(conn: Connection, key: str) -> Inserted | None:
         c = task_table.c

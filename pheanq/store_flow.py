@@ -92,28 +92,16 @@ class WorkflowStore:
                 sa.select(c.id).where(c.id > after_id, c.status == Status.WAITING.value,
                                       c.modified < changed_before).order_by(c.id).limit(limit)).scalars())
 
-    def cancel_task(self, task_id: int, entry: str) -> Cancelled | None:
-        """Cancel a task that has not ended; None when it does not exist. A task that has ended (or ends
-        while this runs) is left as it is."""
-        c = task_table.c
-        released: list[int] = []
-        for _ in range(5):  # a task moving on between the read and the write is read again
-            with self.transaction() as conn:
-                before = select_task(conn, task_id)
-                if before is None:
-                    return None
-                if before.status not in sources_of(Status.CANCELLED):
-                    return Cancelled(False, before, Settled())
-                if conn.execute(
-                    task_table.update().where(c.id == task_id, c.status == before.status.value,
-                                              c.attempts == before.attempts)
-                    .values(status=Status.CANCELLED.value, finished=utc_now(), modified=utc_now(),
-                            log=sa.func.coalesce(c.log, "") + entry)
-                ).rowcount == 1:
-                    task_ended(conn, task_id, Status.CANCELLED, released)
-                    return Cancelled(True, before, Settled(released))
-        assert before is not None
-        return Cancelled(False, before, Settled())
+    def cancel_tasks(self, task_ids: list[int], entry: str) -> list[Cancelled]:
+        """Cancel, in one transaction, each of the tasks that has not ended (one that has, or that ends
+        while this runs, is left as it is); a task that does not exist is left out of the answer."""
+        results: list[Cancelled] = []
+        with self.transaction() as conn:
+            for task_id in task_ids:
+                result = _cancel(conn, task_id, entry)
+                if result is not None:
+                    results.append(result)
+        return results
 
     def batch_task_ids(self, batch_id: int, after_id: int, limit: int, statuses: Sequence[Status]) -> list[int]:
         c = task_table.c
@@ -173,6 +161,27 @@ class WorkflowStore:
             conn.execute(batch_table.update().where(b.id == batch_id).values(unfinished=pending))
             _finish_batch_if_done(conn, batch_id, released)
         return Settled(released)
+
+
+def _cancel(conn: Connection, task_id: int, entry: str) -> Cancelled | None:
+    c = task_table.c
+    before = None
+    for _ in range(5):  # a task moving on between the read and the write is read again
+        before = select_task(conn, task_id)
+        if before is None:
+            return None
+        if before.status not in sources_of(Status.CANCELLED):
+            return Cancelled(False, before, Settled())
+        if conn.execute(
+            task_table.update().where(c.id == task_id, c.status == before.status.value, c.attempts == before.attempts)
+            .values(status=Status.CANCELLED.value, finished=utc_now(), modified=utc_now(),
+                    log=sa.func.coalesce(c.log, "") + entry)
+        ).rowcount == 1:
+            released: list[int] = []
+            task_ended(conn, task_id, Status.CANCELLED, released)
+            return Cancelled(True, before, Settled(released))
+    assert before is not None
+    return Cancelled(False, before, Settled())
 
 
 def task_ended(conn: Connection, task_id: int, status: Status, released: list[int]) -> None:

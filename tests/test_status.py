@@ -23,8 +23,8 @@ def test_the_ends_are_final_and_everything_else_is_pending() -> None:
     assert {Status.DONE, Status.FAILED, Status.CANCELLED, Status.UPSTREAM_FAILED} == FINAL
     assert not CLAIMABLE & FINAL
     assert Status.WORKING not in CLAIMABLE | FINAL
-    assert PENDING == set(Status) - FINAL
-    assert FAILURES == {Status.FAILED, Status.UPSTREAM_FAILED}
+    assert set(Status) - FINAL == PENDING
+    assert {Status.FAILED, Status.UPSTREAM_FAILED} == FAILURES
 
 
 def test_every_task_that_has_not_ended_can_be_cancelled_and_an_ended_one_cannot() -> None:
