@@ -7,6 +7,7 @@ person) can never both win the same task.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import enum
@@ -24,7 +25,7 @@ from pheanq.lease import stale_after
 from pheanq.schedule import EARLY_TOLERANCE, is_early
 from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
 from pheanq.store_admin import AdminStore
-from pheanq.store_flow import Settled, WorkflowStore, select_task, task_ended, task_row
+from pheanq.store_flow import Ends, Settled, WorkflowStore, select_task, task_row
 from pheanq.tables import (
     TaskRow,
     batch_table,
@@ -126,9 +127,17 @@ class Store(WorkflowStore, AdminStore):
         return inserted
 
     def insert_tasks(self, tasks: list[NewTask]) -> list[int]:
-        """Insert tasks without keys or dependencies (a batch's chunk) in one transaction."""
+        """Insert `new` tasks without keys or dependencies (a batch's chunk) in one transaction and one
+        statement; their ids in order."""
+        if not tasks:
+            return []
         with self.transaction() as conn:
-            return [self._insert(conn, task).task_id for task in tasks]
+            for batch_id, joining in sorted(collections.Counter(task.batch_id for task in tasks
+                                                                if task.batch_id is not None).items()):
+                _join_batch(conn, batch_id, joining)
+            inserted = conn.execute(task_table.insert().returning(task_table.c.id, sort_by_parameter_order=True),
+                                    [_row_values(task, Status.NEW, 0) for task in tasks])
+            return [int(task_id) for task_id in inserted.scalars()]
 
     def set_job_ids(self, pairs: list[tuple[int, int]]) -> None:
         """Note (task id, job id) pairs in one transaction."""
@@ -146,27 +155,16 @@ class Store(WorkflowStore, AdminStore):
         return None if holder is None else Inserted(int(holder.id), False, Status(holder.status))
 
     def _insert(self, conn: Connection, task: NewTask) -> Inserted:
-        c, b = task_table.c, batch_table.c
-        now = utc_now()
+        c = task_table.c
         parents = sorted(set(task.after))
         if parents:
             found = set(conn.execute(sa.select(c.id).where(c.id.in_(parents))).scalars())
             if missing := [parent for parent in parents if parent not in found]:
                 raise NotFound(f"task(s) {', '.join(map(str, missing))} to wait for do not exist")
-        if task.batch_id is not None and conn.execute(
-            batch_table.update().where(b.id == task.batch_id, b.closed.is_(None))
-            .values(total=b.total + 1, unfinished=b.unfinished + 1)
-        ).rowcount == 0:
-            batch = conn.execute(sa.select(b.closed).where(b.id == task.batch_id)).first()
-            if batch is None:
-                raise NotFound(f"batch {task.batch_id} does not exist")
-            raise WrongStatus(f"batch {task.batch_id} is closed (or cancelled): no task can join it any more")
+        if task.batch_id is not None:
+            _join_batch(conn, task.batch_id, 1)
         status = Status.WAITING if parents else Status.NEW
-        key = conn.execute(task_table.insert().values(
-            command=task.command, data=task.data, tube=task.tube, status=status.value, priority=task.priority,
-            ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
-            unique_live=task.unique_key, waiting_for=len(parents), batch_id=task.batch_id, attempts=0,
-            created=now, modified=now)).inserted_primary_key
+        key = conn.execute(task_table.insert().values(**_row_values(task, status, len(parents)))).inserted_primary_key
         assert key is not None
         task_id = int(key[0])
         if parents:
@@ -358,7 +356,10 @@ class Store(WorkflowStore, AdminStore):
         if values.get("log") is not None:
             # Each attempt appends its entry, so an interruption or a takeover stays visible.
             values["log"] = sa.func.coalesce(c.log, "") + values["log"]
-        released: list[int] = []
+        else:
+            values.pop("log", None)  # no entry: the log so far stays
+        if target in FINAL:
+            values["unique_live"] = None  # an ended task frees its unique key
         with self.transaction() as conn:
             if conn.execute(
                 task_table.update()
@@ -366,9 +367,11 @@ class Store(WorkflowStore, AdminStore):
                 .values(status=target.value, modified=utc_now(), **values)
             ).rowcount != 1:
                 return None
+            ends = Ends()
             if target in FINAL:
-                task_ended(conn, task_id, target, released)
-        return Settled(released)
+                batch_id = conn.execute(sa.select(c.batch_id).where(c.id == task_id)).scalar_one_or_none()
+                ends.ended(conn, task_id, target, batch_id)
+            return ends.close(conn)
 
     @staticmethod
     def _select_row(conn: Connection, task_id: int) -> TaskRow | None:
@@ -405,6 +408,24 @@ class Store(WorkflowStore, AdminStore):
                 return StoreUnavailable(f"database {self.safe_url} is unavailable: {reason}")
             return error
         return SchemaMissing(self.safe_url, None if len(tables) == len(metadata.tables) else missing)
+
+
+def _join_batch(conn: Connection, batch_id: int, joining: int) -> None:
+    """Count tasks into an open batch; NotFound or WrongStatus when it is missing or closed."""
+    b = batch_table.c
+    if conn.execute(batch_table.update().where(b.id == batch_id, b.closed.is_(None))
+                    .values(total=b.total + joining, unfinished=b.unfinished + joining)).rowcount == 0:
+        if conn.execute(sa.select(b.id).where(b.id == batch_id)).first() is None:
+            raise NotFound(f"batch {batch_id} does not exist")
+        raise WrongStatus(f"batch {batch_id} is closed (or cancelled): no task can join it any more")
+
+
+def _row_values(task: NewTask, status: Status, waiting_for: int) -> dict[str, Any]:
+    now = utc_now()
+    return dict(command=task.command, data=task.data, tube=task.tube, status=status.value, priority=task.priority,
+                ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
+                unique_live=task.unique_key, waiting_for=waiting_for, batch_id=task.batch_id, attempts=0,
+                created=now, modified=now)
 
 
 def is_stale(row: TaskRow, now: dt.datetime) -> bool:

@@ -70,7 +70,7 @@ class WorkflowStore:
         left, or end it as `upstream_failed` when one of them failed or was cancelled. Run after the task
         is inserted (a parent may have ended meanwhile) and by the reconciler; idempotent."""
         d, c = dependency_table.c, task_table.c
-        released: list[int] = []
+        ends = Ends()
         with self.transaction() as conn:
             # Locking reads: a parent whose end is being written is waited for, and then seen as it ended.
             parents = conn.execute(
@@ -79,11 +79,11 @@ class WorkflowStore:
             ).all()
             for parent_id, status in parents:
                 if Status(status) is Status.DONE:
-                    _satisfy(conn, task_id, parent_id, released)
+                    ends.satisfy(conn, task_id, parent_id)
                 elif Status(status) in FAILURES | {Status.CANCELLED}:
-                    _fail_dependants(conn, [task_id], parent_id, Status(status), released)
-            _release_if_ready(conn, task_id, released)
-        return Settled(released)
+                    ends.fail_dependants(conn, [task_id], parent_id, Status(status))
+            ends.release_if_ready(conn, task_id)
+            return ends.close(conn)
 
     def waiting_task_ids(self, after_id: int, limit: int, changed_before: dt.datetime) -> list[int]:
         c = task_table.c
@@ -95,12 +95,37 @@ class WorkflowStore:
     def cancel_tasks(self, task_ids: list[int], entry: str) -> list[Cancelled]:
         """Cancel, in one transaction, each of the tasks that has not ended (one that has, or that ends
         while this runs, is left as it is); a task that does not exist is left out of the answer."""
-        results: list[Cancelled] = []
+        c, d = task_table.c, dependency_table.c
+        cancellable = [status.value for status in sources_of(Status.CANCELLED)]
+        now = utc_now()
+        ends = Ends()
         with self.transaction() as conn:
+            before = {row.id: row for row in (task_row(found) for found in conn.execute(
+                sa.select(task_table).where(c.id.in_(task_ids))).mappings())}
+            # One statement for the page; the rows it changed are those now cancelled at exactly `now`.
+            conn.execute(task_table.update().where(c.id.in_(task_ids), c.status.in_(cancellable))
+                         .values(status=Status.CANCELLED.value, finished=now, modified=now, unique_live=None,
+                                 log=sa.func.coalesce(c.log, "") + entry))
+            took = set(conn.execute(sa.select(c.id).where(c.id.in_(task_ids), c.status == Status.CANCELLED.value,
+                                                          c.modified == now)).scalars())
+            parents = set(conn.execute(sa.select(d.parent_id).where(d.parent_id.in_(sorted(took)),
+                                                                    d.satisfied == sa.false())).scalars())
+            for task_id in sorted(took):
+                ends.ended(conn, task_id, Status.CANCELLED, before[task_id].batch_id,
+                           None if task_id in parents else [])
+            settled = ends.close(conn)
+            results = []
             for task_id in task_ids:
-                result = _cancel(conn, task_id, entry)
-                if result is not None:
-                    results.append(result)
+                row = before.get(task_id)
+                if row is not None and task_id not in took and row.status in sources_of(Status.CANCELLED):
+                    row = select_task(conn, task_id)  # it ended between the read and the write: say how
+                if row is not None:
+                    results.append(Cancelled(task_id in took, row, Settled()))
+        # What the page set in motion is reported once, on the first task cancelled.
+        for n, result in enumerate(results):
+            if result.took:
+                results[n] = dataclasses.replace(result, settled=settled)
+                break
         return results
 
     def batch_task_ids(self, batch_id: int, after_id: int, limit: int, statuses: Sequence[Status]) -> list[int]:
@@ -122,15 +147,15 @@ class WorkflowStore:
     def close_batch(self, batch_id: int, cancelled_by: str | None = None) -> Settled | None:
         """No more tasks join the batch; it finishes once they have all ended. None: no such batch."""
         b = batch_table.c
-        released: list[int] = []
+        ends = Ends()
         values: dict[str, Any] = {"closed": sa.func.coalesce(b.closed, utc_now())}
         if cancelled_by is not None:
             values["cancelled_by"] = sa.func.coalesce(b.cancelled_by, cancelled_by)
         with self.transaction() as conn:
             if conn.execute(batch_table.update().where(b.id == batch_id).values(**values)).rowcount == 0:
                 return None
-            _finish_batch_if_done(conn, batch_id, released)
-        return Settled(released)
+            ends.finish_batch_if_done(conn, batch_id)
+            return ends.close(conn)
 
     def find_batch(self, batch_id: int) -> BatchRow | None:
         with self.transaction() as conn:
@@ -153,132 +178,120 @@ class WorkflowStore:
     def recount_batch(self, batch_id: int) -> Settled:
         """Set the batch's counter of unfinished tasks from its rows, then finish it if they have all ended."""
         b, c = batch_table.c, task_table.c
-        released: list[int] = []
+        ends = Ends()
         with self.transaction() as conn:
             conn.execute(sa.select(b.id).where(b.id == batch_id).with_for_update()).all()
             pending = conn.execute(sa.select(sa.func.count()).where(
                 c.batch_id == batch_id, c.status.in_([s.value for s in PENDING]))).scalar_one()
             conn.execute(batch_table.update().where(b.id == batch_id).values(unfinished=pending))
-            _finish_batch_if_done(conn, batch_id, released)
-        return Settled(released)
+            ends.finish_batch_if_done(conn, batch_id)
+            return ends.close(conn)
 
 
-def _cancel(conn: Connection, task_id: int, entry: str) -> Cancelled | None:
-    c = task_table.c
-    before = None
-    for _ in range(5):  # a task moving on between the read and the write is read again
-        before = select_task(conn, task_id)
-        if before is None:
-            return None
-        if before.status not in sources_of(Status.CANCELLED):
-            return Cancelled(False, before, Settled())
-        if conn.execute(
-            task_table.update().where(c.id == task_id, c.status == before.status.value, c.attempts == before.attempts)
-            .values(status=Status.CANCELLED.value, finished=utc_now(), modified=utc_now(),
-                    log=sa.func.coalesce(c.log, "") + entry)
-        ).rowcount == 1:
-            released: list[int] = []
-            task_ended(conn, task_id, Status.CANCELLED, released)
-            return Cancelled(True, before, Settled(released))
-    assert before is not None
-    return Cancelled(False, before, Settled())
+class Ends:
+    """What the ends written in one transaction set in motion. Dependants are settled as each end is
+    noted; batches are counted down once, at `close`, after every task row the transaction touches: a
+    transaction holds a batch row's lock only at its very end, so two of them never wait on each other."""
 
+    def __init__(self) -> None:
+        self.released: list[int] = []
+        self._batches: dict[int, list[Status]] = {}
 
-def task_ended(conn: Connection, task_id: int, status: Status, released: list[int]) -> None:
-    """Everything the end of `task_id` (just written on `conn`) sets in motion, in the same transaction."""
-    c, d = task_table.c, dependency_table.c
-    conn.execute(task_table.update().where(c.id == task_id).values(unique_live=None))
-    children = list(conn.execute(sa.select(d.task_id).where(d.parent_id == task_id, d.satisfied == sa.false()))
-                    .scalars())
-    if status is Status.DONE:
-        for child in children:
-            _satisfy(conn, child, task_id, released)
-            _release_if_ready(conn, child, released)
-    elif children:
-        _fail_dependants(conn, children, task_id, status, released)
-    batch_id = conn.execute(sa.select(c.batch_id).where(c.id == task_id)).scalar_one_or_none()
-    if batch_id is not None:
-        _count_down_batch(conn, batch_id, status, released)
+    def ended(self, conn: Connection, task_id: int, status: Status, batch_id: int | None,
+              children: list[int] | None = None) -> None:
+        """Note the end of `task_id` (just written on `conn`, its unique key cleared with it); `children`:
+        the tasks waiting for it, when already known."""
+        d = dependency_table.c
+        if children is None:
+            children = list(conn.execute(sa.select(d.task_id).where(d.parent_id == task_id,
+                                                                    d.satisfied == sa.false())).scalars())
+        if status is Status.DONE:
+            for child in children:
+                self.satisfy(conn, child, task_id)
+                self.release_if_ready(conn, child)
+        elif children:
+            self.fail_dependants(conn, children, task_id, status)
+        if batch_id is not None:
+            self._batches.setdefault(batch_id, []).append(status)
 
+    def close(self, conn: Connection) -> Settled:
+        for batch_id in sorted(self._batches):
+            self._count_down_batch(conn, batch_id, self._batches[batch_id])
+        self._batches.clear()
+        return Settled(self.released)
 
-def _satisfy(conn: Connection, child: int, parent: int, released: list[int]) -> None:
-    """Count the done parent off the child's wait, once: the edge is flipped by compare-and-set."""
-    d, c = dependency_table.c, task_table.c
-    flipped = conn.execute(dependency_table.update().where(d.task_id == child, d.parent_id == parent,
-                                                           d.satisfied == sa.false()).values(satisfied=True))
-    if flipped.rowcount == 1:
-        conn.execute(task_table.update().where(c.id == child).values(waiting_for=c.waiting_for - 1))
+    def satisfy(self, conn: Connection, child: int, parent: int) -> None:
+        """Count the done parent off the child's wait, once: the edge is flipped by compare-and-set."""
+        d, c = dependency_table.c, task_table.c
+        flipped = conn.execute(dependency_table.update().where(d.task_id == child, d.parent_id == parent,
+                                                               d.satisfied == sa.false()).values(satisfied=True))
+        if flipped.rowcount == 1:
+            conn.execute(task_table.update().where(c.id == child).values(waiting_for=c.waiting_for - 1))
 
+    def release_if_ready(self, conn: Connection, child: int) -> None:
+        c = task_table.c
+        if conn.execute(task_table.update().where(c.id == child, c.status == Status.WAITING.value,
+                                                  c.waiting_for <= 0)
+                        .values(status=Status.NEW.value, modified=utc_now())).rowcount == 1:
+            self.released.append(child)
 
-def _release_if_ready(conn: Connection, child: int, released: list[int]) -> None:
-    c = task_table.c
-    if conn.execute(task_table.update().where(c.id == child, c.status == Status.WAITING.value,
-                                              c.waiting_for <= 0)
-                    .values(status=Status.NEW.value, modified=utc_now())).rowcount == 1:
-        released.append(child)
-
-
-def _fail_dependants(conn: Connection, children: list[int], parent: int, why: Status, released: list[int]) -> None:
-    """End the waiting dependants of a task that will never be done, and theirs in turn."""
-    c = task_table.c
-    now = utc_now()
-    ending = "was cancelled" if why is Status.CANCELLED else f"ended {why}"
-    for child in children:
+    def fail_dependants(self, conn: Connection, children: list[int], parent: int, why: Status) -> None:
+        """End the waiting dependants of a task that will never be done, and theirs in turn."""
+        c = task_table.c
+        now = utc_now()
+        ending = "was cancelled" if why is Status.CANCELLED else f"ended {why}"
         entry = f"--- {now:%Y-%m-%d %H:%M:%S} UTC: not run: task {parent}, which it waits for, {ending}\n"
-        moved = conn.execute(
-            task_table.update().where(c.id == child, c.status == Status.WAITING.value)
-            .values(status=Status.UPSTREAM_FAILED.value, finished=now, modified=now,
-                    log=sa.func.coalesce(c.log, "") + entry)
-        ).rowcount
-        if moved == 1:
-            task_ended(conn, child, Status.UPSTREAM_FAILED, released)
+        for child in children:
+            if conn.execute(
+                task_table.update().where(c.id == child, c.status == Status.WAITING.value)
+                .values(status=Status.UPSTREAM_FAILED.value, finished=now, modified=now, unique_live=None,
+                        log=sa.func.coalesce(c.log, "") + entry)
+            ).rowcount == 1:
+                batch_id = conn.execute(sa.select(c.batch_id).where(c.id == child)).scalar_one_or_none()
+                self.ended(conn, child, Status.UPSTREAM_FAILED, batch_id)
 
-
-def _count_down_batch(conn: Connection, batch_id: int, status: Status, released: list[int]) -> None:
-    b = batch_table.c
-    failed = status in FAILURES
-    conn.execute(batch_table.update().where(b.id == batch_id)
-                 .values(unfinished=b.unfinished - 1, failures=b.failures + (1 if failed else 0)))
-    if failed:
+    def finish_batch_if_done(self, conn: Connection, batch_id: int) -> None:
+        b, c = batch_table.c, task_table.c
+        if conn.execute(batch_table.update().where(b.id == batch_id, b.closed.is_not(None), b.finished.is_(None),
+                                                   b.unfinished <= 0).values(finished=utc_now())).rowcount == 0:
+            return
         batch = _lock_batch(conn, batch_id)
-        if batch is not None and batch.catch_task is not None and batch.catch_id is None:
-            _queue_callback(conn, batch, "catch", released)
-    _finish_batch_if_done(conn, batch_id, released)
+        assert batch is not None
+        done = conn.execute(sa.select(sa.func.count()).where(c.batch_id == batch_id,
+                                                             c.status == Status.DONE.value)).scalar_one()
+        if batch.then_task is not None and done == batch.total:
+            self._queue_callback(conn, batch, "then")
+        if batch.finally_task is not None:
+            self._queue_callback(conn, batch, "finally")
 
+    def _count_down_batch(self, conn: Connection, batch_id: int, statuses: list[Status]) -> None:
+        b = batch_table.c
+        failures = sum(status in FAILURES for status in statuses)
+        conn.execute(batch_table.update().where(b.id == batch_id)
+                     .values(unfinished=b.unfinished - len(statuses), failures=b.failures + failures))
+        if failures:
+            batch = _lock_batch(conn, batch_id)
+            if batch is not None and batch.catch_task is not None and batch.catch_id is None:
+                self._queue_callback(conn, batch, "catch")
+        self.finish_batch_if_done(conn, batch_id)
 
-def _finish_batch_if_done(conn: Connection, batch_id: int, released: list[int]) -> None:
-    b, c = batch_table.c, task_table.c
-    if conn.execute(batch_table.update().where(b.id == batch_id, b.closed.is_not(None), b.finished.is_(None),
-                                               b.unfinished <= 0).values(finished=utc_now())).rowcount == 0:
-        return
-    batch = _lock_batch(conn, batch_id)
-    assert batch is not None
-    done = conn.execute(sa.select(sa.func.count()).where(c.batch_id == batch_id,
-                                                         c.status == Status.DONE.value)).scalar_one()
-    if batch.then_task is not None and done == batch.total:
-        _queue_callback(conn, batch, "then", released)
-    if batch.finally_task is not None:
-        _queue_callback(conn, batch, "finally", released)
+    def _queue_callback(self, conn: Connection, batch: BatchRow, which: str) -> None:
+        callback = CallbackTask.from_json(getattr(batch, f"{which}_task"))
+        now = utc_now()
+        entry = f"--- {now:%Y-%m-%d %H:%M:%S} UTC: queued as the {which!r} callback of batch {batch.id}\n"
+        key = conn.execute(task_table.insert().values(
+            command=callback.command, data=callback.data, tube=callback.tube, status=Status.NEW.value,
+            priority=callback.priority, ttr=callback.ttr, attempts=0, created=now, modified=now, log=entry,
+            callback_of=batch.id)).inserted_primary_key
+        assert key is not None
+        conn.execute(batch_table.update().where(batch_table.c.id == batch.id).values({f"{which}_id": int(key[0])}))
+        self.released.append(int(key[0]))
 
 
 def _lock_batch(conn: Connection, batch_id: int) -> BatchRow | None:
     found = conn.execute(sa.select(batch_table).where(batch_table.c.id == batch_id).with_for_update()) \
         .mappings().first()
     return None if found is None else BatchRow(**dict(found))
-
-
-def _queue_callback(conn: Connection, batch: BatchRow, which: str, released: list[int]) -> None:
-    text = getattr(batch, f"{which}_task")
-    callback = CallbackTask.from_json(text)
-    now = utc_now()
-    entry = f"--- {now:%Y-%m-%d %H:%M:%S} UTC: queued as the {which!r} callback of batch {batch.id}\n"
-    key = conn.execute(task_table.insert().values(
-        command=callback.command, data=callback.data, tube=callback.tube, status=Status.NEW.value,
-        priority=callback.priority, ttr=callback.ttr, attempts=0, created=now, modified=now, log=entry,
-        callback_of=batch.id)).inserted_primary_key
-    assert key is not None
-    conn.execute(batch_table.update().where(batch_table.c.id == batch.id).values({f"{which}_id": int(key[0])}))
-    released.append(int(key[0]))
 
 
 def select_task(conn: Connection, task_id: int) -> TaskRow | None:

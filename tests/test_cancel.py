@@ -1,0 +1,96 @@
+"""Cancel, with real workers, commands and signals: a queued task leaves its tube; a running task's command
+is stopped by its worker within seconds; the log says who cancelled and when; a task that has ended is
+left alone; `pheanq cancel` reports each id and exits 1 when one could not be cancelled."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+from support import WorkerProcess, pheanq, wait_for, write_config
+
+from pheanq import Status, TaskDescription
+from pheanq.service import TaskQueueService
+
+MakeService = Callable[..., TaskQueueService]
+MakeEnv = Callable[..., dict[str, str]]
+StartWorker = Callable[..., WorkerProcess]
+
+# Prints its pid, then sleeps SECONDS.
+SLEEPER = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(float(sys.argv[1]))"  # the task's work
+
+
+def test_a_queued_task_is_cancelled_and_its_job_leaves_the_tube(db_url: str, make_service: MakeService) -> None:
+    service = make_service(db_url)
+    task_id = service.queue_task(TaskDescription("work", [1]))
+    job_id = service.find_task(task_id).job_id
+    assert job_id is not None and service.tube.inspect(job_id) is not None
+    result = service.cancel_task(task_id, by="alice")
+    assert (result.cancelled, result.was) == (True, Status.NEW)
+    row = service.find_task(task_id)
+    assert row.status is Status.CANCELLED and row.finished is not None
+    assert row.log is not None and row.log.startswith("--- cancelled by alice at 20")
+    assert service.tube.inspect(job_id) is None
+    assert service.reserve_task("pheanq", timeout=1) is None
+
+
+def test_a_task_that_has_ended_is_not_cancelled(db_url: str, make_service: MakeService) -> None:
+    service = make_service(db_url)
+    task_id = service.queue_task(TaskDescription("work", [1]))
+    package = service.reserve_task("pheanq", timeout=5)
+    assert package is not None
+    service.mark_done(package, None)
+    result = service.cancel_task(task_id)
+    assert (result.cancelled, result.was) == (False, Status.DONE)
+    assert result.message == f"task {task_id} is done: it has ended, nothing to cancel"
+    assert service.status_of(task_id) is Status.DONE
+
+
+def test_a_running_task_is_stopped_by_its_worker_within_seconds(
+    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+) -> None:
+    write_config(tmp_path, commands={"sleep": [sys.executable, "-c", SLEEPER]})
+    service = make_service(db_url)
+    task_id = service.queue_task(TaskDescription("sleep", ["60"]))
+    follower = service.queue_task(TaskDescription("sleep", ["0"]))
+    worker = start_worker([], make_env(db_url))
+    wait_for(lambda: any(line.startswith("CHILD ") for line in worker.stdout_lines), 20, "the command to start")
+    pid = int(next(line for line in worker.stdout_lines if line.startswith("CHILD ")).split()[1])
+    asked = time.monotonic()
+    result = service.cancel_task(task_id, by="bob")
+    assert (result.cancelled, result.was) == (True, Status.WORKING)
+    assert "its worker" in result.message
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             "the cancelled command to be stopped")
+    assert time.monotonic() - asked < 5
+    row = service.find_task(task_id)
+    assert row.status is Status.CANCELLED
+    assert row.log is not None and "--- cancelled by bob at" in row.log
+    wait_for(lambda: "the task was cancelled" in (service.find_task(task_id).log or ""), 10,
+             "the worker to note the stopped attempt")
+    assert service.tube.inspect(row.job_id or 0) is None
+    # The worker goes on with the next task.
+    wait_for(lambda: service.status_of(follower) is Status.DONE, 20, "the next task")
+    worker.stop()
+
+
+def test_pheanq_cancel_reports_each_id_and_exits_1_when_one_was_not_cancelled(
+    sqlite_url: str, tmp_path: Path, make_env: MakeEnv, make_service: MakeService,
+) -> None:
+    env = make_env(sqlite_url)
+    service = make_service(sqlite_url)
+    first = service.queue_task(TaskDescription("work", [1]))
+    second = service.queue_task(TaskDescription("work", [2]))
+    done = pheanq(["cancel", str(first), str(second), "--by", "ops"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"task {first} cancelled (it was new)", f"task {second} cancelled (it was new)"]
+    assert "--- cancelled by ops at" in (service.find_task(first).log or "")
+    again = pheanq(["cancel", str(first), "999"], env, tmp_path)
+    assert again.returncode == 1
+    assert again.stderr.splitlines() == [f"task {first} is cancelled: it has ended, nothing to cancel",
+                                         "task 999: not cancelled: task 999 does not exist"]
+    bad = pheanq(["cancel", "x"], env, tmp_path)
+    assert bad.returncode == 2 and "'x' is not a valid integer" in bad.stderr
