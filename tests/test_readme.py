@@ -21,7 +21,7 @@ def test_readme_shows_every_move_of_the_status_table() -> None:
         pattern = re.compile(rf"^{source.value}\s+{target.value}\s+{re.escape(why)}$")
         assert any(pattern.match(line) for line in LINES), f"README lacks the move {source} -> {target}: {why}"
     shown = {(m.group(1), m.group(2)) for line in LINES
-             if (m := re.match(r"^([a-z]+)\s+([a-z]+)\s+\S", line)) and m.group(1) in set(Status)
+             if (m := re.match(r"^([a-z_]+)\s+([a-z_]+)\s+\S", line)) and m.group(1) in set(Status)
              and m.group(2) in set(Status)}
     assert shown == {(s.value, t.value) for s, t in TRANSITIONS}, "README shows a move the code does not have"
 
