@@ -108,9 +108,13 @@ class Store(WorkflowStore, AdminStore):
             except IntegrityError:
                 if task.unique_key is None:
                     raise
-            # Another producer holds the key. Read whose task it is; if that one ended meanwhile, try again.
-            with self.transaction() as own:
-                holder = self._unique_holder(own, task.unique_key)
+            # Another producer holds the key (or this transaction does). Read whose task it is; if that one ended
+            # meanwhile, try again.
+            if conn is not None:
+                holder = self._unique_holder(conn, task.unique_key)
+            else:
+                with self.transaction() as own:
+                    holder = self._unique_holder(own, task.unique_key)
             if holder is not None:
                 return holder
         raise StoreUnavailable(f"unique key {task.unique_key!r}: the task holding it kept changing; try again")

@@ -170,6 +170,24 @@ def fresh_database(directory: Path, name: str) -> str:
     return url
 
 
+def measured_runs(doc: str, default_tasks: int, prefix: str,
+                  measure: Callable[[Path, int, int], dict[str, dict[str, list[float]]]],
+                  argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, dict[str, list[float]]]] | None:
+    """Parse --tasks/--runs/--json and run `measure(root, tasks, runs)` in a temporary directory. Returns the
+    options and the figures for the caller to print, or None when they were printed as JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=default_tasks)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    options = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
+        times = measure(Path(root), options.tasks, options.runs)
+    if options.json:
+        print(json.dumps({"tasks": options.tasks, "runs": options.runs, "seconds": times}, indent=2))
+        return None
+    return options, times
+
+
 def bare_engine(url: str) -> sa.Engine:
     """A plain SQLAlchemy engine with the SQLite settings pheanq uses (WAL, synchronous=NORMAL, 30 s busy wait)."""
     engine = sa.create_engine(url, connect_args={"timeout": 30})

@@ -15,11 +15,9 @@ A benchmark script that prints figures, not a timed test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import greenstalk
 import sqlalchemy as sa
-from bench import TUBE, bare_engine, beanstalkd, fresh_database
+from bench import TUBE, bare_engine, beanstalkd, fresh_database, measured_runs
 
 if TYPE_CHECKING:
     from pheanq.service import TaskQueueService
@@ -129,16 +127,10 @@ def measure(root: Path, tasks: int, runs: int) -> dict[str, dict[str, list[float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    options = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="pheanq-bench-reconcile-") as root:
-        times = measure(Path(root), options.tasks, options.runs)
-    if options.json:
-        print(json.dumps({"tasks": options.tasks, "runs": options.runs, "seconds": times}, indent=2))
+    figures = measured_runs(__doc__ or "", 20_000, "pheanq-bench-reconcile-", measure, argv)
+    if figures is None:
         return 0
+    options, times = figures
     print(f"reconcile pass over {options.tasks} new tasks (SQLite, loopback beanstalkd), median of {options.runs}:")
     for case, sides in times.items():
         pheanq_s, base_s = statistics.median(sides["pheanq"]), statistics.median(sides["baseline"])

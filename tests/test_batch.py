@@ -188,3 +188,23 @@ def test_a_batch_of_10000_tasks_is_planned_lazily_and_reported_while_workers_run
     assert (final.state, final.done + final.cancelled, final.pending) == ("finished", 10_000, 0)
     for worker in workers:
         worker.stop()
+
+
+def test_regenerating_a_failed_task_counts_it_pending_again_until_its_batch_has_finished(
+    db_url: str, make_service: MakeService,
+) -> None:
+    service = make_service(db_url)
+    with service.create_batch() as batch:
+        failing = batch.add(TaskDescription("work", ["bad"]))
+        batch.add(TaskDescription("work", ["good"]))
+    package = service.reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == failing
+    service.mark_failed(package, None, 1)
+    assert batch.progress().failed == 1
+    service.regenerate_task(failing)                # the batch is still running: it counts as pending again
+    assert (batch.progress().failed, batch.progress().pending) == (0, 2)
+    assert sorted(run_all(service, fail={"bad"})) == ["bad", "good"]
+    assert batch.progress().state == "finished"
+    with pytest.raises(WrongStatus, match=f"task {failing} belongs to batch {batch.id}, which has finished"):
+        service.regenerate_task(failing)
+    assert service.status_of(failing) is Status.FAILED

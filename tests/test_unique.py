@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from support import pheanq
 
 from pheanq import InvalidInput, Status, TaskDescription, WrongStatus
@@ -104,3 +106,18 @@ def test_add_example_task_with_a_unique_key_queues_one_task(
     second = pheanq(["add-example-task", "--unique-key", "nightly"], env, tmp_path)
     assert first.returncode == second.returncode == 0
     assert first.stdout.split("id ")[1] == second.stdout.split("id ")[1]
+
+
+def test_a_unique_key_holds_inside_an_application_transaction(db_url: str, make_service: MakeService) -> None:
+    service = make_service(db_url)
+    engine = sa.create_engine(service.store.engine.url)
+    try:
+        with Session(engine) as session, session.begin():
+            first = service.queue_task(TaskDescription("work", [1]), session=session, unique_key="in-tx")
+            assert service.queue_task(TaskDescription("work", [2]), session=session, unique_key="in-tx") == first
+        assert service.queue_task(TaskDescription("work", [3]), unique_key="in-tx") == first
+        row = service.find_task(first)
+        assert row.job_id is not None and service.tube.inspect(row.job_id) is not None
+        assert sum(n for _, _, n in service.store.count_tasks()) == 1
+    finally:
+        engine.dispose()
