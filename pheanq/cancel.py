@@ -28,6 +28,8 @@ log = logging.getLogger("pheanq.cancel")
 
 # How often a worker looks whether the task it runs was cancelled.
 CHECK_SECONDS = 1.0
+# What a worker says of the command it stopped because its task was cancelled.
+CANCELLED = "the task was cancelled"
 # A batch is cancelled this many tasks per transaction.
 PAGE_SIZE = 500
 
@@ -91,7 +93,7 @@ class CancelWatch:
 
     def reason_to_stop(self) -> str | None:
         if self.cancelled:
-            return "the task was cancelled"
+            return CANCELLED
         if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + CHECK_SECONDS
@@ -100,7 +102,7 @@ class CancelWatch:
         except StoreUnavailable:
             return None  # the lease logic deals with outages
         self.cancelled = status is Status.CANCELLED
-        return "the task was cancelled" if self.cancelled else None
+        return CANCELLED if self.cancelled else None
 
 
 def cancel_batch(service: TaskQueueService, batch_id: int, by: str | None = None) -> int:

@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
+from pheanq.cancel import CANCELLED
 from pheanq.child import run_child
 from pheanq.config import Settings
 from pheanq.description import build_argv
@@ -20,7 +21,7 @@ from pheanq.time_limit import timed_out, with_time_limit
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    status: Status          # DONE, FAILED, or NEW when the task must be handed back
+    status: Status          # DONE, FAILED, NEW when the task must be handed back, CANCELLED when it was cancelled
     exit_code: int | None
     log: str
     output_bytes: int = 0
@@ -50,6 +51,9 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
     if package.row.timeout is not None and result.stopped == timed_out(package.row.timeout):
         return Outcome(Status.FAILED, result.exit_code, _entry(package, worker_name, f"failed {timing}: "
                        f"{result.stopped}; its command was stopped", result.output), result.output_bytes)
+    if result.stopped == CANCELLED:
+        return Outcome(Status.CANCELLED, result.exit_code, _entry(package, worker_name, f"stopped {timing}: "
+                       f"{CANCELLED}", result.output), result.output_bytes)
     if result.stopped is not None:
         return Outcome(Status.NEW, result.exit_code,
                        _entry(package, worker_name, f"interrupted {timing}: {result.stopped}; the task goes "

@@ -52,6 +52,8 @@ class WorkflowService:
         ids in order."""
         if not isinstance(chain, Chain) or not len(chain):
             raise InvalidInput(f"queue_chain takes a chain made with TaskDescription.then, not {type(chain).__name__}")
+        if "unique_key" in options:
+            raise InvalidInput("queue_chain takes no unique_key: a key names one task, not a chain of them")
         planned = [self._plan(step, **options, after=after if n == 0 else ()) for n, step in enumerate(chain)]
         inserted = self.store.insert_chain([task for _, task in planned])
         return [self._send_inserted(job, done) for (job, _), done in zip(planned, inserted, strict=True)]

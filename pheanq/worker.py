@@ -128,7 +128,7 @@ class Worker:
                           on_start=lambda pid: self._say(f"CHILD {pid}"),
                           on_exit=lambda code: self._say(f"EXITED {code}"))
         log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
-        if cancel.cancelled:
+        if outcome.status is Status.CANCELLED:
             self._record(lambda: self.service.drop_cancelled(package, outcome.log), package)
         elif outcome.status is Status.NEW:
             self._record(lambda: self.service.release_task(package, outcome.log), package)

@@ -71,6 +71,8 @@ def test_a_running_task_is_stopped_by_its_worker_within_seconds(
     assert row.log is not None and "--- cancelled by bob at" in row.log
     wait_for(lambda: "the task was cancelled" in (service.find_task(task_id).log or ""), 10,
              "the worker to note the stopped attempt")
+    log = service.find_task(task_id).log or ""
+    assert "--- attempt 1 on" in log and ": stopped after" in log and "goes back to its tube" not in log
     assert service.tube.inspect(row.job_id or 0) is None
     # The worker goes on with the next task.
     wait_for(lambda: service.status_of(follower) is Status.DONE, 20, "the next task")

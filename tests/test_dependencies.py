@@ -132,6 +132,8 @@ def test_a_chain_reads_as_then_and_is_queued_in_order(db_url: str, make_service:
     assert [run_one(service).task_id for _ in range(3)] == [a, b, c]
     with pytest.raises(InvalidInput, match="queue_chain takes a chain"):
         service.queue_chain(TaskDescription("work"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="queue_chain takes no unique_key"):
+        service.queue_chain(chain, unique_key="k")
 
 
 def test_a_chain_of_three_runs_in_order_across_two_workers(
