@@ -28,6 +28,7 @@ import collections
 import contextlib
 import dataclasses
 import glob
+import itertools
 import json
 import logging
 import os
@@ -718,8 +719,13 @@ def kill_workers(lab: Lab) -> None:
     lab.upgrade()
     tender = lab.start_tender(workers)
     lab.feed(tasks, short_tasks, seconds=feed_seconds(tasks))
-    budget, kills = max(15, tasks // 8), 0
-    end = time.monotonic() + deadline(tasks, 0.1, workers)
+    _kill_busy_workers(lab, tender, max(15, tasks // 8), deadline(tasks, 0.1, workers))
+    lab.finish(deadline(tasks, 0.1, workers))
+
+
+def _kill_busy_workers(lab: Lab, tender: Tender, budget: int, limit: float) -> None:
+    kills = 0
+    end = time.monotonic() + limit
     while kills < budget and not lab.all_finished() and time.monotonic() < end:
         busy = tender.busy_workers()
         if busy:
@@ -729,7 +735,51 @@ def kill_workers(lab: Lab) -> None:
         pause(lab.rng.uniform(0.05, 0.3))  # the pace of the kills
     lab.outcome.figures["killed"] = kills
     lab.note(f"{kills} busy worker(s) killed -9")
+
+
+def workflows(lab: Lab) -> None:
+    """Chains of three steps and one batch, queued while busy workers are SIGKILLed: every step ends done once,
+    after the step before it; the batch finishes and its `finally` callback runs once."""
+    workers, chains = 8, max(4, lab.plan.tasks // 4)   # three chain steps and one batch task per chain
+    lab.upgrade()
+    tender = lab.start_tender(workers)
+    service = lab.service()
+    batch = service.create_batch("chaos", finally_=TaskDescription(COMMAND, ["0"]))
+    rng = random.Random(lab.rng.random())
+    chained: list[list[int]] = []
+
+    def step() -> TaskDescription:
+        return TaskDescription(COMMAND, [f"{short_tasks(rng):.3f}"])
+
+    def feed() -> None:
+        for _ in range(chains):
+            ids = service.queue_chain(step().then(step()).then(step()))
+            chained.append(ids)
+            lab.queued.extend(ids)
+            lab.queued.append(batch.add(step()))
+        batch.close()
+
+    feeder = threading.Thread(target=feed, name=f"feed-{lab.name}", daemon=True)
+    lab._feeders.append(feeder)
+    feeder.start()
+    tasks = chains * 4
+    _kill_busy_workers(lab, tender, max(15, tasks // 8), deadline(tasks, 0.1, workers))
     lab.finish(deadline(tasks, 0.1, workers))
+    progress = batch.progress()
+    service.close()
+    if progress.state != "finished" or progress.done != chains or progress.callbacks["finally"] is None:
+        lab.problem(f"the batch did not finish with {chains} task(s) done: {progress.summary()}")
+    else:
+        lab.queued.append(progress.callbacks["finally"])   # counted like every task: run once, done
+    first_run: dict[int, int] = {}
+    for position, line in enumerate(lab.ran_file.read_text().split()):
+        if line.isdigit():
+            first_run.setdefault(int(line), position)
+    late = [ids for ids in chained
+            if not all(first_run.get(a, -1) < first_run.get(b, -1) for a, b in itertools.pairwise(ids))]
+    if late:
+        lab.problem(f"{len(late)} chain(s) ran a step before the step it waits for, e.g. {late[:3]}")
+    lab.note(f"{chains} chains of 3 and a batch of {chains} with a finally callback")
 
 
 def beanstalkd_lost(lab: Lab) -> None:
@@ -926,6 +976,7 @@ SCENARIOS: dict[str, Scenario] = {
     "past-ttr": Scenario(past_ttr),
     "hostile-bodies": Scenario(hostile_bodies),
     "tender-restart": Scenario(tender_restart),
+    "workflows": Scenario(workflows),
 }
 
 

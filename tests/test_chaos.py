@@ -110,6 +110,15 @@ def test_tender_restarted(tmp_path: Path) -> None:
     assert outcome.figures["interrupted"] >= 1, "the short --shutdown-timeout interrupted a long task"
 
 
+def test_workflows_under_worker_kills(tmp_path: Path) -> None:
+    """Chains and a batch while busy workers are killed -9: each step once and in order, the batch finished,
+    its finally callback run once (the scenario checks the order and the batch; the counts come here)."""
+    outcome = run("workflows", tmp_path, tasks=40)
+    chains = 40 // 4
+    assert_promise_kept(outcome, chains * 4 + 1)
+    assert outcome.figures["killed"] >= 5, outcome.line()
+
+
 # --- the harness itself -------------------------------------------------------------------------------------
 
 
