@@ -96,14 +96,19 @@ class Batch:
         row = self.service.store.find_batch(self.id)
         if row is None:
             raise NotFound(f"batch {self.id} does not exist")
-        counts = self.service.store.count_batch(self.id)
-        pending = sum(counts.get(status, 0) for status in PENDING)
         state = "finished" if row.finished else "running" if row.closed else "open"
         callbacks = {which: getattr(row, f"{which}_id") for which in CALLBACKS
                      if getattr(row, f"{which}_task") is not None}
-        return BatchProgress(row.id, row.name, state, sum(counts.values()), counts.get(Status.DONE, 0),
-                             sum(counts.get(status, 0) for status in FAILURES), counts.get(Status.CANCELLED, 0),
-                             pending, row.created, row.closed, row.finished, row.cancelled_by, callbacks)
+        if row.finished:
+            # Its counters: task-cleanup may have deleted the done rows of a finished batch.
+            done, failed, pending = row.done, row.failures, 0
+            cancelled = row.total - done - failed
+        else:
+            counts = self.service.store.count_batch(self.id)  # its rows are all kept while it runs
+            done, failed = counts.get(Status.DONE, 0), sum(counts.get(status, 0) for status in FAILURES)
+            cancelled, pending = counts.get(Status.CANCELLED, 0), sum(counts.get(status, 0) for status in PENDING)
+        return BatchProgress(row.id, row.name, state, row.total, done, failed, cancelled, pending, row.created,
+                             row.closed, row.finished, row.cancelled_by, callbacks)
 
     def __enter__(self) -> Batch:
         return self

@@ -390,8 +390,9 @@ def add_example_task(context: Context, total_tasks: int, wait: int, message: str
                                           timeout=timeout, retry=retry, after=parents, unique_key=unique_key,
                                           batch=batch_id))
             progress.update(1)
-    span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
-    click.echo(f"queued {len(ids)} example task(s) into tube {tube}: id {span}")
+    unique = sorted(set(ids))  # with --unique-key, every call after the first returns the same task
+    span = f"{unique[0]}" if len(unique) == 1 else f"{unique[0]}..{unique[-1]}"
+    click.echo(f"queued {len(unique)} example task(s) into tube {tube}: id {span}")
 
 
 @cli.command("example-task-worker")

@@ -110,7 +110,7 @@ def settle_workflows(service: TaskQueueService, changed_before: dt.datetime) -> 
     waits for was ending, a batch whose counter missed an end. Returns how many moved on."""
     moved = 0
     after_id = 0
-    while ids := service.store.waiting_task_ids(after_id, PAGE_SIZE, changed_before):
+    while ids := service.store.settleable_task_ids(after_id, PAGE_SIZE, changed_before):
         after_id = ids[-1]
         for task_id in ids:
             settled = service.store.settle_waiting(task_id)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from pheanq.errors import InvalidInput
@@ -43,6 +43,8 @@ class Retry:
         _check_whole("retry cap", self.cap, 0, MAX_DELAY)
         if not isinstance(self.jitter, bool):
             raise InvalidInput(f"jitter must be true or false, not {self.jitter!r}")
+        if isinstance(self.non_retryable, (str, bytes)) or not isinstance(self.non_retryable, Iterable):
+            raise InvalidInput(f"non_retryable must be a set of exit codes, not {self.non_retryable!r}")
         codes = frozenset(self.non_retryable)
         for code in codes:
             _check_whole("a non-retryable exit code", code, 1, 255)

@@ -257,7 +257,9 @@ class TaskQueueService(WorkflowService):
             return self._finish(package, Status.FAILED, exit_code, entry)
         recorded = self.store.retry_task(package.task_id, package.attempt, exit_code, entry or "",
                                          utc_now() + dt.timedelta(seconds=step.wait))
-        if recorded and not self.tube.release(package.job_id, package.row.priority, step.wait):
+        if not recorded:
+            self._drop_job_of_lost_attempt(package)
+        elif not self.tube.release(package.job_id, package.row.priority, step.wait):
             # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
             log.warning("task %d: retrying, but its job %d was not reserved by this worker any more",
                         package.task_id, package.job_id)
@@ -266,7 +268,9 @@ class TaskQueueService(WorkflowService):
     def release_task(self, package: WorkPackage, log_text: str) -> bool:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""
         recorded = self.store.release_task(package.task_id, package.attempt, log_text)
-        if recorded and not self.tube.release(package.job_id, package.row.priority):
+        if not recorded:
+            self._drop_job_of_lost_attempt(package)
+        elif not self.tube.release(package.job_id, package.row.priority):
             # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
             self.tube.kick_job(package.job_id)
         return recorded
@@ -431,6 +435,14 @@ class TaskQueueService(WorkflowService):
         """Put a recorded task's job, delayed until its run_at (see pheanq.schedule)."""
         return self.tube.put(job.tube, self._encode(job.task_id, job.description), job.priority,
                              put_delay(job.run_at, utc_now()), job.ttr)
+
+    def _drop_job_of_lost_attempt(self, package: WorkPackage) -> None:
+        """The attempt no longer owns its task (cancelled, settled by a tender, taken over): delete the job
+        rather than leave it reserved until its TTR. A job reserved by whoever took the task over is theirs,
+        and beanstalkd refuses to delete it."""
+        log.info("task %d: attempt %d no longer owns the task; its job %d is deleted", package.task_id,
+                 package.attempt, package.job_id)
+        self.tube.delete(package.job_id)
 
     def _encode(self, task_id: int, description: TaskDescription) -> bytes:
         return encode_body(task_id, description, self.settings.secret)

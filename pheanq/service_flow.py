@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, cast
 from pheanq.batch import Batch
 from pheanq.cancel import CancelResult, cancel_task
 from pheanq.chain import Chain
-from pheanq.errors import InvalidInput, NotFound, StoreUnavailable, TaskPendingWarning, TubeUnavailable
+from pheanq.errors import (
+    InvalidInput,
+    NotFound,
+    PheanqError,
+    StoreUnavailable,
+    TaskPendingWarning,
+    TubeUnavailable,
+)
 from pheanq.status import Status
 from pheanq.store_flow import CALLBACKS, CallbackTask
 
@@ -54,6 +61,7 @@ class WorkflowService:
             raise InvalidInput(f"queue_chain takes a chain made with TaskDescription.then, not {type(chain).__name__}")
         if "unique_key" in options:
             raise InvalidInput("queue_chain takes no unique_key: a key names one task, not a chain of them")
+        _no_session("queue_chain", options)
         planned = [self._plan(step, **options, after=after if n == 0 else ()) for n, step in enumerate(chain)]
         inserted = self.store.insert_chain([task for _, task in planned])
         return [self._send_inserted(job, done) for (job, _), done in zip(planned, inserted, strict=True)]
@@ -61,6 +69,7 @@ class WorkflowService:
     def queue_many(self, descriptions: Iterable[TaskDescription], **options: Any) -> list[int]:
         """Queue tasks in one transaction (a batch's chunk); `options` as for `queue_task`, without `after`
         or `unique_key`. Their job ids are recorded together, not one transaction each."""
+        _no_session("queue_many", options)
         planned = [self._plan(description, **options) for description in descriptions]
         if any(task.after or task.unique_key for _, task in planned):
             raise InvalidInput("queue_many takes neither after= nor unique_key=; use queue_task for those")
@@ -115,5 +124,15 @@ class WorkflowService:
         if inserted.created and inserted.status is Status.NEW:
             self.send(dataclasses.replace(job, task_id=inserted.task_id))
         elif inserted.created:
-            self.send_released(self.store.settle_waiting(inserted.task_id).released)
+            try:
+                self.send_released(self.store.settle_waiting(inserted.task_id).released)
+            except PheanqError as error:
+                # The task is committed: its id must reach the caller. The reconciler settles it.
+                log.warning("task %d is waiting; settling it failed (%s); the reconciler will", inserted.task_id,
+                            error)
         return inserted.task_id
+
+
+def _no_session(what: str, options: dict[str, Any]) -> None:
+    if "session" in options:
+        raise InvalidInput(f"{what} takes no session=: queue the tasks with queue_task(session=...) one by one")

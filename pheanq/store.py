@@ -136,12 +136,17 @@ class Store(WorkflowStore, AdminStore):
         if not tasks:
             return []
         with self.transaction() as conn:
+            rows = [_row_values(task, Status.NEW, 0) for task in tasks]
+            if conn.dialect.insert_executemany_returning:
+                inserted = conn.execute(task_table.insert().returning(task_table.c.id, sort_by_parameter_order=True),
+                                        rows)
+                ids = [int(task_id) for task_id in inserted.scalars()]
+            else:  # MySQL, and MariaDB before 10.5: no INSERT ... RETURNING
+                ids = [_inserted_id(conn.execute(task_table.insert().values(**row))) for row in rows]
             for batch_id, joining in sorted(collections.Counter(task.batch_id for task in tasks
                                                                 if task.batch_id is not None).items()):
                 _join_batch(conn, batch_id, joining)
-            inserted = conn.execute(task_table.insert().returning(task_table.c.id, sort_by_parameter_order=True),
-                                    [_row_values(task, Status.NEW, 0) for task in tasks])
-            return [int(task_id) for task_id in inserted.scalars()]
+            return ids
 
     def set_job_ids(self, pairs: list[tuple[int, int]]) -> None:
         """Note (task id, job id) pairs in one transaction."""
@@ -155,7 +160,8 @@ class Store(WorkflowStore, AdminStore):
     @staticmethod
     def _unique_holder(conn: Connection, key: str) -> Inserted | None:
         c = task_table.c
-        holder = conn.execute(sa.select(c.id, c.status).where(c.unique_live == key)).first()
+        # A locking read: it sees the latest committed holder even inside an older snapshot (MariaDB).
+        holder = conn.execute(sa.select(c.id, c.status).where(c.unique_live == key).with_for_update(read=True)).first()
         return None if holder is None else Inserted(int(holder.id), False, Status(holder.status))
 
     def _insert(self, conn: Connection, task: NewTask) -> Inserted:
@@ -165,8 +171,6 @@ class Store(WorkflowStore, AdminStore):
             found = set(conn.execute(sa.select(c.id).where(c.id.in_(parents))).scalars())
             if missing := [parent for parent in parents if parent not in found]:
                 raise NotFound(f"task(s) {', '.join(map(str, missing))} to wait for do not exist")
-        if task.batch_id is not None:
-            _join_batch(conn, task.batch_id, 1)
         status = Status.WAITING if parents else Status.NEW
         key = conn.execute(task_table.insert().values(**_row_values(task, status, len(parents)))).inserted_primary_key
         assert key is not None
@@ -174,6 +178,8 @@ class Store(WorkflowStore, AdminStore):
         if parents:
             conn.execute(dependency_table.insert(), [{"task_id": task_id, "parent_id": parent, "satisfied": False}
                                                      for parent in parents])
+        if task.batch_id is not None:
+            _join_batch(conn, task.batch_id, 1)  # the batch row last, as every writer takes it (pheanq.store_flow)
         return Inserted(task_id, True, status)
 
     def unsent_task_ids(self, task_ids: list[int]) -> set[int]:
@@ -318,10 +324,15 @@ class Store(WorkflowStore, AdminStore):
             return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
 
     def delete_done_before(self, cutoff: dt.datetime) -> int:
-        c = task_table.c
+        """Delete done tasks finished before `cutoff`, except those a batch still running counts, and those a
+        waiting task has not yet counted off."""
+        c, b, d = task_table.c, batch_table.c, dependency_table.c
+        running_batch = sa.select(b.id).where(b.id == c.batch_id, b.finished.is_(None)).exists()
+        awaited = sa.select(d.task_id).where(d.parent_id == c.id, d.satisfied == sa.false()).exists()
         with self.transaction() as conn:
             return int(conn.execute(
-                task_table.delete().where(c.status == Status.DONE.value, c.finished < cutoff)
+                task_table.delete().where(c.status == Status.DONE.value, c.finished < cutoff, ~running_batch,
+                                          ~awaited)
             ).rowcount)
 
     def tasks_to_reconcile(self, tube: str | None, after_id: int, limit: int, settled_before: dt.datetime,
@@ -412,6 +423,12 @@ class Store(WorkflowStore, AdminStore):
                 return StoreUnavailable(f"database {self.safe_url} is unavailable: {reason}")
             return error
         return SchemaMissing(self.safe_url, None if len(tables) == len(metadata.tables) else missing)
+
+
+def _inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _join_batch(conn: Connection, batch_id: int, joining: int) -> None:

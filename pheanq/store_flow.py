@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pheanq.clock import utc_now
-from pheanq.status import FAILURES, PENDING, Status, sources_of
+from pheanq.status import FAILURES, FINAL, PENDING, Status, sources_of
 from pheanq.tables import BatchRow, TaskRow, batch_table, dependency_table, task_table
 
 CALLBACKS = ("then", "catch", "finally")
@@ -72,55 +72,67 @@ class WorkflowStore:
         d, c = dependency_table.c, task_table.c
         ends = Ends()
         with self.transaction() as conn:
-            # Locking reads: a parent whose end is being written is waited for, and then seen as it ended.
-            parents = conn.execute(
-                sa.select(c.id, c.status).join(dependency_table, d.parent_id == c.id)
-                .where(d.task_id == task_id, d.satisfied == sa.false()).with_for_update(read=True)
-            ).all()
-            for parent_id, status in parents:
-                if Status(status) is Status.DONE:
+            waits_for = list(conn.execute(sa.select(d.parent_id).where(d.task_id == task_id,
+                                                                       d.satisfied == sa.false())).scalars())
+            # Locking reads, in id order: a parent whose end is being written is waited for, then seen as it ended.
+            statuses = {parent_id: Status(status) for parent_id, status in conn.execute(
+                sa.select(c.id, c.status).where(c.id.in_(waits_for)).order_by(c.id).with_for_update(read=True))}
+            for parent_id in waits_for:
+                # A parent whose row is gone was deleted by task-cleanup, which deletes only done tasks.
+                status = statuses.get(parent_id, Status.DONE)
+                if status is Status.DONE:
                     ends.satisfy(conn, task_id, parent_id)
-                elif Status(status) in FAILURES | {Status.CANCELLED}:
-                    ends.fail_dependants(conn, [task_id], parent_id, Status(status))
+                elif status in FAILURES | {Status.CANCELLED}:
+                    ends.fail_dependants(conn, [task_id], parent_id, status)
             ends.release_if_ready(conn, task_id)
             return ends.close(conn)
 
-    def waiting_task_ids(self, after_id: int, limit: int, changed_before: dt.datetime) -> list[int]:
-        c = task_table.c
+    def settleable_task_ids(self, after_id: int, limit: int, changed_before: dt.datetime) -> list[int]:
+        """Waiting tasks (changed before `changed_before`) that wait for a task that has ended or is gone:
+        those a write may have missed settling."""
+        c, d = task_table.c, dependency_table.c
+        parent = task_table.alias("parent")
+        query = (sa.select(c.id).distinct()
+                 .join(dependency_table, sa.and_(d.task_id == c.id, d.satisfied == sa.false()))
+                 .outerjoin(parent, parent.c.id == d.parent_id)
+                 .where(c.id > after_id, c.status == Status.WAITING.value, c.modified < changed_before,
+                        sa.or_(parent.c.id.is_(None), parent.c.status.in_([s.value for s in FINAL])))
+                 .order_by(c.id).limit(limit))
         with self.transaction() as conn:
-            return list(conn.execute(
-                sa.select(c.id).where(c.id > after_id, c.status == Status.WAITING.value,
-                                      c.modified < changed_before).order_by(c.id).limit(limit)).scalars())
+            return list(conn.execute(query).scalars())
 
     def cancel_tasks(self, task_ids: list[int], entry: str) -> list[Cancelled]:
         """Cancel, in one transaction, each of the tasks that has not ended (one that has, or that ends
         while this runs, is left as it is); a task that does not exist is left out of the answer."""
         c, d = task_table.c, dependency_table.c
-        cancellable = [status.value for status in sources_of(Status.CANCELLED)]
         now = utc_now()
         ends = Ends()
         with self.transaction() as conn:
+            # The page is locked row by row, by primary key and in id order, before anything is decided: what is
+            # read is what is changed, and no index range of other tasks is locked.
             before = {row.id: row for row in (task_row(found) for found in conn.execute(
-                sa.select(task_table).where(c.id.in_(task_ids))).mappings())}
-            # One statement for the page; the rows it changed are those now cancelled at exactly `now`.
-            conn.execute(task_table.update().where(c.id.in_(task_ids), c.status.in_(cancellable))
-                         .values(status=Status.CANCELLED.value, finished=now, modified=now, unique_live=None,
-                                 log=sa.func.coalesce(c.log, "") + entry))
-            took = set(conn.execute(sa.select(c.id).where(c.id.in_(task_ids), c.status == Status.CANCELLED.value,
-                                                          c.modified == now)).scalars())
-            parents = set(conn.execute(sa.select(d.parent_id).where(d.parent_id.in_(sorted(took)),
+                sa.select(task_table).where(c.id.in_(task_ids)).order_by(c.id).with_for_update()).mappings())}
+            cancellable = sorted(task_id for task_id, row in before.items()
+                                 if row.status in sources_of(Status.CANCELLED))
+            took: list[int] = []
+            if cancellable:
+                still = c.status.in_([status.value for status in sources_of(Status.CANCELLED)])
+                conn.execute(task_table.update().where(c.id.in_(cancellable), still)
+                             .values(status=Status.CANCELLED.value, finished=now, modified=now, unique_live=None,
+                                     log=sa.func.coalesce(c.log, "") + entry))
+                # SQLite takes no row locks and reads before its first write outside the transaction: a task may
+                # have ended between the read and the write. What this UPDATE changed is read back after it.
+                took = sorted(conn.execute(sa.select(c.id).where(c.id.in_(cancellable), c.modified == now,
+                                                                 c.status == Status.CANCELLED.value)).scalars())
+                for task_id in set(cancellable) - set(took):
+                    before[task_id] = select_task(conn, task_id) or before[task_id]
+            parents = set(conn.execute(sa.select(d.parent_id).where(d.parent_id.in_(took),
                                                                     d.satisfied == sa.false())).scalars())
-            for task_id in sorted(took):
+            for task_id in took:
                 ends.ended(conn, task_id, Status.CANCELLED, before[task_id].batch_id,
                            None if task_id in parents else [])
             settled = ends.close(conn)
-            results = []
-            for task_id in task_ids:
-                row = before.get(task_id)
-                if row is not None and task_id not in took and row.status in sources_of(Status.CANCELLED):
-                    row = select_task(conn, task_id)  # it ended between the read and the write: say how
-                if row is not None:
-                    results.append(Cancelled(task_id in took, row, Settled()))
+        results = [Cancelled(task_id in took, before[task_id], Settled()) for task_id in task_ids if task_id in before]
         # What the page set in motion is reported once, on the first task cancelled.
         for n, result in enumerate(results):
             if result.took:
@@ -179,11 +191,10 @@ class WorkflowStore:
         """Set the batch's counter of unfinished tasks from its rows, then finish it if they have all ended."""
         b, c = batch_table.c, task_table.c
         ends = Ends()
+        pending = sa.select(sa.func.count()).where(c.batch_id == batch_id, c.status.in_([s.value for s in PENDING]))
         with self.transaction() as conn:
-            conn.execute(sa.select(b.id).where(b.id == batch_id).with_for_update()).all()
-            pending = conn.execute(sa.select(sa.func.count()).where(
-                c.batch_id == batch_id, c.status.in_([s.value for s in PENDING]))).scalar_one()
-            conn.execute(batch_table.update().where(b.id == batch_id).values(unfinished=pending))
+            # One statement: the count and the write see the same rows on every database.
+            conn.execute(batch_table.update().where(b.id == batch_id).values(unfinished=pending.scalar_subquery()))
             ends.finish_batch_if_done(conn, batch_id)
             return ends.close(conn)
 
@@ -199,20 +210,23 @@ class Ends:
 
     def ended(self, conn: Connection, task_id: int, status: Status, batch_id: int | None,
               children: list[int] | None = None) -> None:
-        """Note the end of `task_id` (just written on `conn`, its unique key cleared with it); `children`:
-        the tasks waiting for it, when already known."""
-        d = dependency_table.c
-        if children is None:
-            children = list(conn.execute(sa.select(d.task_id).where(d.parent_id == task_id,
-                                                                    d.satisfied == sa.false())).scalars())
-        if status is Status.DONE:
-            for child in children:
-                self.satisfy(conn, child, task_id)
-                self.release_if_ready(conn, child)
-        elif children:
-            self.fail_dependants(conn, children, task_id, status)
-        if batch_id is not None:
-            self._batches.setdefault(batch_id, []).append(status)
+        """Note the end of `task_id` (just written on `conn`, its unique key cleared with it) and settle what
+        waits for it, level by level (a worklist, not recursion: a chain may be thousands of steps long);
+        `children`: the tasks waiting for it, when already known."""
+        work = [(task_id, status, batch_id, children)]
+        while work:
+            ended_id, ended_status, ended_batch, waiting = work.pop()
+            if waiting is None:
+                waiting = self._waiting_for(conn, ended_id)
+            if ended_status is Status.DONE:
+                for child in waiting:
+                    self.satisfy(conn, child, ended_id)
+                    self.release_if_ready(conn, child)
+            else:
+                for child, child_batch in self._fail(conn, waiting, ended_id, ended_status):
+                    work.append((child, Status.UPSTREAM_FAILED, child_batch, None))
+            if ended_batch is not None:
+                self._batches.setdefault(ended_batch, []).append(ended_status)
 
     def close(self, conn: Connection) -> Settled:
         for batch_id in sorted(self._batches):
@@ -236,30 +250,42 @@ class Ends:
             self.released.append(child)
 
     def fail_dependants(self, conn: Connection, children: list[int], parent: int, why: Status) -> None:
-        """End the waiting dependants of a task that will never be done, and theirs in turn."""
+        """End waiting tasks of a task that will never be done, and what waits for them in turn."""
+        for child, batch_id in self._fail(conn, children, parent, why):
+            self.ended(conn, child, Status.UPSTREAM_FAILED, batch_id)
+
+    @staticmethod
+    def _waiting_for(conn: Connection, parent: int) -> list[int]:
+        d = dependency_table.c
+        return list(conn.execute(sa.select(d.task_id).where(d.parent_id == parent, d.satisfied == sa.false())
+                                 .order_by(d.task_id)).scalars())
+
+    @staticmethod
+    def _fail(conn: Connection, children: list[int], parent: int, why: Status) -> list[tuple[int, int | None]]:
+        """Move the waiting ones of `children` to `upstream_failed`; (id, batch id) of each one moved."""
         c = task_table.c
         now = utc_now()
         ending = "was cancelled" if why is Status.CANCELLED else f"ended {why}"
         entry = f"--- {now:%Y-%m-%d %H:%M:%S} UTC: not run: task {parent}, which it waits for, {ending}\n"
-        for child in children:
+        moved = []
+        for child in sorted(children):
             if conn.execute(
                 task_table.update().where(c.id == child, c.status == Status.WAITING.value)
                 .values(status=Status.UPSTREAM_FAILED.value, finished=now, modified=now, unique_live=None,
                         log=sa.func.coalesce(c.log, "") + entry)
             ).rowcount == 1:
-                batch_id = conn.execute(sa.select(c.batch_id).where(c.id == child)).scalar_one_or_none()
-                self.ended(conn, child, Status.UPSTREAM_FAILED, batch_id)
+                moved.append((child, conn.execute(sa.select(c.batch_id).where(c.id == child)).scalar_one_or_none()))
+        return moved
 
     def finish_batch_if_done(self, conn: Connection, batch_id: int) -> None:
-        b, c = batch_table.c, task_table.c
+        b = batch_table.c
         if conn.execute(batch_table.update().where(b.id == batch_id, b.closed.is_not(None), b.finished.is_(None),
                                                    b.unfinished <= 0).values(finished=utc_now())).rowcount == 0:
             return
         batch = _lock_batch(conn, batch_id)
         assert batch is not None
-        done = conn.execute(sa.select(sa.func.count()).where(c.batch_id == batch_id,
-                                                             c.status == Status.DONE.value)).scalar_one()
-        if batch.then_task is not None and done == batch.total:
+        # The counter, not the rows: a read of the rows could see an older snapshot, and task-cleanup deletes them.
+        if batch.then_task is not None and batch.done == batch.total:
             self._queue_callback(conn, batch, "then")
         if batch.finally_task is not None:
             self._queue_callback(conn, batch, "finally")
@@ -267,8 +293,10 @@ class Ends:
     def _count_down_batch(self, conn: Connection, batch_id: int, statuses: list[Status]) -> None:
         b = batch_table.c
         failures = sum(status in FAILURES for status in statuses)
+        done = sum(status is Status.DONE for status in statuses)
         conn.execute(batch_table.update().where(b.id == batch_id)
-                     .values(unfinished=b.unfinished - len(statuses), failures=b.failures + failures))
+                     .values(unfinished=b.unfinished - len(statuses), failures=b.failures + failures,
+                             done=b.done + done))
         if failures:
             batch = _lock_batch(conn, batch_id)
             if batch is not None and batch.catch_task is not None and batch.catch_id is None:

@@ -75,8 +75,9 @@ dependency_table = sa.Table(
 )
 
 
-# A group of tasks planned over time. `unfinished` counts its tasks that have not ended; once the batch is
-# closed (no more tasks) and it reaches 0, the batch is finished and its callbacks are queued.
+# A group of tasks planned over time. `unfinished` counts its tasks that have not ended, `done` and `failures`
+# how they ended; once the batch is closed (no more tasks) and `unfinished` reaches 0, the batch is finished and
+# its callbacks are queued.
 batch_table = sa.Table(
     "pheanq_batch",
     metadata,
@@ -85,6 +86,7 @@ batch_table = sa.Table(
     sa.Column("total", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("unfinished", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("done", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("created", _Timestamp, nullable=False),
     sa.Column("closed", _Timestamp, nullable=True),
     sa.Column("finished", _Timestamp, nullable=True),
@@ -201,6 +203,7 @@ class BatchRow:
     total: int
     unfinished: int
     failures: int
+    done: int
     created: dt.datetime
     closed: dt.datetime | None
     finished: dt.datetime | None

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("total", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("unfinished", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("done", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("created", _Timestamp, nullable=False),
         sa.Column("closed", _Timestamp, nullable=True),
         sa.Column("finished", _Timestamp, nullable=True),
