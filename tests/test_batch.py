@@ -5,15 +5,19 @@ whole; and a batch of 10,000 tasks planned lazily and reported while real worker
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import DATABASES
 from support import WorkerProcess, pheanq, wait_for, write_config
 
 from pheanq import Batch, NotFound, Status, TaskDescription, WrongStatus
 from pheanq.batch import CHUNK_SIZE, BatchProgress
 from pheanq.service import TaskQueueService
+from pheanq.store_flow import Ends
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -208,3 +212,60 @@ def test_regenerating_a_failed_task_counts_it_pending_again_until_its_batch_has_
     with pytest.raises(WrongStatus, match=f"task {failing} belongs to batch {batch.id}, which has finished"):
         service.regenerate_task(failing)
     assert service.status_of(failing) is Status.FAILED
+
+
+def test_task_cleanup_during_a_batch_keeps_its_tasks_and_then_still_runs(
+    db_url: str, make_service: MakeService,
+) -> None:
+    service = make_service(db_url)
+    with with_callbacks(service) as batch:
+        batch.add_many(TaskDescription("work", [f"t{n}"]) for n in range(3))
+    package = service.reserve_task("pheanq", timeout=5)
+    assert package is not None
+    service.mark_done(package, None)
+    assert service.clean_up_tasks(0) == 0          # the batch still runs: its done task is kept
+    assert sorted(run_all(service)) == ["finally", "t1", "t2", "then"]
+    progress = batch.progress()
+    assert (progress.state, progress.total, progress.done) == ("finished", 3, 3)
+    assert progress.callbacks["then"] is not None
+    assert service.clean_up_tasks(0) >= 3          # finished: its rows may go, its counts stay
+    assert (batch.progress().total, batch.progress().done) == (3, 3)
+
+
+# SQLite has one writer at a time: there, the second end waits for the first, and they cannot interleave.
+@pytest.mark.parametrize("db_url", [name for name in DATABASES if name != "sqlite"], indirect=True)
+def test_the_last_two_tasks_of_a_batch_ending_together_queue_then_once(
+    db_url: str, make_service: MakeService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers end the batch's last two tasks at once: the first end waits, just before it counts the batch
+    down, until the second has committed (on MariaDB its snapshot is then older than the second end)."""
+    first, second = make_service(db_url), make_service(db_url)
+    with with_callbacks(first) as batch:
+        batch.add_many(TaskDescription("work", [f"t{n}"]) for n in range(2))
+    packages = [first.reserve_task("pheanq", timeout=5), second.reserve_task("pheanq", timeout=5)]
+    assert None not in packages
+    first_waits, second_done = threading.Event(), threading.Event()
+    close = Ends.close
+
+    def close_in_turn(self: Ends, conn: Any) -> Any:
+        if threading.current_thread().name == "first":
+            first_waits.set()
+            assert second_done.wait(30)
+        return close(self, conn)
+
+    monkeypatch.setattr(Ends, "close", close_in_turn)
+
+    def end_second() -> None:
+        assert first_waits.wait(30)
+        second.mark_done(packages[1], None)  # type: ignore[arg-type]
+        second_done.set()
+
+    threads = [threading.Thread(target=lambda: first.mark_done(packages[0], None), name="first"),  # type: ignore[arg-type]
+               threading.Thread(target=end_second, name="second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    progress = batch.progress()
+    assert (progress.state, progress.done) == ("finished", 2)
+    assert progress.callbacks["then"] is not None and progress.callbacks["finally"] is not None

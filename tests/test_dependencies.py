@@ -196,3 +196,33 @@ def test_the_reconciler_releases_a_task_that_began_waiting_while_its_parent_ende
     report = reconcile(service, min_age=0)
     assert report.workflows == 1 and "settled 1 waiting task(s) and batch(es)" in report.summary()
     assert service.status_of(child) is Status.NEW and job_state(service, child) == "ready"
+
+
+def test_a_chain_of_a_thousand_steps_whose_first_step_fails_ends_every_step_upstream_failed(
+    sqlite_url: str, make_service: MakeService,
+) -> None:
+    service = make_service(sqlite_url)
+    chain = TaskDescription("work", [0])
+    for n in range(1, 1000):
+        chain = chain.then(TaskDescription("work", [n]))  # type: ignore[assignment]
+    ids = service.queue_chain(chain)  # type: ignore[arg-type]
+    assert run_one(service, done=False).task_id == ids[0]
+    counts = {status: n for _, status, n in service.store.count_tasks()}
+    assert counts == {Status.FAILED: 1, Status.UPSTREAM_FAILED: 999}
+
+
+def test_task_cleanup_keeps_a_done_parent_until_its_dependant_has_counted_it_off(
+    db_url: str, make_service: MakeService,
+) -> None:
+    service = make_service(db_url)
+    parent = service.queue_task(TaskDescription("work", [1]))
+    run_one(service)
+    # As when the dependant's row was written while the parent's end was: its edge is not counted off yet.
+    child = service.store.insert_task(NewTask("work", encode_data(TaskDescription("work", [2])), "pheanq", 1024, 60,
+                                              after=(parent,))).task_id
+    assert service.clean_up_tasks(0) == 0
+    assert service.status_of(parent) is Status.DONE
+    reconcile(service, min_age=0)
+    assert service.status_of(child) is Status.NEW
+    assert service.clean_up_tasks(0) == 1
+    assert service.status_of(parent) is None

@@ -15,6 +15,7 @@ from support import pheanq
 
 from pheanq import InvalidInput, Status, TaskDescription, WrongStatus
 from pheanq.service import TaskQueueService
+from pheanq.tables import task_table
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -119,5 +120,21 @@ def test_a_unique_key_holds_inside_an_application_transaction(db_url: str, make_
         row = service.find_task(first)
         assert row.job_id is not None and service.tube.inspect(row.job_id) is not None
         assert sum(n for _, _, n in service.store.count_tasks()) == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_key_held_by_a_task_committed_after_the_application_transaction_began_returns_that_task(
+    db_url: str, make_service: MakeService,
+) -> None:
+    """MariaDB reads inside a transaction from the snapshot of its first read: the holder is read with a
+    locking read, which sees the latest committed row."""
+    service, other = make_service(db_url), make_service(db_url)
+    engine = sa.create_engine(service.store.engine.url)
+    try:
+        with Session(engine) as session, session.begin():
+            session.execute(sa.select(sa.func.count()).select_from(task_table)).scalar()  # the application read
+            holder = other.queue_task(TaskDescription("work", [1]), unique_key="later")
+            assert service.queue_task(TaskDescription("work", [2]), session=session, unique_key="later") == holder
     finally:
         engine.dispose()
