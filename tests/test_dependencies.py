@@ -45,6 +45,18 @@ def run_one(service: TaskQueueService, done: bool = True) -> WorkPackage:
     return package
 
 
+def done_parent_and_unsettled_child(service: TaskQueueService) -> tuple[int, int]:
+    """A done task and a task waiting for it that has not counted it off: as when the child's row was written
+    while the parent's end was, so that neither saw the other (the race the reconciler covers). The child is
+    inserted without the settling that follows a normal queue_task."""
+    parent = service.queue_task(TaskDescription("work", [1]))
+    run_one(service)
+    child = service.store.insert_task(NewTask("work", encode_data(TaskDescription("work", [2])), "pheanq", 1024, 60,
+                                              after=(parent,))).task_id
+    assert (service.status_of(parent), service.status_of(child)) == (Status.DONE, Status.WAITING)
+    return parent, child
+
+
 def job_state(service: TaskQueueService, task_id: int) -> str | None:
     row = service.find_task(task_id)
     info = None if row.job_id is None else service.tube.inspect(row.job_id)
@@ -186,13 +198,7 @@ def test_the_reconciler_releases_a_task_that_began_waiting_while_its_parent_ende
     db_url: str, make_service: MakeService,
 ) -> None:
     service = make_service(db_url)
-    parent = service.queue_task(TaskDescription("work", [1]))
-    run_one(service)
-    # The race the reconciler covers: the child's row is written while the parent's end is being written, so
-    # neither sees the other. Inserted without the check that follows a normal queue_task:
-    child = service.store.insert_task(NewTask("work", encode_data(TaskDescription("work", [2])), "pheanq", 1024, 60,
-                                              after=(parent,))).task_id
-    assert service.status_of(child) is Status.WAITING
+    _, child = done_parent_and_unsettled_child(service)
     report = reconcile(service, min_age=0)
     assert report.workflows == 1 and "settled 1 waiting task(s) and batch(es)" in report.summary()
     assert service.status_of(child) is Status.NEW and job_state(service, child) == "ready"
@@ -215,11 +221,7 @@ def test_task_cleanup_keeps_a_done_parent_until_its_dependant_has_counted_it_off
     db_url: str, make_service: MakeService,
 ) -> None:
     service = make_service(db_url)
-    parent = service.queue_task(TaskDescription("work", [1]))
-    run_one(service)
-    # As when the dependant's row was written while the parent's end was: its edge is not counted off yet.
-    child = service.store.insert_task(NewTask("work", encode_data(TaskDescription("work", [2])), "pheanq", 1024, 60,
-                                              after=(parent,))).task_id
+    parent, child = done_parent_and_unsettled_child(service)
     assert service.clean_up_tasks(0) == 0
     assert service.status_of(parent) is Status.DONE
     reconcile(service, min_age=0)
