@@ -3,6 +3,8 @@
 Databases: SQLite always; PostgreSQL and MariaDB/MySQL when PHEANQ_TEST_POSTGRES_URL /
 PHEANQ_TEST_MYSQL_URL are set (scripts/test sets them when the servers answer).
 A test that takes `db_url` runs once per database; `sqlite_url` runs on SQLite only.
+Under pytest-xdist (scripts/test runs the suite with -n) each worker process uses a database of its own on
+each server, named after the given one and the worker (`test` -> `test_gw0`), created when it is missing.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from support import Beanstalkd, WorkerProcess, write_config
 
 from pheanq.config import load_settings
 from pheanq.migrate import upgrade_database
 from pheanq.service import TaskQueueService
-from pheanq.store import Store
+from pheanq.store import Store, create_engine
 from pheanq.tables import metadata
 
 SERVER_URLS = {
@@ -45,14 +48,38 @@ def _clear(url: str) -> None:
     store.close()
 
 
+def _this_workers_database(url: str) -> str:
+    """Under pytest-xdist, the database of this worker beside the one `url` names (created when missing), so
+    that workers never clear or drop each other's tables; without xdist, `url` itself."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...: set by xdist in its worker processes
+    if not worker:
+        return url
+    given = make_url(url)
+    name = f"{given.database}_{worker}"
+    engine = create_engine(url)  # connected to the named database; CREATE DATABASE needs no transaction around it
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if engine.dialect.name == "postgresql":
+                exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
+                if not exists:
+                    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            else:
+                conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+    finally:
+        engine.dispose()
+    return given.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def _upgraded_servers() -> dict[str, str]:
-    """Each server database, dropped of pheanq's tables and upgraded once per session."""
+    """Each server database (this worker's own under xdist), dropped of pheanq's tables and upgraded once per
+    session."""
     upgraded = {}
-    for name, url in SERVER_URLS.items():
-        if not url:
+    for name, given in SERVER_URLS.items():
+        if not given:
             continue
-        engine = sa.create_engine(Store(url).engine.url)
+        url = _this_workers_database(given)
+        engine = create_engine(url)
         with engine.begin() as conn:
             for table in [*metadata.tables, "pheanq_alembic_version"]:
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))

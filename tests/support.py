@@ -49,6 +49,7 @@ class Beanstalkd:
         self.port = free_port()
         self.binlog_dir = binlog_dir
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -59,11 +60,22 @@ class Beanstalkd:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Beanstalkd:
-        argv = [self.binary, "-l", "127.0.0.1", "-p", str(self.port)]
-        if self.binlog_dir is not None:
-            argv += ["-b", str(self.binlog_dir)]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._accepts, 10, f"beanstalkd on port {self.port}")
+        for attempt in range(3):
+            argv = [self.binary, "-l", "127.0.0.1", "-p", str(self.port)]
+            if self.binlog_dir is not None:
+                argv += ["-b", str(self.binlog_dir)]
+            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_for(self._accepts, 10, f"beanstalkd on port {self.port}")
+            except RuntimeError:
+                # It exited: a first start may have lost its free port to another process meanwhile (tests run
+                # in parallel); a restart must come back on its port.
+                if self.started_once or attempt == 2:
+                    raise
+                self.port = free_port()
+                continue
+            self.started_once = True
+            break
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -73,14 +85,19 @@ class Beanstalkd:
         self.process = None
 
     def _accepts(self) -> bool:
+        """This beanstalkd listens on its port: not merely some process (which then makes it exit at once)."""
+        import psutil
+
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"beanstalkd exited with {self.process.returncode}")
         try:
-            socket.create_connection(self.address, timeout=0.5).close()
-            return True
-        except OSError:
+            process = psutil.Process(self.process.pid)
+            sockets = process.net_connections("tcp") if hasattr(process, "net_connections") else \
+                process.connections("tcp")
+        except psutil.Error:
             return False
+        return any(sock.status == psutil.CONN_LISTEN and sock.laddr.port == self.port for sock in sockets)
 
 
 def write_config(directory: Path, commands: Mapping[str, Sequence[str]] | None = None, **settings: Any) -> Path:

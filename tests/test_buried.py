@@ -186,6 +186,8 @@ def test_every_bad_body_is_buried_with_a_reason_that_names_it_and_the_worker_sur
     wait_for(lambda: service.status_of(good) is Status.DONE, 15, "the good task to be done", interval=0.05)
     assert worker.process.poll() is None, worker.log  # it survived every one of them
     assert runs.read_text() == f"{good} good\n"
+    # The worker says READY again only after it recorded the task done.
+    wait_for(lambda: len(worker.lines) >= 3, 10, f"the worker ready again (got {worker.lines})")
     assert worker.lines == ["READY", f"BUSY {good}", "READY"]
     for job_id in jobs.values():
         assert f"burying job {job_id}" in worker.log

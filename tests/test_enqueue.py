@@ -22,7 +22,7 @@ import greenstalk
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from support import Beanstalkd, WorkerProcess, free_port, write_config
+from support import Beanstalkd, WorkerProcess, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription, TaskPendingWarning
 from pheanq.reconcile import reconcile
@@ -82,7 +82,7 @@ def queue_noting_warnings(service: TaskQueueService, description: TaskDescriptio
 def mute_server() -> Iterator[tuple[str, int]]:
     """A loopback address whose kernel completes the TCP handshake but where nobody ever reads or answers."""
     listener = socket.socket()
-    listener.bind(("127.0.0.1", free_port()))
+    listener.bind(("127.0.0.1", 0))  # bound at once: a port from free_port() could go to a parallel test first
     listener.listen(8)
     yield listener.getsockname()
     listener.close()

@@ -176,6 +176,9 @@ def test_a_killed_standalone_workers_task_is_taken_over_once_its_lease_is_stale(
     wait_for(lambda: counts(runs, "start", task_id) == 1, 20, "the task to start")
     second = WorkerProcess([], env, tmp_path)
     processes.append(second)
+    # Up and waiting for the job before the first dies: a start slower than the lease (a loaded machine) would
+    # find the lease already stale and take the task over without waiting, which is not what this test shows.
+    second.wait_line("READY")
     first.signal(signal.SIGKILL)
     first.wait()
     # The second worker gets the job at once, but waits out the dead holder's lease before running it.

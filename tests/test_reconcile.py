@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -185,12 +186,17 @@ def test_a_worker_tender_reconciles_its_tube_on_its_own(
     beanstalkd.start()
     set_row(service, task_id, modified=ago(120))  # older than --min-age: no put of its own can be in flight
     write_config(tmp_path, commands={"work": ["/bin/true"]})
+    # The tender's worker waits for `go` before it starts: a worker that claimed the re-sent job before the
+    # reconciler noted it would make that pass count the task as "moved on", and log nothing.
+    go = tmp_path / "go"
+    worker = f"sh -c 'until [ -e {go} ]; do sleep 0.05; done; exec {sys.executable} -m pheanq task-worker \"$@\"' w"
     tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0",
-                            "--reconcile-interval", "0.5"],
+                            "--reconcile-interval", "0.5", "--worker-command", worker],
                            {**make_env(sqlite_url), "PHEANQ_RUN_DIR": str(tmp_path / "run")}, tmp_path)
     try:
+        wait_for(lambda: "reconciled tube pheanq" in tender.log, 20, "the tender's reconciler to send the task")
+        go.touch()
         wait_for(lambda: service.status_of(task_id) is Status.DONE, 20,
-                 f"the tender's reconciler to send the task; log:\n{tender.log[-3000:]}")
-        assert "reconciled tube pheanq" in tender.log
+                 f"the re-sent task done; log:\n{tender.log[-3000:]}")
     finally:
         tender.stop()

@@ -353,7 +353,7 @@ def test_kill_9_of_a_busy_worker_kills_its_task_and_another_worker_runs_the_task
     assert f"while running task {task_id}; the tender settles the task" in died, died
     # What the task started in a session of its own was adopted by the tender (a subreaper), which kills it.
     wait_for(lambda: process_gone(detached), 5, f"the task's detached process {detached} killed")
-    assert tender.tender_lines(f"killing process {detached} ")
+    tender.wait_log(f"killing process {detached} ", timeout=5)  # logged before the kill, read by a thread here
 
     wait_for(lambda: len(run_lines(runs, "start")) == 2, 15, "another worker to take the job over")
     assert worker_of_second_start(tender, task_id) != victim
