@@ -4,12 +4,15 @@ non-retryable, a backoff delay that is waited out, and the log that keeps every 
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, pheanq, wait_for, write_config
+from support import TenderProcess, WorkerProcess, pheanq, wait_for, write_config
 
 from pheanq import InvalidInput, Retry, Status, TaskDescription
 from pheanq.clock import utc_now
@@ -172,3 +175,53 @@ def test_add_example_task_takes_a_retry_policy_and_show_prints_it(
     bad = pheanq(["add-example-task", "--max-attempts", "2", "--non-retryable", "two"], env, tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "pheanq: error: exit codes must be whole numbers separated by commas, not 'two'"
+
+
+# The task's work: on its first attempt, wait until the file GO exists, then fail with exit code 3; on the next,
+# succeed. COUNTER marks that the first attempt began.
+HELD_THEN_FAILS = """
+import sys, time
+from pathlib import Path
+counter, go = Path(sys.argv[1]), Path(sys.argv[2])
+if not counter.exists():
+    counter.write_text("1")
+    while not go.exists():
+        time.sleep(0.02)  # the task's work
+    sys.exit(3)
+print("second attempt")
+"""
+
+
+def test_a_failed_attempt_whose_worker_died_before_recording_it_is_retried_by_its_tender(
+    sqlite_url: str, tmp_path: Path, make_env: MakeEnv, make_service: MakeService,
+) -> None:
+    script = tmp_path / "held.py"
+    script.write_text(HELD_THEN_FAILS)
+    write_config(tmp_path, commands={"held": [sys.executable, str(script)]})
+    service = make_service(sqlite_url)
+    go = tmp_path / "go"
+    task_id = service.queue_task(TaskDescription("held", [str(tmp_path / "counter"), str(go)]),
+                                 retry=Retry(max_attempts=2, delay=0))
+    env = {**make_env(sqlite_url), "PHEANQ_RUN_DIR": str(tmp_path / "run")}
+    tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0"], env, tmp_path)
+    try:
+        wait_for(lambda: (tmp_path / "counter").exists(), 20, "the first attempt to start")
+        worker_pid = int(str(service.find_task(task_id).worker).rsplit(":", 1)[1])
+        # Hold the database so that the worker cannot record the failure, then let the command fail.
+        database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=30)
+        database.execute("BEGIN IMMEDIATE")
+        try:
+            go.touch()
+            wait_for(lambda: f"worker {worker_pid}: EXITED 3" in tender.log, 20, "the worker to see its command fail")
+            os.kill(worker_pid, signal.SIGKILL)
+            wait_for(lambda: f"worker {worker_pid} died" in tender.log, 10, "the tender to see its worker die")
+        finally:
+            database.rollback()
+            database.close()
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 30, f"the retry; log:\n{tender.log[-3000:]}")
+    finally:
+        tender.stop()
+    row = service.find_task(task_id)
+    assert row.attempts == 2 and row.log is not None
+    assert "failed: exit code 3; " in row.log and "so its tender recorded the result" in row.log, row.log
+    assert "--- retrying in 0s (attempt 2 of 2)" in row.log and ": done after" in row.log, row.log
