@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -381,3 +382,19 @@ def psutil_children(pid: int, recursive: bool = False) -> list[int]:
 def process_gone(pid: int) -> bool:
     """True when `pid` no longer runs: it does not exist, or it is a zombie waiting to be reaped."""
     return process_ended(pid)
+
+
+def kill_worker_once_its_command_exited(sqlite_url: str, tender: TenderProcess, worker_pid: int, code: int,
+                                        go: Path) -> None:
+    """Hold the SQLite database so that the worker cannot record its task's result, let the command end (by
+    creating `go`), and SIGKILL the worker once it said ``EXITED <code>``: only its tender can record the end."""
+    database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=30)
+    database.execute("BEGIN IMMEDIATE")
+    try:
+        go.touch()
+        wait_for(lambda: f"worker {worker_pid}: EXITED {code}" in tender.log, 20, "the worker to see its command end")
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_for(lambda: f"worker {worker_pid} died" in tender.log, 10, "the tender to see its worker die")
+    finally:
+        database.rollback()
+        database.close()

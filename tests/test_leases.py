@@ -11,13 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import greenstalk
 import pytest
-from support import Beanstalkd, TenderProcess, WorkerProcess, register_work_script, wait_for
+from support import (
+    Beanstalkd,
+    TenderProcess,
+    WorkerProcess,
+    kill_worker_once_its_command_exited,
+    register_work_script,
+    wait_for,
+)
 
 from pheanq import Status, TaskDescription
 from pheanq.lease import heartbeat_interval, holder_must_stop_after, stale_after
@@ -225,17 +231,7 @@ def test_a_command_that_completed_before_its_worker_was_killed_is_recorded_by_th
     service = make_service(sqlite_url)
     go = tmp_path / "go"
     task_id, tender, worker_pid = start_held_task(service, tmp_path, make_env(sqlite_url), runs, go, 1, processes)
-    # Hold the database so that the worker cannot record the result, then let the command complete.
-    database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=30)
-    database.execute("BEGIN IMMEDIATE")
-    try:
-        go.touch()
-        wait_for(lambda: f"worker {worker_pid}: EXITED 0" in tender.log, 20, "the worker to see its command exit")
-        os.kill(worker_pid, signal.SIGKILL)
-        wait_for(lambda: f"worker {worker_pid} died" in tender.log, 10, "the tender to see its worker die")
-    finally:
-        database.rollback()
-        database.close()
+    kill_worker_once_its_command_exited(sqlite_url, tender, worker_pid, 0, go)
     wait_for(lambda: service.status_of(task_id) is Status.DONE, 20, f"the task done; log:\n{tender.log[-3000:]}")
     row = service.find_task(task_id)
     assert (row.attempts, row.exit_code) == (1, 0)

@@ -4,15 +4,12 @@ non-retryable, a backoff delay that is waited out, and the log that keeps every 
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import TenderProcess, WorkerProcess, pheanq, wait_for, write_config
+from support import TenderProcess, WorkerProcess, kill_worker_once_its_command_exited, pheanq, wait_for, write_config
 
 from pheanq import InvalidInput, Retry, Status, TaskDescription
 from pheanq.clock import utc_now
@@ -207,17 +204,7 @@ def test_a_failed_attempt_whose_worker_died_before_recording_it_is_retried_by_it
     try:
         wait_for(lambda: (tmp_path / "counter").exists(), 20, "the first attempt to start")
         worker_pid = int(str(service.find_task(task_id).worker).rsplit(":", 1)[1])
-        # Hold the database so that the worker cannot record the failure, then let the command fail.
-        database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=30)
-        database.execute("BEGIN IMMEDIATE")
-        try:
-            go.touch()
-            wait_for(lambda: f"worker {worker_pid}: EXITED 3" in tender.log, 20, "the worker to see its command fail")
-            os.kill(worker_pid, signal.SIGKILL)
-            wait_for(lambda: f"worker {worker_pid} died" in tender.log, 10, "the tender to see its worker die")
-        finally:
-            database.rollback()
-            database.close()
+        kill_worker_once_its_command_exited(sqlite_url, tender, worker_pid, 3, go)
         wait_for(lambda: service.status_of(task_id) is Status.DONE, 30, f"the retry; log:\n{tender.log[-3000:]}")
     finally:
         tender.stop()
