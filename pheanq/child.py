@@ -1,4 +1,4 @@
-"""Run one task's command as a child process: an argv list, no shell, its own process group,
+"""Run one task's command as a child process: an argv list (never parsed by a shell), its own process group,
 stdout and stderr captured together in bounded memory, the whole tree killed when it must stop.
 """
 
@@ -24,6 +24,11 @@ import psutil
 
 # How long a child asked to stop with SIGTERM gets before SIGKILL.
 STOP_GRACE_SECONDS = 3.0
+# The command starts only once `on_start` has told the supervisor its pid: this gate waits for a line on its
+# stdin (EOF: the worker died first, so nothing runs), then execs the argv as it is, with stdin from /dev/null.
+# Without it, a command could end, and its worker be killed, before anyone knew its pid: its result lost, it
+# would run again.
+GATE = ("/bin/sh", "-c", 'IFS= read -r _ || exit 137; exec "$@" </dev/null', "pheanq-gate")
 _READ_CHUNK = 65536
 
 
@@ -64,16 +69,19 @@ def run_child(
     prefix, arm = die_with_parent(signal.SIGKILL)
     try:
         process = subprocess.Popen(
-            [*prefix, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [*prefix, *GATE, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=dict(env), start_new_session=True, preexec_fn=arm,
         )
     except OSError as error:
         message = f"cannot start {argv[0]!r}: {error.strerror or error}"
         return ChildResult(127 if isinstance(error, FileNotFoundError) else 126, message,
                            0, None, time.monotonic() - started)
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stdin is not None
     if on_start is not None:
         on_start(process.pid)
+    with contextlib.suppress(OSError):  # the gate is gone already: it was killed, and its exit code says so
+        process.stdin.write(b"go\n")
+        process.stdin.close()
     events = _ChildEvents(process, output)
     stopped: str | None = None
     # Descendants seen while the child ran: one that left the group (setsid) is found again by this.
