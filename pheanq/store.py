@@ -384,8 +384,12 @@ class Store(WorkflowStore, AdminStore):
                 return None
             ends = Ends()
             if target in FINAL:
-                batch_id = conn.execute(sa.select(c.batch_id).where(c.id == task_id)).scalar_one_or_none()
-                ends.ended(conn, task_id, target, batch_id)
+                # One read for both: most tasks are in no batch and nothing waits for them.
+                d = dependency_table.c
+                awaited = sa.select(d.task_id).where(d.parent_id == task_id, d.satisfied == sa.false()).exists()
+                batch_id, has_dependants = conn.execute(
+                    sa.select(c.batch_id, awaited.label("awaited")).where(c.id == task_id)).one()
+                ends.ended(conn, task_id, target, batch_id, None if has_dependants else [])
             return ends.close(conn)
 
     @staticmethod
