@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import datetime as dt
 import enum
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,38 @@ from pheanq.tables import (
     metadata,
     task_table,
 )
+
+# The statements of a task's hot path (queue, claim, end) are built once, their values bound at each execution:
+# building a statement with the values in it costs more than running it on SQLite.
+_c = task_table.c
+_SET_JOB_ID = task_table.update().where(_c.id == sa.bindparam("task")).values(job_id=sa.bindparam("job"))
+_CLAIM = (
+    task_table.update()
+    .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
+           sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
+    .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
+            attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
+            modified=sa.bindparam("claimed_at"), heartbeat=sa.bindparam("claimed_at"))
+)
+# What an end needs to know: the task's batch, and whether a task waits for it (most have neither).
+_END_FACTS = sa.select(
+    _c.batch_id,
+    sa.select(dependency_table.c.task_id).where(dependency_table.c.parent_id == _c.id,
+                                                dependency_table.c.satisfied == sa.false()).exists().label("awaited"),
+).where(_c.id == sa.bindparam("task"))
+
+
+@functools.cache
+def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
+    """`UPDATE` of an attempt's task (`working` or `stalled`) to `target`, setting `names` from `new_<name>`
+    parameters; a log entry is appended to the log, so an interruption or a takeover stays visible."""
+    sources = [s.value for s in sources_of(target) if s in (Status.WORKING, Status.STALLED)]
+    values: dict[str, Any] = {name: sa.bindparam(f"new_{name}") for name in names}
+    if "log" in values:
+        values["log"] = sa.func.coalesce(_c.log, "") + values["log"]
+    return (task_table.update()
+            .where(_c.id == sa.bindparam("task"), _c.status.in_(sources), _c.attempts == sa.bindparam("attempt"))
+            .values(status=target.value, modified=sa.bindparam("modified_at"), **values))
 
 
 class ClaimOutcome(enum.Enum):
@@ -152,10 +185,8 @@ class Store(WorkflowStore, AdminStore):
         """Note (task id, job id) pairs in one transaction."""
         if not pairs:
             return
-        c = task_table.c
         with self.transaction() as conn:
-            conn.execute(task_table.update().where(c.id == sa.bindparam("task")).values(job_id=sa.bindparam("job")),
-                         [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
+            conn.execute(_SET_JOB_ID, [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
 
     @staticmethod
     def _unique_holder(conn: Connection, key: str) -> Inserted | None:
@@ -172,7 +203,8 @@ class Store(WorkflowStore, AdminStore):
             if missing := [parent for parent in parents if parent not in found]:
                 raise NotFound(f"task(s) {', '.join(map(str, missing))} to wait for do not exist")
         status = Status.WAITING if parents else Status.NEW
-        key = conn.execute(task_table.insert().values(**_row_values(task, status, len(parents)))).inserted_primary_key
+        # The values as parameters of one constant statement: compiled once, not coerced and cache-keyed each time.
+        key = conn.execute(task_table.insert(), _row_values(task, status, len(parents))).inserted_primary_key
         assert key is not None
         task_id = int(key[0])
         if parents:
@@ -201,7 +233,7 @@ class Store(WorkflowStore, AdminStore):
 
     def set_job_id(self, task_id: int, job_id: int) -> None:
         with self.transaction() as conn:
-            conn.execute(task_table.update().where(task_table.c.id == task_id).values(job_id=job_id))
+            conn.execute(_SET_JOB_ID, {"task": task_id, "job": job_id})
 
     def claim_task(self, task_id: int, job_id: int, worker: str) -> Claim:
         """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
@@ -215,11 +247,8 @@ class Store(WorkflowStore, AdminStore):
         claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
                        started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
         with self.transaction() as conn:
-            due = sa.or_(c.run_at.is_(None), c.run_at <= now + EARLY_TOLERANCE)
-            changed = conn.execute(
-                task_table.update().where(c.id == task_id, c.status.in_([s.value for s in CLAIMABLE]), due)
-                .values(**claimed)
-            ).rowcount
+            changed = conn.execute(_CLAIM, {"task": task_id, "due_before": now + EARLY_TOLERANCE, "job": job_id,
+                                            "holder": worker, "claimed_at": now}).rowcount
             row = self._select_row(conn, task_id)
             if row is not None and changed == 0 and row.status in CLAIMABLE and is_early(row.run_at, now):
                 return Claim(ClaimOutcome.EARLY, row)
@@ -366,29 +395,20 @@ class Store(WorkflowStore, AdminStore):
     def _move_settled(self, task_id: int, attempt: int, target: Status, **values: Any) -> Settled | None:
         """Move an attempt's task (`working` or `stalled`) to `target`; None when the attempt no longer
         owns it. A move to an end runs what that end sets in motion in the same transaction."""
-        c = task_table.c
-        sources = [s.value for s in sources_of(target) if s in (Status.WORKING, Status.STALLED)]
-        if values.get("log") is not None:
-            # Each attempt appends its entry, so an interruption or a takeover stays visible.
-            values["log"] = sa.func.coalesce(c.log, "") + values["log"]
-        else:
+        if values.get("log") is None:
             values.pop("log", None)  # no entry: the log so far stays
         if target in FINAL:
             values["unique_live"] = None  # an ended task frees its unique key
         with self.transaction() as conn:
             if conn.execute(
-                task_table.update()
-                .where(c.id == task_id, c.status.in_(sources), c.attempts == attempt)
-                .values(status=target.value, modified=utc_now(), **values)
+                _move_statement(target, tuple(sorted(values))),
+                {"task": task_id, "attempt": attempt, "modified_at": utc_now(),
+                 **{f"new_{name}": value for name, value in values.items()}},
             ).rowcount != 1:
                 return None
             ends = Ends()
             if target in FINAL:
-                # One read for both: most tasks are in no batch and nothing waits for them.
-                d = dependency_table.c
-                awaited = sa.select(d.task_id).where(d.parent_id == task_id, d.satisfied == sa.false()).exists()
-                batch_id, has_dependants = conn.execute(
-                    sa.select(c.batch_id, awaited.label("awaited")).where(c.id == task_id)).one()
+                batch_id, has_dependants = conn.execute(_END_FACTS, {"task": task_id}).one()
                 ends.ended(conn, task_id, target, batch_id, None if has_dependants else [])
             return ends.close(conn)
 

@@ -322,8 +322,11 @@ def _lock_batch(conn: Connection, batch_id: int) -> BatchRow | None:
     return None if found is None else BatchRow(**dict(found))
 
 
+_SELECT_TASK = sa.select(task_table).where(task_table.c.id == sa.bindparam("task"))
+
+
 def select_task(conn: Connection, task_id: int) -> TaskRow | None:
-    found = conn.execute(sa.select(task_table).where(task_table.c.id == task_id)).mappings().first()
+    found = conn.execute(_SELECT_TASK, {"task": task_id}).mappings().first()
     return None if found is None else task_row(found)
 
 
