@@ -87,7 +87,7 @@ def run_child(
     # Descendants seen while the child ran: one that left the group (setsid) is found again by this.
     seen: dict[int, psutil.Process] = {}
     next_check = started + poll_seconds
-    while process.poll() is None:
+    while _exit_seen(process) is None:
         now = time.monotonic()
         if now >= next_check:
             seen.update((p.pid, p) for p in _descendants(process.pid))
@@ -98,8 +98,10 @@ def run_child(
                 break
             next_check = now + poll_seconds
         events.wait(next_check - now)
-    if stopped is None and on_exit is not None:
-        on_exit(process.returncode)
+    ended = _exit_seen(process)
+    if stopped is None and on_exit is not None and ended is not None:
+        on_exit(ended)
+    process.wait()  # reaped only now, after on_exit: until then, a supervisor could reap it if this process died
     # What the command left behind ends with it: a task is over when its command is.
     _signal_group(process.pid, signal.SIGKILL)
     for leftover in seen.values():
@@ -278,6 +280,21 @@ def _process(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.Error:
         return None
+
+
+def _exit_seen(process: subprocess.Popen[bytes]) -> int | None:
+    """The child's exit code once it has ended, or None; without reaping it (waitid with WNOWAIT). A child
+    reaped before `on_exit` has told the supervisor its code would leave the supervisor nothing to reap if
+    this process were killed in between: the command's completion would be lost, and it would run again."""
+    if process.returncode is not None or not hasattr(os, "waitid"):
+        return process.poll()
+    try:
+        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return process.poll()
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 def _signal_group(pgid: int, signum: int) -> None:
