@@ -25,10 +25,11 @@ import psutil
 # How long a child asked to stop with SIGTERM gets before SIGKILL.
 STOP_GRACE_SECONDS = 3.0
 # The command starts only once `on_start` has told the supervisor its pid: this gate waits for a line on its
-# stdin (EOF: the worker died first, so nothing runs), then execs the argv as it is, with stdin from /dev/null.
-# Without it, a command could end, and its worker be killed, before anyone knew its pid: its result lost, it
-# would run again.
-GATE = ("/bin/sh", "-c", 'IFS= read -r _ || exit 137; exec "$@" </dev/null', "pheanq-gate")
+# stdin, then execs the argv as it is, with stdin from /dev/null. Without it, a command could end, and its
+# worker be killed, before anyone knew its pid: its result lost, it would run again. On EOF (the worker died
+# first) nothing runs, and the gate dies by SIGKILL, as its worker's death would have it: an exit code would
+# read as a command that ended by itself, and the tender would record it.
+GATE = ("/bin/sh", "-c", 'IFS= read -r _ || kill -KILL $$; exec "$@" </dev/null', "pheanq-gate")
 _READ_CHUNK = 65536
 
 
