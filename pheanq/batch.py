@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pheanq.cancel import cancel_batch
 from pheanq.errors import NotFound
 from pheanq.status import FAILURES, PENDING, Status
 from pheanq.store_flow import CALLBACKS
@@ -88,8 +89,6 @@ class Batch:
 
     def cancel(self, by: str | None = None) -> int:
         """Close the batch and cancel each of its tasks that has not ended; returns how many were cancelled."""
-        from pheanq.cancel import cancel_batch
-
         return cancel_batch(self.service, self.id, by)
 
     def progress(self) -> BatchProgress:

@@ -23,6 +23,7 @@ from pheanq.status import PENDING, Status
 
 if TYPE_CHECKING:
     from pheanq.service import TaskQueueService, WorkPackage
+    from pheanq.store_flow import Cancelled
 
 log = logging.getLogger("pheanq.cancel")
 
@@ -56,22 +57,28 @@ def cancel_task(service: TaskQueueService, task_id: int, by: str | None = None) 
     by = by or who_cancels()
     now = utc_now()
     entry = f"--- cancelled by {by} at {now:%Y-%m-%d %H:%M:%S} UTC\n"
-    found = service.store.cancel_tasks([task_id], entry)
+    found = _cancel_page(service, [task_id], entry)
     if not found:
         raise NotFound(f"task {task_id} does not exist")
-    cancelled = found[0]
-    row = cancelled.row
-    if not cancelled.took:
+    row = found[0].row
+    if not found[0].took:
         return CancelResult(task_id, False, row.status, f"task {task_id} is {row.status}: it has ended, "
                                                         "nothing to cancel")
     if row.status is Status.WORKING:
-        message = f"task {task_id} cancelled; its worker ({row.worker}) stops the running command"
-    else:
-        message = f"task {task_id} cancelled (it was {row.status})"
-        if row.job_id is not None:
-            _delete_job(service, task_id, row.job_id)
-    service.send_released(cancelled.settled.released)
-    return CancelResult(task_id, True, row.status, message)
+        return CancelResult(task_id, True, row.status,
+                            f"task {task_id} cancelled; its worker ({row.worker}) stops the running command")
+    return CancelResult(task_id, True, row.status, f"task {task_id} cancelled (it was {row.status})")
+
+
+def _cancel_page(service: TaskQueueService, task_ids: list[int], entry: str) -> list[Cancelled]:
+    """Cancel the tasks in one transaction; delete the jobs of those not running (a running one's worker
+    deletes its own) and send what their ends released."""
+    page = service.store.cancel_tasks(task_ids, entry)
+    for result in page.results:
+        if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
+            _delete_job(service, result.row.id, result.row.job_id)
+    service.send_released(page.settled.released)
+    return page.results
 
 
 def _delete_job(service: TaskQueueService, task_id: int, job_id: int) -> None:
@@ -116,11 +123,5 @@ def cancel_batch(service: TaskQueueService, batch_id: int, by: str | None = None
     while ids := service.store.batch_task_ids(batch_id, after_id, PAGE_SIZE, sorted(PENDING)):
         after_id = ids[-1]
         entry = f"--- cancelled with batch {batch_id} by {by} at {utc_now():%Y-%m-%d %H:%M:%S} UTC\n"
-        for result in service.store.cancel_tasks(ids, entry):
-            if not result.took:
-                continue
-            cancelled += 1
-            if result.row.status is not Status.WORKING and result.row.job_id is not None:
-                _delete_job(service, result.row.id, result.row.job_id)
-            service.send_released(result.settled.released)
+        cancelled += sum(result.took for result in _cancel_page(service, ids, entry))
     return cancelled

@@ -69,5 +69,6 @@ def cancel_batch(context: Context, batch_id: int, by: str | None) -> None:
 @pass_context
 def close(context: Context, batch_id: int) -> None:
     """Take no more tasks into the batch (if its planner died before closing it): it finishes once they end."""
-    context.service.batch(batch_id).close()
-    click.echo(context.service.batch(batch_id).progress().summary())
+    handle = context.service.batch(batch_id)
+    handle.close()
+    click.echo(handle.progress().summary())

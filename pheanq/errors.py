@@ -15,6 +15,12 @@ class InvalidInput(PheanqError, ValueError):
     exit_code = 2
 
 
+def check_whole_number(name: str, value: object, low: int, high: int) -> None:
+    """InvalidInput naming `name` unless `value` is an int (not a bool) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
 class ConfigError(InvalidInput):
     """A setting is wrong: bad URL, unreadable toml, unknown key."""
 

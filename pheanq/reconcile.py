@@ -59,8 +59,9 @@ class ReconcileReport:
 
 
 def reconcile(service: TaskQueueService, tube: str | None = None, dry_run: bool = False,
-              min_age: float = DEFAULT_MIN_AGE_SECONDS) -> ReconcileReport:
-    """One pass over the table (or one tube of it); with `dry_run`, only say what would be done."""
+              min_age: float = DEFAULT_MIN_AGE_SECONDS, settle: bool = True) -> ReconcileReport:
+    """One pass over the table (or one tube of it); with `dry_run`, only say what would be done. With
+    `settle`, then settle waiting tasks and batches, which belong to no one tube (see settle_workflows)."""
     report = ReconcileReport()
     holder = service.worker_name
     if not dry_run and not service.store.take_lock(LOCK_NAME, holder, LOCK_SECONDS):
@@ -96,7 +97,8 @@ def reconcile(service: TaskQueueService, tube: str | None = None, dry_run: bool 
             if not dry_run:
                 service.store.take_lock(LOCK_NAME, holder, LOCK_SECONDS)
         if not dry_run:
-            report.workflows = settle_workflows(service, now - dt.timedelta(seconds=min_age))
+            if settle:
+                report.workflows = settle_workflows(service, now - dt.timedelta(seconds=min_age))
             # After the re-sends: beanstalkd can only pause a tube that has a job (or a watcher).
             reapply_pauses(service)
     finally:
@@ -149,8 +151,8 @@ class PeriodicReconciler:
         while not self._stop.wait(self.interval):
             try:
                 service = service or self.make_service()
-                for tube in self.tubes:
-                    report = reconcile(service, tube)
+                for n, tube in enumerate(self.tubes):
+                    report = reconcile(service, tube, settle=n == 0)  # workflows once a pass, not once a tube
                     if report.sent_again or report.stalled or report.workflows:
                         log.warning("reconciled tube %s: %s", tube, report.summary())
             except PheanqError as error:

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from pheanq.errors import InvalidInput
+from pheanq.errors import InvalidInput, check_whole_number
 
 BACKOFFS = ("fixed", "exponential")
 MAX_ATTEMPTS = 1000
@@ -36,18 +36,18 @@ class Retry:
     non_retryable: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
-        _check_whole("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
+        check_whole_number("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
         if self.backoff not in BACKOFFS:
             raise InvalidInput(f"backoff must be one of {', '.join(BACKOFFS)}, not {self.backoff!r}")
-        _check_whole("retry delay", self.delay, 0, MAX_DELAY)
-        _check_whole("retry cap", self.cap, 0, MAX_DELAY)
+        check_whole_number("retry delay", self.delay, 0, MAX_DELAY)
+        check_whole_number("retry cap", self.cap, 0, MAX_DELAY)
         if not isinstance(self.jitter, bool):
             raise InvalidInput(f"jitter must be true or false, not {self.jitter!r}")
         if isinstance(self.non_retryable, (str, bytes)) or not isinstance(self.non_retryable, Iterable):
             raise InvalidInput(f"non_retryable must be a set of exit codes, not {self.non_retryable!r}")
         codes = frozenset(self.non_retryable)
         for code in codes:
-            _check_whole("a non-retryable exit code", code, 1, 255)
+            check_whole_number("a non-retryable exit code", code, 1, 255)
         object.__setattr__(self, "non_retryable", codes)
 
     def retries_after(self, attempt: int, exit_code: int | None) -> bool:
@@ -115,8 +115,3 @@ def parse_exit_codes(text: str) -> frozenset[int]:
             raise InvalidInput(f"exit codes must be whole numbers separated by commas, not {text!r}")
         codes.add(int(part))
     return frozenset(codes)
-
-
-def _check_whole(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")

@@ -32,6 +32,7 @@ from pheanq.errors import (
     TaskPendingWarning,
     TubeUnavailable,
     WrongStatus,
+    check_whole_number,
 )
 from pheanq.lease import stale_after
 from pheanq.retry import Retry, after_failure
@@ -150,18 +151,18 @@ class TaskQueueService(WorkflowService):
         if not isinstance(description, TaskDescription):
             raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
         tube = check_tube_name(tube or description.tube or self.settings.default_tube)
-        _check_range("priority", priority, 0, MAX_PRIORITY)
-        _check_range("delay", delay, 0, MAX_PRIORITY)
-        _check_range("ttr", ttr, 1, MAX_PRIORITY)
+        check_whole_number("priority", priority, 0, MAX_PRIORITY)
+        check_whole_number("delay", delay, 0, MAX_PRIORITY)
+        check_whole_number("ttr", ttr, 1, MAX_PRIORITY)
         if timeout is not None:
-            _check_range("timeout", timeout, 1, MAX_TIMEOUT)
+            check_whole_number("timeout", timeout, 1, MAX_TIMEOUT)
         if retry is not None and not isinstance(retry, Retry):
             raise InvalidInput(f"retry must be a pheanq.Retry, not {type(retry).__name__}")
         after = tuple(after)
         for parent in after:
-            _check_range("a task id to wait for", parent, 1, _LARGEST_ID)
+            check_whole_number("a task id to wait for", parent, 1, _LARGEST_ID)
         if batch is not None:
-            _check_range("batch", batch, 1, _LARGEST_ID)
+            check_whole_number("batch", batch, 1, _LARGEST_ID)
         if unique_key is not None and (not isinstance(unique_key, str) or not 0 < len(unique_key) <= MAX_UNIQUE_KEY):
             raise InvalidInput(f"unique_key must be a text of 1 to {MAX_UNIQUE_KEY} characters, not {unique_key!r}")
         self._encode(_LARGEST_ID, description)  # too big a body is refused before anything is written
@@ -344,7 +345,7 @@ class TaskQueueService(WorkflowService):
 
     def clean_up_tasks(self, period_seconds: int) -> int:
         """Delete `done` tasks that finished more than `period_seconds` ago; returns how many."""
-        _check_range("period", period_seconds, 0, 2**40)
+        check_whole_number("period", period_seconds, 0, 2**40)
         now = utc_now()
         return self.store.delete_done_before(now - dt.timedelta(seconds=period_seconds))
 
@@ -493,9 +494,3 @@ def queue_task(description: TaskDescription, tube: str | None = None, priority: 
 def _seconds_until_stale(row: TaskRow) -> int:
     last = row.heartbeat or row.modified
     return max(1, math.ceil(stale_after(row.ttr) - (utc_now() - last).total_seconds()) + 1)
-
-
-
-def _check_range(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")

@@ -38,6 +38,13 @@ class Settled:
 class Cancelled:
     took: bool                # False: the task had ended (`row` says how)
     row: TaskRow              # as it was before the cancel took, or as it ended
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelPage:
+    """What one transaction of cancels did: each task's answer, and what their ends set in motion."""
+
+    results: list[Cancelled]
     settled: Settled
 
 
@@ -101,7 +108,7 @@ class WorkflowStore:
         with self.transaction() as conn:
             return list(conn.execute(query).scalars())
 
-    def cancel_tasks(self, task_ids: list[int], entry: str) -> list[Cancelled]:
+    def cancel_tasks(self, task_ids: list[int], entry: str) -> CancelPage:
         """Cancel, in one transaction, each of the tasks that has not ended (one that has, or that ends
         while this runs, is left as it is); a task that does not exist is left out of the answer."""
         c, d = task_table.c, dependency_table.c
@@ -132,13 +139,8 @@ class WorkflowStore:
                 ends.ended(conn, task_id, Status.CANCELLED, before[task_id].batch_id,
                            None if task_id in parents else [])
             settled = ends.close(conn)
-        results = [Cancelled(task_id in took, before[task_id], Settled()) for task_id in task_ids if task_id in before]
-        # What the page set in motion is reported once, on the first task cancelled.
-        for n, result in enumerate(results):
-            if result.took:
-                results[n] = dataclasses.replace(result, settled=settled)
-                break
-        return results
+        return CancelPage([Cancelled(task_id in took, before[task_id]) for task_id in task_ids if task_id in before],
+                          settled)
 
     def batch_task_ids(self, batch_id: int, after_id: int, limit: int, statuses: Sequence[Status]) -> list[int]:
         c = task_table.c

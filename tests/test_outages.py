@@ -44,8 +44,8 @@ def proxied(server_url: str) -> Iterator[tuple[str, TcpProxy]]:
 def _slow_command(tmp_path: Path, seconds: float) -> Path:
     """A command whose work is a sleep of `seconds`, long enough to cut the database while it runs."""
     marker = tmp_path / "ran.txt"
-    write_config(tmp_path, commands={"slow": [
-        sys.executable, "-c", f"import time; time.sleep({seconds}); open({str(marker)!r}, 'a').write('ran\\n')"]})
+    work = f"import time; time.sleep({seconds}); open({str(marker)!r}, 'a').write('ran\\n')"  # the task's work
+    write_config(tmp_path, commands={"slow": [sys.executable, "-c", work]})
     return marker
 
 

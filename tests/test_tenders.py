@@ -43,9 +43,9 @@ run_dir, tubes, beanstalkd, mode, gate = sys.argv[1:6]
 
 # A stand-in tender. On SIGTERM it exits slowly, as a real one may: stop_tenders must wait for that.
 def finish(signum, frame):
-    time.sleep(0.5)
+    time.sleep(0.5)  # the slow exit is what the test is about: stop_tenders must wait it out
     registration.release()
-    time.sleep(0.3)
+    time.sleep(0.3)  # ... and go on waiting after the lock file is released, until the process is gone
     sys.exit(0)
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore-term" else finish)
