@@ -1,13 +1,11 @@
-"""alembic environment for pheanq's own tables; `pheanq db upgrade` drives it (see pheanq/migrate.py)."""
+"""alembic environment for pheanq's own tables; `pheanq db upgrade` drives it (see pheanq/storage/migrate.py)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from pheanq.store import metadata
-
-# pheanq keeps its own version table, so an application's alembic history is never touched.
-VERSION_TABLE = "pheanq_alembic_version"
+from pheanq.storage.migrate import VERSION_TABLE
+from pheanq.storage.tables import metadata
 
 
 def run_migrations() -> None:

@@ -6,11 +6,9 @@
 
 from __future__ import annotations
 
-from pheanq.batch import Batch, BatchProgress
-from pheanq.cancel import CancelResult
-from pheanq.chain import Chain
 from pheanq.config import Settings, load_settings
-from pheanq.description import TaskDescription
+from pheanq.description import Chain, TaskDescription
+from pheanq.dispatch import WorkPackage
 from pheanq.errors import (
     ConfigError,
     InvalidInput,
@@ -23,8 +21,10 @@ from pheanq.errors import (
     TubeUnavailable,
     WrongStatus,
 )
+from pheanq.producer.batch import Batch, BatchProgress
+from pheanq.producer.cancel import CancelResult
+from pheanq.producer.service import TaskQueueService, default_service, queue_task
 from pheanq.retry import Retry
-from pheanq.service import TaskQueueService, WorkPackage, default_service, queue_task
 from pheanq.status import Status
 
 __version__ = "0.1.0"

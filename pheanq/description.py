@@ -1,14 +1,17 @@
-"""What a task runs: a registered command name, its arguments and options; the JSON codec; argv building."""
+"""What a task runs: a registered command name, its arguments and options; chains of them; argv building.
+
+A chain, `a.then(b).then(c)`, runs b once a is done and c once b is done. It is queued in one
+transaction: its first task `new` (or `waiting`, when it waits for tasks given with `after=`), each later
+one `waiting` for the one before. If a step fails (after its retries) or is cancelled, every later step
+ends `upstream_failed` with a log line that names that step.
+"""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
-from pheanq import signing
 from pheanq.errors import InvalidInput
 
 Argument = str | int
@@ -18,16 +21,6 @@ OptionValue = str | int | bool
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9_:.-]+\Z")
 # An option name never starts with "-": "--" is added in front of it.
 OPTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
-
-# beanstalkd's default max-job-size (-z); a larger body would be refused by the server.
-MAX_BODY_BYTES = 65535
-BODY_VERSION = 1
-# The largest id the task table can hold (a signed 64-bit integer); a body naming a larger one is not ours.
-MAX_TASK_ID = 2**63 - 1
-
-
-if TYPE_CHECKING:
-    from pheanq.chain import Chain
 
 
 class TaskDescription:
@@ -65,8 +58,6 @@ class TaskDescription:
 
     def then(self, step: TaskDescription) -> Chain:
         """A chain: `step` runs once this task is done (queue it with `TaskQueueService.queue_chain`)."""
-        from pheanq.chain import Chain
-
         return Chain((self,)).then(step)
 
     @property
@@ -111,91 +102,30 @@ class TaskDescription:
                f"options={self.options!r})"
 
 
+class Chain:
+    """Task descriptions that run one after another. Build one with `TaskDescription.then`."""
+
+    def __init__(self, steps: tuple[TaskDescription, ...]) -> None:
+        self.steps = steps
+
+    def then(self, step: TaskDescription) -> Chain:
+        if not isinstance(step, TaskDescription):
+            raise InvalidInput(f"then() takes a TaskDescription, not {type(step).__name__}")
+        return Chain((*self.steps, step))
+
+    def __iter__(self) -> Iterator[TaskDescription]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        return " -> ".join(step.command for step in self.steps)
+
+
 def build_argv(prefix: Iterable[str], description: TaskDescription) -> list[str]:
     """The child's argv: the registered prefix, then arguments and options; never a shell string."""
     return [*prefix, *description.command_line()]
-
-
-@dataclass(frozen=True)
-class JobBody:
-    """What travels through beanstalkd: a pointer to the row, plus the description for inspection."""
-
-    task_id: int
-    description: TaskDescription
-
-
-class MalformedBody(InvalidInput):
-    """A job body that is not a pheanq job."""
-
-
-def encode_body(task_id: int, description: TaskDescription, secret: str | None = None) -> bytes:
-    """The job body for a task; signed (see `pheanq.signing`) when a secret is given."""
-    body = json.dumps({"pheanq": BODY_VERSION, "task_id": task_id, "description": description.to_data()},
-                      separators=(",", ":"), ensure_ascii=False).encode()
-    if secret is not None:
-        body = signing.sign(body, secret)
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInput(f"the task description is {len(body)} bytes as a job body; beanstalkd takes at "
-                           f"most {MAX_BODY_BYTES}: pass an id and load the data in the command instead")
-    return body
-
-
-def decode_body(raw: bytes, secret: str | None = None) -> JobBody:
-    """Parse a job body, or raise MalformedBody saying what is wrong with it.
-
-    With a secret, only a body signed with it is read: its signature is checked on the raw bytes
-    first, and what is parsed is exactly the bytes the signature covers. Without one, a signed
-    body's `hmac` is ignored, so producers can start signing before workers start checking.
-    """
-    if len(raw) > MAX_BODY_BYTES + signing.SIGNATURE_BYTES:
-        # pheanq never writes one this big (a beanstalkd with a larger -z lets other clients put it).
-        raise MalformedBody(f"too big: {len(raw)} bytes, a pheanq job body has at most "
-                            f"{MAX_BODY_BYTES + signing.SIGNATURE_BYTES} ({_preview(raw)})")
-    payload = raw if secret is None else _verified(raw, secret)
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedBody(f"not JSON ({_preview(raw)})") from None
-    except RecursionError:
-        raise MalformedBody(f"JSON nested too deeply ({_preview(raw)})") from None
-    version = data.get("pheanq") if isinstance(data, dict) else None
-    if type(version) is not int or version != BODY_VERSION:  # not true, not 1.0
-        raise MalformedBody(f"not a pheanq job body ({_preview(raw)})")
-    task_id = data.get("task_id")
-    if not isinstance(task_id, int) or isinstance(task_id, bool) or not 0 < task_id <= MAX_TASK_ID:
-        raise MalformedBody(f"task_id is not a positive integer ({_preview(raw)})")
-    try:
-        description = TaskDescription.from_data(data.get("description", {}))
-    except InvalidInput as error:
-        raise MalformedBody(f"task {task_id}: {error}") from None
-    return JobBody(task_id, description)
-
-
-def encode_data(description: TaskDescription) -> str:
-    return json.dumps(description.to_data(), separators=(",", ":"), ensure_ascii=False)
-
-
-def decode_data(text: str) -> TaskDescription:
-    try:
-        return TaskDescription.from_data(json.loads(text))
-    except ValueError as error:
-        raise InvalidInput(f"stored task data is not valid: {error}") from None
-
-
-def _verified(raw: bytes, secret: str) -> bytes:
-    try:
-        return signing.verify(raw, secret)
-    except signing.Unsigned:
-        raise MalformedBody(f"unsigned job body: a secret is configured, so every job must be signed "
-                            f"({_preview(raw)})") from None
-    except signing.WrongSignature as error:
-        # The message says why, never what the signature should have been.
-        raise MalformedBody(f"wrong signature: {error} ({_preview(raw)})") from None
-
-
-def _preview(raw: bytes, limit: int = 60) -> str:
-    text = raw[:limit].decode("utf-8", errors="replace")
-    return repr(text) + ("..." if len(raw) > limit else "")
 
 
 def _check_command(command: Any) -> str:

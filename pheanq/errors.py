@@ -1,4 +1,5 @@
-"""The errors pheanq raises on purpose; each one's message is one line a person can act on."""
+"""Every error pheanq raises on purpose, in one tree; each one's message is one line a person can act on,
+and `exit_code` is what the CLI exits with."""
 
 from __future__ import annotations
 
@@ -15,14 +16,24 @@ class InvalidInput(PheanqError, ValueError):
     exit_code = 2
 
 
-def check_whole_number(name: str, value: object, low: int, high: int) -> None:
-    """InvalidInput naming `name` unless `value` is an int (not a bool) from `low` to `high`."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")
-
-
 class ConfigError(InvalidInput):
     """A setting is wrong: bad URL, unreadable toml, unknown key."""
+
+
+class MalformedBody(InvalidInput):
+    """A job body that is not a pheanq job: a worker buries it, with this message as the reason."""
+
+
+class SignatureError(MalformedBody):
+    """A body that a worker with a secret must not run (see pheanq.body)."""
+
+
+class Unsigned(SignatureError):
+    """The body carries no signature at all."""
+
+
+class WrongSignature(SignatureError):
+    """The body carries a signature, but not a valid one for this secret."""
 
 
 class NotFound(PheanqError, LookupError):
@@ -56,6 +67,10 @@ class TaskNotSent(TubeUnavailable):
         super().__init__(f"task {task_id} is recorded as {status} but not sent to beanstalkd yet ({reason}); "
                          "`pheanq reconcile` (run by every worker-tender) sends it when beanstalkd answers")
         self.task_id = task_id
+
+
+class TenderRunning(PheanqError):
+    """Another worker-tender already serves these tubes on this machine."""
 
 
 class TaskPendingWarning(UserWarning):

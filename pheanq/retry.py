@@ -14,11 +14,11 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from pheanq.errors import InvalidInput, check_whole_number
+from pheanq import tasklog
+from pheanq.errors import InvalidInput
+from pheanq.limits import MAX_ATTEMPTS, MAX_SECONDS, check_whole_number
 
 BACKOFFS = ("fixed", "exponential")
-MAX_ATTEMPTS = 1000
-MAX_DELAY = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +39,8 @@ class Retry:
         check_whole_number("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
         if self.backoff not in BACKOFFS:
             raise InvalidInput(f"backoff must be one of {', '.join(BACKOFFS)}, not {self.backoff!r}")
-        check_whole_number("retry delay", self.delay, 0, MAX_DELAY)
-        check_whole_number("retry cap", self.cap, 0, MAX_DELAY)
+        check_whole_number("retry delay", self.delay, 0, MAX_SECONDS)
+        check_whole_number("retry cap", self.cap, 0, MAX_SECONDS)
         if not isinstance(self.jitter, bool):
             raise InvalidInput(f"jitter must be true or false, not {self.jitter!r}")
         if isinstance(self.non_retryable, (str, bytes)) or not isinstance(self.non_retryable, Iterable):
@@ -100,11 +100,11 @@ def after_failure(policy_json: str | None, attempt: int, exit_code: int | None) 
     policy = Retry.from_json(policy_json)
     if policy.retries_after(attempt, exit_code):
         wait = policy.delay_after(attempt)
-        return NextStep(wait, f"--- retrying in {wait}s (attempt {attempt + 1} of {policy.max_attempts})\n")
+        return NextStep(wait, tasklog.retrying(wait, attempt + 1, policy.max_attempts))
     if policy.max_attempts == 1:
         return NextStep(None, "")
     why = "attempts used up" if attempt >= policy.max_attempts else f"exit code {exit_code} is not retried"
-    return NextStep(None, f"--- not retried: {why} (attempt {attempt} of {policy.max_attempts})\n")
+    return NextStep(None, tasklog.not_retried(why, attempt, policy.max_attempts))
 
 
 def parse_exit_codes(text: str) -> frozenset[int]:

@@ -1,7 +1,7 @@
 """Benchmark pheanq against a bare greenstalk + SQLAlchemy loop that makes the same writes.
 
 Two measurements, each on SQLite (a fresh temp database file, upgraded with
-pheanq.migrate.upgrade_database) and a fresh beanstalkd on a free loopback port,
+pheanq.storage.migrate.upgrade_database) and a fresh beanstalkd on a free loopback port,
 for every run of every side:
 
 1. queue_task: tasks/s of ``TaskQueueService.queue_task(TaskDescription("true"))``,
@@ -160,8 +160,8 @@ def beanstalkd() -> Iterator[tuple[str, int]]:
 
 def fresh_database(directory: Path, name: str) -> str:
     """A new SQLite file with pheanq's schema, made by pheanq's own migrations."""
-    from pheanq.migrate import upgrade_database
-    from pheanq.store import Store
+    from pheanq.storage import Store
+    from pheanq.storage.migrate import upgrade_database
 
     url = f"sqlite:///{directory / name}"
     store = Store(url)
@@ -218,7 +218,7 @@ def pheanq_queue(url: str, address: tuple[str, int], tasks: int) -> float:
     """Seconds pheanq takes to queue `tasks` tasks."""
     from pheanq.config import Settings
     from pheanq.description import TaskDescription
-    from pheanq.service import TaskQueueService
+    from pheanq.producer.service import TaskQueueService
 
     service = TaskQueueService(Settings(database_url=url, beanstalkd=address))
     try:
@@ -328,7 +328,7 @@ class Workbench:
 def pheanq_e2e(bench: Workbench, tasks: int) -> float:
     from pheanq.config import Settings
     from pheanq.description import TaskDescription
-    from pheanq.service import TaskQueueService
+    from pheanq.producer.service import TaskQueueService
 
     service = TaskQueueService(Settings(database_url=bench.url, beanstalkd=bench.address))
     try:

@@ -5,7 +5,7 @@ For each run of each side, on a fresh SQLite database and a fresh beanstalkd:
 1. plan: pheanq's ``Batch.add_many`` queues N tasks 500 at a time (one INSERT ... RETURNING and one
    transaction per chunk, then a put per task and one executemany UPDATE of the job ids per chunk); the
    baseline makes the same inserts, puts and updates with SQLAlchemy and greenstalk directly, with no
-   batch row, no validation and no signing.
+   batch row, no validation and no codec.
 2. progress: one read of the batch's counts (pheanq: ``Batch.progress``; baseline: one GROUP BY).
 3. cancel: pheanq's ``Batch.cancel`` (one UPDATE per 500 tasks, each task's end settled, its job deleted);
    the baseline UPDATEs the same pages and deletes the same jobs.
@@ -34,7 +34,7 @@ Times = dict[str, float]
 def pheanq_side(url: str, address: tuple[str, int], tasks: int) -> Times:
     from pheanq import TaskDescription
     from pheanq.config import load_settings
-    from pheanq.service import TaskQueueService
+    from pheanq.producer.service import TaskQueueService
 
     service = TaskQueueService(load_settings({"database_url": url, "beanstalkd": f"{address[0]}:{address[1]}"},
                                              environ={}))

@@ -28,14 +28,14 @@ import sqlalchemy as sa
 from bench import TUBE, bare_engine, beanstalkd, fresh_database, measured_runs
 
 if TYPE_CHECKING:
-    from pheanq.service import TaskQueueService
+    from pheanq.producer.service import TaskQueueService
 
 PAGE = 500
 
 
 def pheanq_service(url: str, address: tuple[str, int]) -> TaskQueueService:
     from pheanq.config import load_settings
-    from pheanq.service import TaskQueueService
+    from pheanq.producer.service import TaskQueueService
 
     return TaskQueueService(load_settings({"database_url": url, "beanstalkd": f"{address[0]}:{address[1]}"},
                                           environ={}))
@@ -51,11 +51,11 @@ def queue_backlog(url: str, address: tuple[str, int], tasks: int) -> None:
 
 
 def pheanq_pass(url: str, address: tuple[str, int], expect_sent: int) -> float:
-    from pheanq.reconcile import reconcile
+    from pheanq.ops.reconcile import reconcile
 
     service = pheanq_service(url, address)
     started = time.perf_counter()
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     seconds = time.perf_counter() - started
     service.close()
     if report.sent_again != expect_sent:

@@ -55,7 +55,7 @@ import sqlalchemy as sa
 
 from pheanq import TaskDescription, TaskPendingWarning, TaskQueueService, load_settings
 from pheanq.errors import PheanqError
-from pheanq.store import create_engine
+from pheanq.storage.engine import create_engine
 
 DEFAULT_TASKS = 2000
 DEFAULT_HOSTILE = 1000

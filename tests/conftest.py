@@ -20,10 +20,11 @@ from sqlalchemy.engine import make_url
 from support import Beanstalkd, WorkerProcess, write_config
 
 from pheanq.config import load_settings
-from pheanq.migrate import upgrade_database
-from pheanq.service import TaskQueueService
-from pheanq.store import Store, create_engine
-from pheanq.tables import metadata
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage import Store
+from pheanq.storage.engine import create_engine
+from pheanq.storage.migrate import upgrade_database
+from pheanq.storage.tables import metadata
 
 SERVER_URLS = {
     "postgresql": os.environ.get("PHEANQ_TEST_POSTGRES_URL"),
@@ -42,7 +43,7 @@ def beanstalkd() -> Iterator[Beanstalkd]:
 def _clear(url: str) -> None:
     """Empty pheanq's tables on a shared server database between tests."""
     store = Store(url)
-    with store.transaction() as conn:
+    with store.database.transaction() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(table.delete())
     store.close()

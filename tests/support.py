@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pheanq.child import process_ended
 from pheanq.config import Settings, load_settings
+from pheanq.producer.service import TaskQueueService
+from pheanq.worker.child import process_ended
+from pheanq.worker.claims import TaskClaims
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
@@ -220,12 +222,12 @@ def server_database_urls() -> dict[str, str]:
 
 def drop_pheanq_tables(url: str) -> None:
     """Make `url` a never-upgraded database again: pheanq's table and its alembic version table dropped."""
-    from pheanq.store import Store
-    from pheanq.tables import metadata
+    from pheanq.storage import Store
+    from pheanq.storage.tables import metadata
 
     store = Store(url)
     try:
-        with store.engine.begin() as conn:
+        with store.database.engine.begin() as conn:
             for name in [*metadata.tables, "pheanq_alembic_version"]:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
     finally:
@@ -398,3 +400,8 @@ def kill_worker_once_its_command_exited(sqlite_url: str, tender: TenderProcess, 
     finally:
         database.rollback()
         database.close()
+
+
+def claims(service: TaskQueueService) -> TaskClaims:
+    """The worker's side of `service`: reserve and claim tasks, and record how their attempts ended."""
+    return TaskClaims(service.dispatch)

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 from conftest import DATABASES
-from support import WorkerProcess, pheanq, wait_for, write_config
+from support import WorkerProcess, claims, pheanq, wait_for, write_config
 
 from pheanq import Batch, NotFound, Status, TaskDescription, WrongStatus
-from pheanq.batch import CHUNK_SIZE, BatchProgress
-from pheanq.service import TaskQueueService
-from pheanq.store_flow import Ends
+from pheanq.limits import PAGE_SIZE
+from pheanq.producer.batch import BatchProgress
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.workflows import Ends
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -28,13 +29,13 @@ def run_all(service: TaskQueueService, fail: set[str] = frozenset()) -> list[str
     """Run every ready task in this process as a worker would; those whose first argument is in `fail` fail.
     Returns the first arguments in the order run."""
     ran = []
-    while (package := service.reserve_task("pheanq", timeout=1)) is not None:
+    while (package := claims(service).reserve_task("pheanq", timeout=1)) is not None:
         name = str(package.description.arguments[0]) if package.description.arguments else ""
         ran.append(name)
         if name in fail:
-            service.mark_failed(package, None, 1)
+            claims(service).mark_failed(package, None, 1)
         else:
-            service.mark_done(package, None)
+            claims(service).mark_done(package, None)
     return ran
 
 
@@ -75,9 +76,9 @@ def test_the_first_failure_runs_catch_and_the_end_runs_finally_but_not_then(
     batch = with_callbacks(service)
     batch.add_many(TaskDescription("work", [f"t{n}"]) for n in range(4))
     batch.close()
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None
-    service.mark_failed(package, None, 1)
+    claims(service).mark_failed(package, None, 1)
     progress = batch.progress()
     assert (progress.state, progress.failed, progress.pending) == ("running", 1, 3)
     assert progress.callbacks["catch"] is not None and progress.callbacks["finally"] is None
@@ -114,9 +115,9 @@ def test_cancelling_a_batch_cancels_what_has_not_ended_and_runs_finally(
     service = make_service(db_url)
     batch = with_callbacks(service)
     batch.add_many(TaskDescription("work", [f"t{n}"]) for n in range(6))
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None
-    service.mark_done(package, None)
+    claims(service).mark_done(package, None)
     assert batch.cancel(by="ops") == 5
     progress = batch.progress()
     assert (progress.state, progress.done, progress.cancelled, progress.pending) == ("finished", 1, 5, 0)
@@ -160,9 +161,9 @@ def test_a_batch_of_10000_tasks_is_planned_lazily_and_reported_while_workers_run
 
     def descriptions() -> Iterator[TaskDescription]:
         for n in range(10_000):
-            if n == CHUNK_SIZE * 2:
+            if n == PAGE_SIZE * 2:
                 # Planned in chunks: the first ones are queued before the rest is even made.
-                assert batch.progress().total == CHUNK_SIZE * 2
+                assert batch.progress().total == PAGE_SIZE * 2
             next(taken)
             yield TaskDescription("work", [n])
 
@@ -201,9 +202,9 @@ def test_regenerating_a_failed_task_counts_it_pending_again_until_its_batch_has_
     with service.create_batch() as batch:
         failing = batch.add(TaskDescription("work", ["bad"]))
         batch.add(TaskDescription("work", ["good"]))
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None and package.task_id == failing
-    service.mark_failed(package, None, 1)
+    claims(service).mark_failed(package, None, 1)
     assert batch.progress().failed == 1
     service.regenerate_task(failing)                # the batch is still running: it counts as pending again
     assert (batch.progress().failed, batch.progress().pending) == (0, 2)
@@ -220,9 +221,9 @@ def test_task_cleanup_during_a_batch_keeps_its_tasks_and_then_still_runs(
     service = make_service(db_url)
     with with_callbacks(service) as batch:
         batch.add_many(TaskDescription("work", [f"t{n}"]) for n in range(3))
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None
-    service.mark_done(package, None)
+    claims(service).mark_done(package, None)
     assert service.clean_up_tasks(0) == 0          # the batch still runs: its done task is kept
     assert sorted(run_all(service)) == ["finally", "t1", "t2", "then"]
     progress = batch.progress()
@@ -242,7 +243,7 @@ def test_the_last_two_tasks_of_a_batch_ending_together_queue_then_once(
     first, second = make_service(db_url), make_service(db_url)
     with with_callbacks(first) as batch:
         batch.add_many(TaskDescription("work", [f"t{n}"]) for n in range(2))
-    packages = [first.reserve_task("pheanq", timeout=5), second.reserve_task("pheanq", timeout=5)]
+    packages = [claims(first).reserve_task("pheanq", timeout=5), claims(second).reserve_task("pheanq", timeout=5)]
     assert None not in packages
     first_waits, second_done = threading.Event(), threading.Event()
     close = Ends.close
@@ -257,10 +258,10 @@ def test_the_last_two_tasks_of_a_batch_ending_together_queue_then_once(
 
     def end_second() -> None:
         assert first_waits.wait(30)
-        second.mark_done(packages[1], None)  # type: ignore[arg-type]
+        claims(second).mark_done(packages[1], None)  # type: ignore[arg-type]
         second_done.set()
 
-    threads = [threading.Thread(target=lambda: first.mark_done(packages[0], None), name="first"),  # type: ignore[arg-type]
+    threads = [threading.Thread(target=lambda: claims(first).mark_done(packages[0], None), name="first"),  # type: ignore[arg-type]
                threading.Thread(target=end_second, name="second")]
     for thread in threads:
         thread.start()

@@ -24,13 +24,13 @@ from typing import Any
 
 import greenstalk
 import pytest
-from support import Beanstalkd, WorkerProcess, one_error_line, pheanq, wait_for, write_config
+from support import Beanstalkd, WorkerProcess, claims, one_error_line, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.description import encode_body, encode_data
-from pheanq.reconcile import reconcile
-from pheanq.service import TaskQueueService
-from pheanq.store import NewTask
+from pheanq.body import encode_body, encode_data
+from pheanq.ops.reconcile import reconcile
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.tasks import NewTask
 
 TUBE = "pheanq"  # the default tube
 MAX_JOB_BYTES = 1 << 20
@@ -101,7 +101,7 @@ def bury_through_service(service: TaskQueueService, server: Beanstalkd, body: by
     with client_of(server, tube) as client:
         job_id = client.put(body)
     before = buried_count(server, tube)
-    assert service.reserve_task(tube, timeout=0) is None
+    assert claims(service).reserve_task(tube, timeout=0) is None
     assert buried_count(server, tube) == before + 1
     assert job_state(server, job_id) == "buried"
     return job_id
@@ -224,8 +224,9 @@ def test_a_body_bigger_than_pheanqs_limit_is_buried_even_when_it_names_a_real_ro
     write_config(tmp_path, commands={"record": record_command(tmp_path, runs)})
     service = make_service(sqlite_url)
     # A real row with a registered command and no job, so that the only thing wrong with the body is its size.
-    task_id = service.store.insert_task(NewTask("record", encode_data(TaskDescription("record", ["big"])), TUBE, 1024,
-                                                     60)).task_id
+    tasks = service.store.tasks
+    task_id = tasks.insert_task(NewTask("record", encode_data(TaskDescription("record", ["big"])), TUBE, 1024,
+                                60)).task_id
     body = pheanq_body(task_id, "record", ["x" * 70_000])
     assert len(body) > 65_535
     with client_of(beanstalkd) as client:
@@ -286,7 +287,7 @@ def test_kick_and_delete_by_id_and_all_and_kick_all_never_kicks_a_delayed_job(
         delayed = client.put(b"a delayed job", delay=3600)
 
     def recorded_ids() -> set[int]:
-        return {row.job_id for row in service.store.list_buried(service.tube.name, TUBE)}
+        return {row.job_id for row in service.store.admin.list_buried(service.beanstalkd.server, TUBE)}
 
     assert recorded_ids() == set(recorded)
     result = pheanq(["buried", "kick", str(recorded[0])], env, tmp_path)
@@ -312,7 +313,7 @@ def test_kick_and_delete_by_id_and_all_and_kick_all_never_kicks_a_delayed_job(
     assert (stats["current-jobs-ready"], stats["current-jobs-delayed"], stats["current-jobs-buried"]) == (3, 1, 0)
 
     # The ready ones buried again by the service (one reserve takes every bad job in a row), then all deleted.
-    assert service.reserve_task(TUBE, timeout=0) is None
+    assert claims(service).reserve_task(TUBE, timeout=0) is None
     assert buried_count(beanstalkd) == 3
     assert recorded_ids() == {recorded[0], recorded[2], foreign}  # the foreign body is not JSON: now it has a reason
     result = pheanq(["buried", "delete", "--all"], env, tmp_path)
@@ -382,7 +383,7 @@ def test_an_unregistered_command_is_buried_with_its_row_kept_and_runs_once_when_
     assert (row.status, row.attempts, row.job_id) == (Status.NEW, 0, job_id)
     assert "command 'later' is not registered" in line_of(listing(env, tmp_path), job_id)
     # The buried job is the task's live job: the reconciler must not send a second one.
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert (report.checked, report.alive, report.sent_again) == (1, 1, 0)
     unaware.signal(signal.SIGTERM)
     assert unaware.wait(15) == 0, unaware.log
@@ -402,7 +403,7 @@ def test_an_unregistered_command_is_buried_with_its_row_kept_and_runs_once_when_
     assert service.find_task(task_id).attempts == 1
     assert aware.lines == ["READY", f"BUSY {task_id}", "READY"]
     assert listing(env, tmp_path) == f"tube {TUBE}: no buried job\n"
-    assert service.store.list_buried(service.tube.name, TUBE) == []
+    assert service.store.admin.list_buried(service.beanstalkd.server, TUBE) == []
 
 
 # --- a reason recorded before a restart without binlog -----------------------------------------------------------

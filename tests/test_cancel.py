@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from support import WorkerProcess, pheanq, wait_for, write_config
+from support import WorkerProcess, claims, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.service import TaskQueueService
+from pheanq.producer.service import TaskQueueService
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -27,22 +27,22 @@ def test_a_queued_task_is_cancelled_and_its_job_leaves_the_tube(db_url: str, mak
     service = make_service(db_url)
     task_id = service.queue_task(TaskDescription("work", [1]))
     job_id = service.find_task(task_id).job_id
-    assert job_id is not None and service.tube.inspect(job_id) is not None
+    assert job_id is not None and service.beanstalkd.inspect(job_id) is not None
     result = service.cancel_task(task_id, by="alice")
     assert (result.cancelled, result.was) == (True, Status.NEW)
     row = service.find_task(task_id)
     assert row.status is Status.CANCELLED and row.finished is not None
     assert row.log is not None and row.log.startswith("--- cancelled by alice at 20")
-    assert service.tube.inspect(job_id) is None
-    assert service.reserve_task("pheanq", timeout=1) is None
+    assert service.beanstalkd.inspect(job_id) is None
+    assert claims(service).reserve_task("pheanq", timeout=1) is None
 
 
 def test_a_task_that_has_ended_is_not_cancelled(db_url: str, make_service: MakeService) -> None:
     service = make_service(db_url)
     task_id = service.queue_task(TaskDescription("work", [1]))
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None
-    service.mark_done(package, None)
+    claims(service).mark_done(package, None)
     result = service.cancel_task(task_id)
     assert (result.cancelled, result.was) == (False, Status.DONE)
     assert result.message == f"task {task_id} is done: it has ended, nothing to cancel"
@@ -73,7 +73,7 @@ def test_a_running_task_is_stopped_by_its_worker_within_seconds(
              "the worker to note the stopped attempt")
     log = service.find_task(task_id).log or ""
     assert "--- attempt 1 on" in log and ": stopped after" in log and "goes back to its tube" not in log
-    assert service.tube.inspect(row.job_id or 0) is None
+    assert service.beanstalkd.inspect(row.job_id or 0) is None
     # The worker goes on with the next task.
     wait_for(lambda: service.status_of(follower) is Status.DONE, 20, "the next task")
     worker.stop()

@@ -1,4 +1,4 @@
-"""pheanq.child runs a command as a real child process and never lets it, or what it started, outlive the task.
+"""pheanq.worker.child runs a command as a real child process and never lets it, or what it started, outlive the task.
 
 Proved here with real processes and real signals: exit codes (normal, non-zero, killed), stdout and stderr
 captured together in bounded memory (a 50 MB flood costs the parent almost nothing), the whole tree stopped
@@ -22,8 +22,8 @@ import psutil
 from support import WorkerProcess, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.child import BoundedOutput, run_child, stop_tree
-from pheanq.service import TaskQueueService
+from pheanq.producer.service import TaskQueueService
+from pheanq.worker.child import BoundedOutput, run_child, stop_tree
 
 MB = 1024 * 1024
 ENV = dict(os.environ)

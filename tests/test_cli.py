@@ -17,15 +17,15 @@ import pytest
 import sqlalchemy as sa
 from alembic import command as alembic_command
 from alembic.script import ScriptDirectory
-from support import Beanstalkd, drop_pheanq_tables, one_error_line, pheanq, server_database_urls
+from support import Beanstalkd, claims, drop_pheanq_tables, one_error_line, pheanq, server_database_urls
 
 from pheanq import Status, TaskDescription
 from pheanq.cli import cli
-from pheanq.example import ANNOUNCEMENT
-from pheanq.migrate import _alembic_config, upgrade_database
-from pheanq.service import TaskQueueService
-from pheanq.store import Store
-from pheanq.tables import task_table
+from pheanq.producer.example import ANNOUNCEMENT
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage import Store
+from pheanq.storage.migrate import _alembic_config, upgrade_database
+from pheanq.storage.tables import task_table
 
 DESCRIPTION = TaskDescription("invoice", [42, "a b"], {"send": True})
 Run = subprocess.CompletedProcess[str]
@@ -63,12 +63,12 @@ def never_upgraded_url(request: pytest.FixtureRequest, tmp_path: Path,
 def _queue_and_finish(service: TaskQueueService, tube: str, *, done: bool, log: str | None = None,
                       exit_code: int | None = None) -> int:
     task_id = service.queue_task(DESCRIPTION, tube=tube)
-    package = service.reserve_task(tube, timeout=0)
+    package = claims(service).reserve_task(tube, timeout=0)
     assert package is not None and package.task_id == task_id
     if done:
-        assert service.mark_done(package, log)
+        assert claims(service).mark_done(package, log)
     else:
-        assert service.mark_failed(package, log, exit_code)
+        assert claims(service).mark_failed(package, log, exit_code)
     return task_id
 
 
@@ -77,7 +77,7 @@ def _status_fixture(service: TaskQueueService) -> None:
     _queue_and_finish(service, "pheanq", done=True)
     working = service.queue_task(DESCRIPTION)
     service.queue_task(DESCRIPTION)
-    package = service.reserve_task("pheanq", timeout=0)
+    package = claims(service).reserve_task("pheanq", timeout=0)
     assert package is not None and package.task_id == working
     _queue_and_finish(service, "other", done=False)
 
@@ -93,7 +93,7 @@ def test_status_counts_tasks_per_tube_and_status_beside_beanstalkds_figures(
 
     report = json.loads(as_json.stdout)
     assert report["database"] == service.store.safe_url
-    assert report["beanstalkd"] == service.tube.name
+    assert report["beanstalkd"] == service.beanstalkd.server
     assert report["beanstalkd_error"] is None
     assert set(report["tubes"]) == {"pheanq", "other"}
     zero = {status.value: 0 for status in Status}
@@ -106,7 +106,7 @@ def test_status_counts_tasks_per_tube_and_status_beside_beanstalkds_figures(
     assert (other_jobs["current-jobs-ready"], other_jobs["current-jobs-reserved"]) == (0, 0)
 
     lines = as_text.stdout.splitlines()
-    assert lines[0] == f"database {service.store.safe_url}   beanstalkd {service.tube.name}"
+    assert lines[0] == f"database {service.store.safe_url}   beanstalkd {service.beanstalkd.server}"
     header = lines[2].split()
     assert header == ["tube", *(s.value for s in Status), "|", "ready", "reserved", "delayed", "buried",
                       "watching"]
@@ -162,7 +162,7 @@ def test_show_prints_a_task_with_its_log_as_text_and_json(
         "id": task_id, "command": "invoice", "tube": "pheanq", "status": "failed", "exit_code": 3, "attempts": 1,
         "job_id": row.job_id, "log": log}
     assert report["command_line"] == "invoice 42 'a b' --send"
-    assert report["worker"] == service.worker_name
+    assert report["worker"] == service.dispatch.worker_name
     assert report["created"].endswith("Z") and report["finished"].endswith("Z")
 
     text = as_text.stdout.splitlines()
@@ -181,7 +181,7 @@ def test_a_database_left_at_an_older_revision_gets_run_db_upgrade_not_a_tracebac
 ) -> None:
     store = Store(sqlite_url)
     config = _alembic_config()
-    with store.transaction() as conn:  # back to the first revision: the task table, not the pool table
+    with store.database.transaction() as conn:  # back to the first revision: the task table, not the pool table
         config.attributes["connection"] = conn
         alembic_command.downgrade(config, "0001")
     store.close()
@@ -217,8 +217,8 @@ def test_db_upgrade_creates_the_table_on_an_empty_database_and_a_second_run_chan
 
     store = Store(never_upgraded_url)
     try:
-        assert store.count_tasks() == []
-        assert sa.inspect(store.engine).has_table("pheanq_task")
+        assert store.tasks.count_tasks() == []
+        assert sa.inspect(store.database.engine).has_table("pheanq_task")
     finally:
         store.close()
 
@@ -283,7 +283,7 @@ def test_task_cleanup_deletes_done_tasks_older_than_the_period(
     recent = _queue_and_finish(service, "pheanq", done=True)
     failed = _queue_and_finish(service, "pheanq", done=False)
     long_ago = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(hours=3)
-    with service.store.transaction() as conn:
+    with service.store.database.transaction() as conn:
         conn.execute(sa.update(task_table).where(task_table.c.id.in_([old, failed])).values(finished=long_ago))
     cleaned, negative = run_all([["task-cleanup", "--period", "3600"], ["task-cleanup", "--period", "-1"]],
                                 make_env(db_url), tmp_path)
@@ -305,13 +305,13 @@ def test_add_example_task_queues_as_many_tasks_as_asked_and_prints_their_ids(
     first, last = int(found[1]), int(found[2])
     assert last - first + 1 == 150
     service = make_service(sqlite_url)
-    assert service.store.count_tasks() == [("pheanq", Status.NEW, 150)]
+    assert service.store.tasks.count_tasks() == [("pheanq", Status.NEW, 150)]
     for task_id in (first, first + 75, last):
         row = service.find_task(task_id)
         assert (row.command, row.status, row.tube) == ("example-task-worker", Status.NEW, "pheanq")
         assert row.job_id is not None
-    assert service.tube.tube_stats("pheanq") is not None
-    assert (service.tube.tube_stats("pheanq") or {})["current-jobs-ready"] == 150
+    assert service.beanstalkd.tube_stats("pheanq") is not None
+    assert (service.beanstalkd.tube_stats("pheanq") or {})["current-jobs-ready"] == 150
 
     other = pheanq(["add-example-task", "--use-tube", "examples"], make_env(sqlite_url), tmp_path)
     assert other.returncode == 0, other.stderr

@@ -17,8 +17,8 @@ from support import WorkerProcess, one_error_line, pheanq, write_config
 from pheanq import Status, TaskDescription
 from pheanq.config import Settings, load_settings
 from pheanq.errors import ConfigError
-from pheanq.service import TaskQueueService
-from pheanq.store import Store
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage import Store
 
 # key, its environment variable, then the value each layer gives and the setting it makes
 # (toml value, env value, flag value), (default, from toml, from env, from flag).

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, pheanq, register_work_script, wait_for
+from support import WorkerProcess, claims, pheanq, register_work_script, wait_for
 
 from pheanq import InvalidInput, NotFound, Retry, Status, TaskDescription
-from pheanq.description import encode_data
-from pheanq.reconcile import reconcile
-from pheanq.service import TaskQueueService, WorkPackage
-from pheanq.store import NewTask
+from pheanq.body import encode_data
+from pheanq.dispatch import WorkPackage
+from pheanq.ops.reconcile import reconcile
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.tasks import NewTask
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -36,12 +37,12 @@ with runs.open("a") as out:
 
 def run_one(service: TaskQueueService, done: bool = True) -> WorkPackage:
     """Reserve the next task in this process and record it done (or failed), as a worker would."""
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None
     if done:
-        service.mark_done(package, "--- ran in the test\n")
+        claims(service).mark_done(package, "--- ran in the test\n")
     else:
-        service.mark_failed(package, "--- failed in the test\n", 1)
+        claims(service).mark_failed(package, "--- failed in the test\n", 1)
     return package
 
 
@@ -51,15 +52,15 @@ def done_parent_and_unsettled_child(service: TaskQueueService) -> tuple[int, int
     inserted without the settling that follows a normal queue_task."""
     parent = service.queue_task(TaskDescription("work", [1]))
     run_one(service)
-    child = service.store.insert_task(NewTask("work", encode_data(TaskDescription("work", [2])), "pheanq", 1024, 60,
-                                              after=(parent,))).task_id
+    child = service.store.tasks.insert_task(NewTask("work", encode_data(TaskDescription("work", [2])), "pheanq",
+                                                    1024, 60, after=(parent,))).task_id
     assert (service.status_of(parent), service.status_of(child)) == (Status.DONE, Status.WAITING)
     return parent, child
 
 
 def job_state(service: TaskQueueService, task_id: int) -> str | None:
     row = service.find_task(task_id)
-    info = None if row.job_id is None else service.tube.inspect(row.job_id)
+    info = None if row.job_id is None else service.beanstalkd.inspect(row.job_id)
     return None if info is None else info.state
 
 
@@ -131,7 +132,7 @@ def test_waiting_for_a_task_that_does_not_exist_is_refused_before_anything_is_wr
         service.queue_task(TaskDescription("work", [1]), after=[404])
     with pytest.raises(InvalidInput, match="a task id to wait for must be a whole number"):
         service.queue_task(TaskDescription("work", [1]), after=["1"])  # type: ignore[list-item]
-    assert service.store.count_tasks() == []
+    assert service.store.tasks.count_tasks() == []
 
 
 def test_a_chain_reads_as_then_and_is_queued_in_order(db_url: str, make_service: MakeService) -> None:
@@ -199,7 +200,7 @@ def test_the_reconciler_releases_a_task_that_began_waiting_while_its_parent_ende
 ) -> None:
     service = make_service(db_url)
     _, child = done_parent_and_unsettled_child(service)
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert report.workflows == 1 and "settled 1 waiting task(s) and batch(es)" in report.summary()
     assert service.status_of(child) is Status.NEW and job_state(service, child) == "ready"
 
@@ -213,7 +214,7 @@ def test_a_chain_of_a_thousand_steps_whose_first_step_fails_ends_every_step_upst
         chain = chain.then(TaskDescription("work", [n]))  # type: ignore[assignment]
     ids = service.queue_chain(chain)  # type: ignore[arg-type]
     assert run_one(service, done=False).task_id == ids[0]
-    counts = {status: n for _, status, n in service.store.count_tasks()}
+    counts = {status: n for _, status, n in service.store.tasks.count_tasks()}
     assert counts == {Status.FAILED: 1, Status.UPSTREAM_FAILED: 999}
 
 
@@ -224,7 +225,7 @@ def test_task_cleanup_keeps_a_done_parent_until_its_dependant_has_counted_it_off
     parent, child = done_parent_and_unsettled_child(service)
     assert service.clean_up_tasks(0) == 0
     assert service.status_of(parent) is Status.DONE
-    reconcile(service, min_age=0)
+    reconcile(service.dispatch, min_age=0)
     assert service.status_of(child) is Status.NEW
     assert service.clean_up_tasks(0) == 1
     assert service.status_of(parent) is None

@@ -9,17 +9,10 @@ from typing import Any
 
 import pytest
 
-from pheanq.description import (
-    MAX_BODY_BYTES,
-    MalformedBody,
-    TaskDescription,
-    build_argv,
-    decode_body,
-    decode_data,
-    encode_body,
-    encode_data,
-)
-from pheanq.errors import InvalidInput
+from pheanq.body import decode_body, decode_data, encode_body, encode_data
+from pheanq.description import TaskDescription, build_argv
+from pheanq.errors import InvalidInput, MalformedBody
+from pheanq.limits import MAX_BODY_BYTES
 
 
 def test_arguments_of_every_kind_become_argv_items_unquoted() -> None:

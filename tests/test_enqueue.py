@@ -25,11 +25,11 @@ from sqlalchemy.orm import Session
 from support import Beanstalkd, WorkerProcess, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription, TaskPendingWarning
-from pheanq.reconcile import reconcile
-from pheanq.service import TaskQueueService
-from pheanq.store import create_engine
-from pheanq.tables import task_table
-from pheanq.tube import DEFAULT_IO_TIMEOUT
+from pheanq.beanstalkd import DEFAULT_IO_TIMEOUT
+from pheanq.ops.reconcile import reconcile
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.engine import create_engine
+from pheanq.storage.tables import task_table
 
 TUBE = "pheanq"  # the default tube
 TASK = TaskDescription("work", [1])
@@ -61,7 +61,7 @@ def jobs_per_task(server: Beanstalkd, tube: str = TUBE) -> dict[int, int]:
 
 def task_ids(service: TaskQueueService) -> list[int]:
     """Every task id in pheanq's table, in order."""
-    with service.store.transaction() as conn:
+    with service.store.database.transaction() as conn:
         return [int(task_id) for task_id in conn.execute(sa.select(task_table.c.id).order_by(task_table.c.id))
                 .scalars()]
 
@@ -110,7 +110,7 @@ def test_while_beanstalkd_is_down_tasks_are_pending_not_lost_and_the_next_put_th
     assert caught == []
     # The put that worked also sent the two tasks this service had left pending.
     assert jobs_per_task(beanstalkd) == {first: 1, second: 1, third: 1}
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert (report.sent_again, report.alive) == (0, 3)
 
 
@@ -250,7 +250,7 @@ def test_beanstalkd_down_at_commit_time_the_commit_stands_and_the_task_is_pendin
     assert (row.status, row.job_id) == (Status.NEW, None)
 
     beanstalkd.start()
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert report.sent_again == 1
     assert jobs_per_task(beanstalkd) == {task_id: 1}
     assert service.find_task(task_id).job_id is not None
@@ -261,7 +261,7 @@ DIES_AFTER_COMMIT = """
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
     from pheanq import TaskDescription, TaskQueueService, load_settings
-    from pheanq.store import create_engine
+    from pheanq.storage.engine import create_engine
 
     database_url, beanstalkd = sys.argv[1:]
     service = TaskQueueService(load_settings({"database_url": database_url, "beanstalkd": beanstalkd}, environ={}))
@@ -290,7 +290,7 @@ def test_a_process_that_dies_between_its_commit_and_the_put_loses_nothing_the_ta
     assert (row.status, row.job_id) == (Status.NEW, None)
     assert jobs_per_task(beanstalkd) == {}
 
-    assert reconcile(service, min_age=0).sent_again == 1
+    assert reconcile(service.dispatch, min_age=0).sent_again == 1
     assert jobs_per_task(beanstalkd) == {task_id: 1}
     runs = tmp_path / "runs.txt"
     record = tmp_path / "record.py"

@@ -20,16 +20,18 @@ from support import (
     Beanstalkd,
     TenderProcess,
     WorkerProcess,
+    claims,
     kill_worker_once_its_command_exited,
     register_work_script,
     wait_for,
 )
 
 from pheanq import Status, TaskDescription
+from pheanq.dispatch import WorkPackage
 from pheanq.lease import heartbeat_interval, holder_must_stop_after, stale_after
-from pheanq.service import TaskQueueService, WorkPackage
-from pheanq.store import ClaimOutcome
-from pheanq.tables import task_table
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.tables import task_table
+from pheanq.storage.tasks import ClaimOutcome
 
 TUBE = "pheanq"
 MakeService = Callable[..., TaskQueueService]
@@ -69,7 +71,7 @@ def counts(runs: Path, word: str, task_id: int) -> int:
 
 def set_heartbeat(service: TaskQueueService, task_id: int, seconds_ago: float) -> None:
     when = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=seconds_ago)
-    with service.store.transaction() as conn:
+    with service.store.database.transaction() as conn:
         conn.execute(task_table.update().where(task_table.c.id == task_id).values(heartbeat=when))
 
 
@@ -100,11 +102,11 @@ def held_then_dropped(make_service: MakeService, db_url: str) -> tuple[TaskQueue
     """A task claimed by `holder`, whose beanstalkd connection then drops (the job is handed out again), and
     another service that will get the job: (holder, other, task id, the holder's package)."""
     holder, other = make_service(db_url), make_service(db_url)
-    other.worker_name = "other:1"
+    other.dispatch.worker_name = "other:1"
     task_id = holder.queue_task(TaskDescription("example-task-worker", ["1"]), ttr=3)
-    package = holder.reserve_task(TUBE, 1)
+    package = claims(holder).reserve_task(TUBE, 1)
     assert package is not None
-    holder.tube.close()
+    holder.beanstalkd.close()
     return holder, other, task_id, package
 
 
@@ -113,15 +115,15 @@ def test_a_job_handed_out_again_while_its_holder_renews_the_lease_waits_and_is_n
 ) -> None:
     holder, other, task_id, package = held_then_dropped(make_service, db_url)
 
-    assert other.reserve_task(TUBE, 1) is None  # it came, found the lease renewed, and was put off
+    assert claims(other).reserve_task(TUBE, 1) is None  # it came, found the lease renewed, and was put off
     row = other.find_task(task_id)
-    assert (row.status, row.attempts, row.worker) == (Status.WORKING, 1, holder.worker_name)
+    assert (row.status, row.attempts, row.worker) == (Status.WORKING, 1, holder.dispatch.worker_name)
     assert job_state(beanstalkd, package.job_id) == "delayed"
-    claim = other.store.claim_task(task_id, package.job_id, other.worker_name)
+    claim = other.store.tasks.claim_task(task_id, package.job_id, other.dispatch.worker_name)
     assert claim.outcome is ClaimOutcome.HELD_ALIVE
 
-    assert holder.renew_lease(package)
-    assert holder.mark_done(package, "--- done\n")
+    assert claims(holder).renew_lease(package)
+    assert claims(holder).mark_done(package, "--- done\n")
     assert holder.find_task(task_id).status is Status.DONE
     assert job_state(beanstalkd, package.job_id) is None  # a delayed job is anyone's to delete
 
@@ -132,11 +134,11 @@ def test_a_stale_lease_is_taken_over_and_the_old_attempt_can_no_longer_record_an
     holder, other, task_id, package = held_then_dropped(make_service, db_url)
     set_heartbeat(holder, task_id, stale_after(3) + 1)
 
-    taken = other.reserve_task(TUBE, 1)
+    taken = claims(other).reserve_task(TUBE, 1)
     assert taken is not None and (taken.task_id, taken.attempt) == (task_id, 2)
-    assert not holder.renew_lease(package)
-    assert not holder.mark_done(package, "--- late\n")
-    assert other.mark_done(taken, "--- done\n")
+    assert not claims(holder).renew_lease(package)
+    assert not claims(holder).mark_done(package, "--- late\n")
+    assert claims(other).mark_done(taken, "--- done\n")
     assert other.find_task(task_id).attempts == 2
 
 

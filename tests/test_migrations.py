@@ -1,4 +1,4 @@
-"""The migrations make exactly the schema pheanq.store.metadata describes on every database, go down and up
+"""The migrations make exactly the schema pheanq.storage.tables.metadata describes on every database, go down and up
 again cleanly, and `pheanq db upgrade` finds them in a normal (non-editable) install of the package."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from pheanq.migrate import VERSION_TABLE, _alembic_config, current_revision, upgrade_database
-from pheanq.store import NewTask, Store
-from pheanq.tables import metadata
+from pheanq.storage import Store
+from pheanq.storage.migrate import VERSION_TABLE, _alembic_config, current_revision, upgrade_database
+from pheanq.storage.tables import metadata
+from pheanq.storage.tasks import NewTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def schema_differences(store: Store) -> list[Any]:
     def ours(name: str | None, type_: str, _parent: Any) -> bool:
         return type_ != "table" or (name or "").startswith("pheanq_")
 
-    with store.engine.connect() as conn:
+    with store.database.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
             "version_table": VERSION_TABLE, "compare_type": True, "compare_server_default": True,
             "include_name": ours,
@@ -39,7 +40,7 @@ def test_the_migrated_schema_is_exactly_the_stores_metadata(db_url: str) -> None
     store = Store(db_url)
     try:
         assert schema_differences(store) == []
-        inspector = sa.inspect(store.engine)
+        inspector = sa.inspect(store.database.engine)
         assert {index["name"] for index in inspector.get_indexes("pheanq_task")} == {
             "ix_pheanq_task_tube_status", "ix_pheanq_task_status_finished", "uq_pheanq_task_unique_live",
             "ix_pheanq_task_batch_status"}
@@ -53,16 +54,16 @@ def test_downgrade_to_nothing_and_upgrade_again_round_trips(db_url: str) -> None
         head = current_revision(store)
         assert head is not None
         config = _alembic_config()
-        with store.transaction() as conn:
+        with store.database.transaction() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "base")
-        assert not sa.inspect(store.engine).has_table("pheanq_task")
+        assert not sa.inspect(store.database.engine).has_table("pheanq_task")
         assert current_revision(store) is None
 
         assert upgrade_database(store) == (None, head)
         assert schema_differences(store) == []
-        task_id = store.insert_task(NewTask("cmd", "{}", "pheanq", 1, 1)).task_id
-        assert store.find_task(task_id) is not None
+        task_id = store.tasks.insert_task(NewTask("cmd", "{}", "pheanq", 1, 1)).task_id
+        assert store.tasks.find_task(task_id) is not None
     finally:
         store.close()
 

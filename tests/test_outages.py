@@ -17,16 +17,16 @@ from sqlalchemy.engine import make_url
 from support import TcpProxy, WorkerProcess, server_database_urls, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.service import TaskQueueService
-from pheanq.store import Store
-from pheanq.tables import task_table
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage import Store
+from pheanq.storage.tables import task_table
 
 
 @pytest.fixture(params=sorted(server_database_urls()))
 def server_url(request: pytest.FixtureRequest, _upgraded_servers: dict[str, str]) -> str:
     url = _upgraded_servers[request.param]
     store = Store(url)
-    with store.transaction() as conn:
+    with store.database.transaction() as conn:
         conn.execute(task_table.delete())
     store.close()
     return url

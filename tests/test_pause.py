@@ -13,7 +13,7 @@ import greenstalk
 from support import Beanstalkd, WorkerProcess, one_error_line, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.service import TaskQueueService
+from pheanq.producer.service import TaskQueueService
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]

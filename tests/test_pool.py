@@ -18,7 +18,7 @@ import random
 
 import pytest
 
-from pheanq.pool import (
+from pheanq.tender.pool import (
     Change,
     PoolLimits,
     WorkerState,

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from support import Beanstalkd, TenderProcess, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription, TaskPendingWarning
-from pheanq.reconcile import LOCK_NAME, reconcile
-from pheanq.service import TaskQueueService
-from pheanq.tables import task_table
+from pheanq.ops.reconcile import LOCK_NAME, reconcile
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.tables import task_table
 
 TASK = TaskDescription("work", [1])
 
@@ -39,7 +39,7 @@ def live_jobs_of(server: Beanstalkd, tube: str = "pheanq") -> dict[int, int]:
 
 
 def set_row(service: TaskQueueService, task_id: int, **values: object) -> None:
-    with service.store.transaction() as conn:
+    with service.store.database.transaction() as conn:
         conn.execute(task_table.update().where(task_table.c.id == task_id).values(**values))
 
 
@@ -59,12 +59,12 @@ def test_a_task_queued_while_beanstalkd_was_down_is_pending_then_sent_once(
     assert (row.status, row.job_id) == (Status.NEW, None)
 
     beanstalkd.start()
-    young = reconcile(service, min_age=30)
+    young = reconcile(service.dispatch, min_age=30)
     assert (young.checked, young.sent_again) == (0, 0)  # its put may still be in flight: left alone
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert (report.checked, report.alive, report.sent_again, report.stalled) == (1, 0, 1, 0)
     assert live_jobs_of(beanstalkd) == {task_id: 1}
-    again = reconcile(service, min_age=0)
+    again = reconcile(service.dispatch, min_age=0)
     assert (again.checked, again.alive, again.sent_again) == (1, 1, 0)
     assert live_jobs_of(beanstalkd) == {task_id: 1}
 
@@ -76,12 +76,12 @@ def test_after_a_restart_without_binlog_every_waiting_task_is_sent_again_even_wh
     lost = [service.queue_task(TASK) for _ in range(3)]
     beanstalkd.stop()
     beanstalkd.start()
-    service.tube.close()
+    service.beanstalkd.close()
     # Job ids start again from 1: this task's job gets the id the first lost task's row still names.
     fresh = service.queue_task(TASK)
     assert service.find_task(fresh).job_id == service.find_task(lost[0]).job_id
 
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert (report.checked, report.alive, report.sent_again) == (4, 1, 3)
     assert live_jobs_of(beanstalkd) == {task_id: 1 for task_id in [*lost, fresh]}
 
@@ -98,11 +98,11 @@ def test_a_working_task_whose_job_and_worker_are_gone_is_stalled_and_sent_again(
         for _ in range(2):
             client.delete(client.reserve(timeout=1))
 
-    dry = reconcile(service, dry_run=True, min_age=0)
+    dry = reconcile(service.dispatch, dry_run=True, min_age=0)
     assert (dry.checked, dry.stalled) == (1, 1)
     assert service.find_task(stale).status is Status.WORKING  # a dry run changes nothing
 
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert (report.checked, report.stalled, report.sent_again) == (1, 1, 0)
     row = service.find_task(stale)
     assert row.status is Status.STALLED and row.job_id != 999
@@ -117,7 +117,7 @@ def test_a_stale_working_task_whose_job_is_still_there_is_left_to_the_worker_tha
     service = make_service(db_url)
     task_id = service.queue_task(TASK, ttr=3)
     set_row(service, task_id, status="working", attempts=1, heartbeat=ago(60))
-    report = reconcile(service, min_age=0)
+    report = reconcile(service.dispatch, min_age=0)
     assert (report.checked, report.alive, report.stalled) == (1, 1, 0)
     assert service.find_task(task_id).status is Status.WORKING
 
@@ -126,23 +126,23 @@ def test_one_reconciler_at_a_time_across_machines_and_a_dead_holders_lock_expire
     db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
 ) -> None:
     service, other = make_service(db_url), make_service(db_url)
-    other.worker_name = "other-host:1"
+    other.dispatch.worker_name = "other-host:1"
     beanstalkd.stop()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TaskPendingWarning)
         task_id = service.queue_task(TASK)
     beanstalkd.start()
 
-    assert other.store.take_lock(LOCK_NAME, other.worker_name, 60)
-    blocked = reconcile(service, min_age=0)
+    assert other.store.admin.take_lock(LOCK_NAME, other.dispatch.worker_name, 60)
+    blocked = reconcile(service.dispatch, min_age=0)
     assert blocked.locked_by is not None and blocked.locked_by.startswith("other-host:1")
     assert "another reconciler is running" in blocked.summary()
     assert service.find_task(task_id).job_id is None
 
-    with service.store.transaction() as conn:
+    with service.store.database.transaction() as conn:
         conn.execute(sa.text("UPDATE pheanq_lock SET expires = :t"), {"t": ago(1)})
-    assert reconcile(service, min_age=0).sent_again == 1
-    assert service.store.take_lock(LOCK_NAME, "third:1", 60)  # freed at the end of the pass
+    assert reconcile(service.dispatch, min_age=0).sent_again == 1
+    assert service.store.admin.take_lock(LOCK_NAME, "third:1", 60)  # freed at the end of the pass
 
 
 def test_pheanq_reconcile_on_the_command_line(sqlite_url: str, tmp_path: Path, beanstalkd: Beanstalkd,

@@ -13,8 +13,8 @@ from support import TenderProcess, WorkerProcess, kill_worker_once_its_command_e
 
 from pheanq import InvalidInput, Retry, Status, TaskDescription
 from pheanq.clock import utc_now
+from pheanq.producer.service import TaskQueueService
 from pheanq.retry import after_failure
-from pheanq.service import TaskQueueService
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -149,7 +149,7 @@ def test_a_retrying_task_waits_out_its_backoff_in_beanstalkd_then_runs_again(
     row = service.find_task(task_id)
     assert row.run_at is not None and 2.0 <= (row.run_at - failed_at).total_seconds() <= 3.5
     assert row.job_id is not None
-    job = service.tube.inspect(row.job_id)
+    job = service.beanstalkd.inspect(row.job_id)
     assert job is not None and job.state == "delayed", job     # released with the delay, not deleted or failed
     wait_for(lambda: service.status_of(task_id) is Status.DONE, 20, "the second attempt")
     row = service.find_task(task_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 from support import WorkerProcess, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.service import TaskQueueService
+from pheanq.producer.service import TaskQueueService
 
 
 def test_queued_task_runs_once_and_is_done(

@@ -11,7 +11,7 @@ import pytest
 from support import WorkerProcess, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription
-from pheanq.service import TaskQueueService
+from pheanq.producer.service import TaskQueueService
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]

@@ -14,10 +14,11 @@ import pytest
 from support import Beanstalkd, WorkerProcess, pheanq
 
 from pheanq import InvalidInput, Status, TaskDescription, TaskPendingWarning
-from pheanq.description import encode_body
-from pheanq.reconcile import reconcile
-from pheanq.schedule import MAX_DELAY_SECONDS, put_delay, run_at_of
-from pheanq.service import TaskQueueService
+from pheanq.body import encode_body
+from pheanq.limits import MAX_BEANSTALKD_SECONDS
+from pheanq.ops.reconcile import reconcile
+from pheanq.producer.service import TaskQueueService
+from pheanq.run_at import put_delay, run_at_of
 
 MakeService = Callable[..., TaskQueueService]
 TUBE = "pheanq"
@@ -42,7 +43,7 @@ def test_the_schedule_rule() -> None:
     assert put_delay(now + dt.timedelta(seconds=10.2), now) == 11
     assert put_delay(now - dt.timedelta(hours=1), now) == 0
     # Further off than beanstalkd takes in one delay: put with its limit, and put back again when it comes.
-    assert put_delay(now + dt.timedelta(days=365 * 200), now) == MAX_DELAY_SECONDS
+    assert put_delay(now + dt.timedelta(days=365 * 200), now) == MAX_BEANSTALKD_SECONDS
     with pytest.raises(InvalidInput, match="not both"):
         run_at_of(5, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), now)
     with pytest.raises(InvalidInput, match="timezone-aware"):
@@ -76,7 +77,7 @@ def test_a_delay_survives_a_pending_put_and_a_reconcilers_re_put(
         warnings.simplefilter("ignore", TaskPendingWarning)
         pending = service.queue_task(TASK, delay=600)
     beanstalkd.start()
-    assert reconcile(service, min_age=0).sent_again == 1
+    assert reconcile(service.dispatch, min_age=0).sent_again == 1
     job_id = service.find_task(pending).job_id
     assert job_id is not None
     stats = job_stats(beanstalkd, job_id)

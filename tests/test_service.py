@@ -20,15 +20,18 @@ from typing import Any
 import greenstalk
 import pytest
 import sqlalchemy as sa
-from support import Beanstalkd, settings_for
+from support import Beanstalkd, claims, settings_for
 
 from pheanq import Status, TaskDescription
-from pheanq.description import decode_body, decode_data, encode_body
+from pheanq.beanstalkd import BeanstalkdConnection
+from pheanq.body import decode_body, decode_data, encode_body
 from pheanq.errors import ConfigError, InvalidInput, NotFound, TaskNotSent, TaskPendingWarning, WrongStatus
-from pheanq.service import DEFAULT_PRIORITY, DEFAULT_TTR, MAX_PRIORITY, TaskQueueService
-from pheanq.store import ClaimOutcome, Store
-from pheanq.tables import task_table
-from pheanq.tube import Tube
+from pheanq.limits import MAX_PRIORITY
+from pheanq.producer.options import DEFAULT_PRIORITY, DEFAULT_TTR
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage import Store
+from pheanq.storage.tables import task_table
+from pheanq.storage.tasks import ClaimOutcome
 
 DESCRIPTION = TaskDescription("invoice", [42, "a b"], {"send": True, "to": "ü"})
 
@@ -112,7 +115,7 @@ def test_queue_task_refuses_bad_values_before_writing_anything(
         service.queue_task("invoice")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="at most 65535"):
         service.queue_task(TaskDescription("big", ["x" * 70000]))
-    assert service.store.count_tasks() == []
+    assert service.store.tasks.count_tasks() == []
     with beanstalk_client(beanstalkd) as client:
         assert client.stats()["total-jobs"] == 0
 
@@ -127,7 +130,7 @@ def test_two_services_given_duplicate_jobs_of_one_task_exactly_one_claims_it(
     db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
 ) -> None:
     first, second = make_service(db_url), make_service(db_url)
-    second.worker_name = "second-worker"
+    second.dispatch.worker_name = "second-worker"
     task_id = first.queue_task(DESCRIPTION, tube="race")
     with beanstalk_client(beanstalkd, "race") as client:
         duplicate = client.put(encode_body(task_id, DESCRIPTION))
@@ -136,7 +139,7 @@ def test_two_services_given_duplicate_jobs_of_one_task_exactly_one_claims_it(
 
     def claim(service: TaskQueueService) -> Any:
         barrier.wait(5)
-        return service.reserve_task("race", timeout=1)
+        return claims(service).reserve_task("race", timeout=1)
 
     with ThreadPoolExecutor(2) as pool:
         packages = list(pool.map(claim, [first, second]))
@@ -147,7 +150,7 @@ def test_two_services_given_duplicate_jobs_of_one_task_exactly_one_claims_it(
 
     row = first.find_task(task_id)
     assert (row.status, row.attempts, row.job_id) == (Status.WORKING, 1, won.job_id)
-    assert row.worker == (first.worker_name if packages[0] is not None else "second-worker")
+    assert row.worker == (first.dispatch.worker_name if packages[0] is not None else "second-worker")
     with beanstalk_client(beanstalkd, "race") as client:
         lost = duplicate if won.job_id == original else original
         assert lost is not None
@@ -164,7 +167,7 @@ def test_concurrent_claims_of_one_row_under_different_jobs_have_one_winner(
 
     def claim(index: int) -> ClaimOutcome:
         barrier.wait(5)
-        return stores[index].claim_task(task_id, 10_000 + index, f"worker-{index}").outcome
+        return stores[index].tasks.claim_task(task_id, 10_000 + index, f"worker-{index}").outcome
 
     try:
         with ThreadPoolExecutor(len(stores)) as pool:
@@ -186,8 +189,8 @@ def test_a_job_for_a_done_or_failed_task_is_deleted_and_never_returned(
     service = make_service(db_url)
     done_id = service.queue_task(DESCRIPTION, tube="t")
     failed_id = service.queue_task(DESCRIPTION, tube="t")
-    for expected, mark in ((done_id, service.mark_done), (failed_id, service.mark_failed)):
-        package = service.reserve_task("t", timeout=0)
+    for expected, mark in ((done_id, claims(service).mark_done), (failed_id, claims(service).mark_failed)):
+        package = claims(service).reserve_task("t", timeout=0)
         assert package is not None and package.task_id == expected
         assert mark(package, "ran\n")
     assert service.status_of(done_id) is Status.DONE
@@ -195,7 +198,7 @@ def test_a_job_for_a_done_or_failed_task_is_deleted_and_never_returned(
 
     with beanstalk_client(beanstalkd, "t") as client:
         leftovers = [client.put(encode_body(task_id, DESCRIPTION)) for task_id in (done_id, failed_id)]
-        assert service.reserve_task("t", timeout=0) is None
+        assert claims(service).reserve_task("t", timeout=0) is None
         assert [job_state(client, job) for job in leftovers] == [None, None]
     for task_id, status in ((done_id, Status.DONE), (failed_id, Status.FAILED)):
         row = service.find_task(task_id)
@@ -210,9 +213,9 @@ def test_a_job_whose_row_is_missing_or_whose_body_is_not_ours_is_buried(
         orphan = client.put(encode_body(987_654, DESCRIPTION))
         foreign = client.put(b"a job body from some other program")
         deep = client.put(b"[" * 60_000)
-        assert service.reserve_task("t", timeout=0) is None
+        assert claims(service).reserve_task("t", timeout=0) is None
         assert [job_state(client, job) for job in (orphan, foreign, deep)] == ["buried"] * 3
-    assert service.store.count_tasks() == []
+    assert service.store.tasks.count_tasks() == []
 
 
 def test_regenerate_revives_only_a_failed_task_in_the_same_row_with_a_new_job(
@@ -225,11 +228,11 @@ def test_regenerate_revives_only_a_failed_task_in_the_same_row_with_a_new_job(
     task_id = service.queue_task(DESCRIPTION, tube="t", priority=7, ttr=20)
     with pytest.raises(WrongStatus, match=f"task {task_id} is new"):
         service.regenerate_task(task_id)
-    package = service.reserve_task("t", timeout=0)
+    package = claims(service).reserve_task("t", timeout=0)
     assert package is not None
     with pytest.raises(WrongStatus, match=f"task {task_id} is working"):
         service.regenerate_task(task_id)
-    assert service.mark_failed(package, "boom\n", 3)
+    assert claims(service).mark_failed(package, "boom\n", 3)
     old_job = package.job_id
 
     new_job = service.regenerate_task(task_id)
@@ -238,7 +241,7 @@ def test_regenerate_revives_only_a_failed_task_in_the_same_row_with_a_new_job(
     assert (row.id, row.status, row.job_id, row.attempts) == (task_id, Status.RESTARTED, new_job, 1)
     assert (row.exit_code, row.worker, row.started, row.finished) == (None, None, None, None)
     assert row.log == "boom\n"  # the failed attempt's log is kept
-    assert [task[2] for task in service.store.count_tasks()] == [1]  # still one row
+    assert [task[2] for task in service.store.tasks.count_tasks()] == [1]  # still one row
     with pytest.raises(WrongStatus, match=f"task {task_id} is restarted"):
         service.regenerate_task(task_id)
     with beanstalk_client(beanstalkd, "t") as client:
@@ -246,20 +249,20 @@ def test_regenerate_revives_only_a_failed_task_in_the_same_row_with_a_new_job(
         assert (stats["state"], stats["tube"], stats["pri"], stats["ttr"]) == ("ready", "t", 7, 20)
         assert decode_body(client.peek(new_job).body).task_id == task_id
 
-    again = service.reserve_task("t", timeout=0)
+    again = claims(service).reserve_task("t", timeout=0)
     assert again is not None
     assert (again.task_id, again.job_id, again.attempt, again.row.status) == (task_id, new_job, 2, Status.WORKING)
     assert again.description == DESCRIPTION
-    assert service.mark_done(again, None)
+    assert claims(service).mark_done(again, None)
     with pytest.raises(WrongStatus, match=f"task {task_id} is done"):
         service.regenerate_task(task_id)
 
 
 def _finish(service: TaskQueueService, tube: str, done: bool) -> int:
     task_id = service.queue_task(DESCRIPTION, tube=tube)
-    package = service.reserve_task(tube, timeout=0)
+    package = claims(service).reserve_task(tube, timeout=0)
     assert package is not None and package.task_id == task_id
-    assert (service.mark_done if done else service.mark_failed)(package, None)
+    assert (claims(service).mark_done if done else claims(service).mark_failed)(package, None)
     return task_id
 
 
@@ -272,7 +275,7 @@ def test_clean_up_deletes_only_done_tasks_that_finished_before_the_period(
     old_failed = _finish(service, "c", done=False)
     waiting = service.queue_task(DESCRIPTION, tube="d")
     long_ago = utc_now() - dt.timedelta(hours=2)
-    with service.store.transaction() as conn:
+    with service.store.database.transaction() as conn:
         conn.execute(sa.update(task_table).where(task_table.c.id.in_([old_done, old_failed]))
                      .values(finished=long_ago, created=long_ago))
 
@@ -304,7 +307,8 @@ def test_queue_task_without_beanstalkd_keeps_the_row_new_and_warns_that_it_is_pe
 ) -> None:
     settings = settings_for(db_url, beanstalkd)
     # Frozen (SIGSTOP): the kernel still accepts the connection, but nothing ever answers.
-    service = TaskQueueService(settings, tube=Tube(beanstalkd.address, connect_timeout=0.5, io_timeout=0.5))
+    service = TaskQueueService(settings, beanstalkd=BeanstalkdConnection(beanstalkd.address, connect_timeout=0.5,
+                                                                         io_timeout=0.5))
     assert beanstalkd.process is not None
     beanstalkd.process.send_signal(signal.SIGSTOP)
     try:
@@ -362,7 +366,7 @@ def test_a_regeneration_beanstalkd_did_not_take_is_sent_again_by_the_next_regene
     db_url: str, beanstalkd: Beanstalkd,
 ) -> None:
     settings = settings_for(db_url, beanstalkd, commands={"invoice": ["/bin/true"]})
-    with closing(TaskQueueService(settings, tube=Tube(beanstalkd.address, connect_timeout=0.5,
+    with closing(TaskQueueService(settings, beanstalkd=BeanstalkdConnection(beanstalkd.address, connect_timeout=0.5,
                                                       io_timeout=0.5))) as service:
         task_id = _finish(service, "t", done=False)
         assert beanstalkd.process is not None
@@ -383,8 +387,8 @@ def test_a_regeneration_beanstalkd_did_not_take_is_sent_again_by_the_next_regene
             service.regenerate_task(task_id)
         # The put that timed out may still have reached beanstalkd once it woke up: the task then has two
         # jobs, and the claim lets only one of them run it.
-        package = service.reserve_task("t", timeout=0)
+        package = claims(service).reserve_task("t", timeout=0)
         assert package is not None
         assert (package.task_id, package.attempt) == (task_id, 2)
-        assert service.reserve_task("t", timeout=0) is None
+        assert claims(service).reserve_task("t", timeout=0) is None
         assert service.find_task(task_id).job_id == package.job_id

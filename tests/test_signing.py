@@ -1,6 +1,6 @@
 """Signed job bodies: with a secret, producers sign and workers bury every job that is not signed with it.
 
-Unit tests cover pheanq.signing, the job-body codec with and without a secret, and the `secret` setting;
+Unit tests cover the job-body codec and its signature (pheanq.body) with and without a secret, and the `secret` setting;
 one behaviour test puts forged jobs into a real beanstalkd in front of a real worker process.
 """
 
@@ -21,12 +21,14 @@ import greenstalk
 import pytest
 from support import Beanstalkd, WorkerProcess, one_error_line, pheanq, wait_for, write_config
 
-from pheanq import Status, TaskDescription, signing
+from pheanq import Status, TaskDescription
+from pheanq import body as codec
+from pheanq.body import decode_body, encode_body, encode_data
 from pheanq.config import MIN_SECRET_LENGTH, load_settings
-from pheanq.description import MAX_BODY_BYTES, MalformedBody, decode_body, encode_body, encode_data
-from pheanq.errors import ConfigError, InvalidInput
-from pheanq.service import TaskQueueService
-from pheanq.store import NewTask
+from pheanq.errors import ConfigError, InvalidInput, MalformedBody, Unsigned, WrongSignature
+from pheanq.limits import MAX_BODY_BYTES
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.tasks import NewTask
 
 SECRET = "correct horse battery staple 42"
 OTHER_SECRET = "another secret, just as long"
@@ -45,45 +47,45 @@ def _mac_of(signed_body: bytes) -> bytes:
     return found.group(1)
 
 
-# --- pheanq.signing ---------------------------------------------------------------------------------------------
+# --- pheanq.body: signatures ------------------------------------------------------------------------------------
 
 def test_a_signed_body_is_the_unsigned_json_with_an_hmac_member_over_its_exact_bytes() -> None:
     body = encode_body(42, DESCRIPTION)
-    signed = signing.sign(body, SECRET)
+    signed = codec.sign(body, SECRET)
 
-    assert signed.startswith(body[:-1]) and len(signed) == len(body) + signing.SIGNATURE_BYTES
+    assert signed.startswith(body[:-1]) and len(signed) == len(body) + codec.SIGNATURE_BYTES
     # Computed here with the standard library alone: what another language's producer would do.
     expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert signed.endswith(f',"hmac":"{expected}"}}'.encode())
     data = json.loads(signed)  # still JSON a person can read with beanstalkd tools
     assert data.pop("hmac") == expected
     assert data == json.loads(body)
-    assert signing.verify(signed, SECRET) == body
+    assert codec.verify(signed, SECRET) == body
 
 
 def test_the_same_body_and_secret_always_give_the_same_signature_and_another_secret_another() -> None:
     body = encode_body(42, DESCRIPTION)
-    assert signing.sign(body, SECRET) == signing.sign(body, SECRET)
-    assert _mac_of(signing.sign(body, SECRET)) != _mac_of(signing.sign(body, OTHER_SECRET))
+    assert codec.sign(body, SECRET) == codec.sign(body, SECRET)
+    assert _mac_of(codec.sign(body, SECRET)) != _mac_of(codec.sign(body, OTHER_SECRET))
 
 
 @pytest.mark.parametrize("body", [b"", b"{}", b"[1, 2]", b'"text"', b"{no end"])
 def test_only_a_non_empty_json_object_can_be_signed(body: bytes) -> None:
     with pytest.raises(ValueError, match="non-empty JSON object"):
-        signing.sign(body, SECRET)
+        codec.sign(body, SECRET)
 
 
 def _tampered() -> list[tuple[str, bytes]]:
     body = encode_body(12, DESCRIPTION)
-    signed = signing.sign(body, SECRET)
+    signed = codec.sign(body, SECRET)
     mac = _mac_of(signed)
-    other_mac = _mac_of(signing.sign(body, OTHER_SECRET))
+    other_mac = _mac_of(codec.sign(body, OTHER_SECRET))
     return [
         ("task id changed", signed.replace(b'"task_id":12', b'"task_id":13')),
         ("description changed", signed.replace(b'"a b"', b'"a c"')),
         ("command changed", signed.replace(b'"command":"cmd"', b'"command":"rm"')),
         ("signed with another secret", signed.replace(mac, other_mac)),
-        ("signature of another body", signing.sign(body, SECRET)[:-66] + _mac_of(signing.sign(
+        ("signature of another body", codec.sign(body, SECRET)[:-66] + _mac_of(codec.sign(
             encode_body(13, DESCRIPTION), SECRET)) + b'"}'),
         ("signature truncated", signed.replace(mac, mac[:-2])),
         ("signature too long", signed.replace(mac, mac + b"00")),
@@ -100,8 +102,8 @@ TAMPERED = _tampered()
 
 @pytest.mark.parametrize("raw", [raw for _, raw in TAMPERED], ids=[why for why, _ in TAMPERED])
 def test_a_changed_or_foreign_signature_is_wrong(raw: bytes) -> None:
-    with pytest.raises(signing.WrongSignature):
-        signing.verify(raw, SECRET)
+    with pytest.raises(WrongSignature):
+        codec.verify(raw, SECRET)
 
 
 @pytest.mark.parametrize("raw", [
@@ -110,11 +112,11 @@ def test_a_changed_or_foreign_signature_is_wrong(raw: bytes) -> None:
     b"not json",
     b'{"hmac":"' + b"0" * 64 + b'","pheanq":1,"task_id":12}',  # an hmac, but not closing the body
     # A valid signed body with a later task_id appended: JSON's last key would win, but the MAC must too.
-    signing.sign(encode_body(12, DESCRIPTION), SECRET)[:-1] + b',"task_id":13}',
+    codec.sign(encode_body(12, DESCRIPTION), SECRET)[:-1] + b',"task_id":13}',
 ])
 def test_a_body_without_a_closing_signature_is_unsigned(raw: bytes) -> None:
-    with pytest.raises(signing.Unsigned):
-        signing.verify(raw, SECRET)
+    with pytest.raises(Unsigned):
+        codec.verify(raw, SECRET)
 
 
 # --- encode_body / decode_body ----------------------------------------------------------------------------------
@@ -123,7 +125,7 @@ def test_a_signed_job_body_round_trips_with_the_secret() -> None:
     body = encode_body(123, DESCRIPTION, SECRET)
     decoded = decode_body(body, SECRET)
     assert (decoded.task_id, decoded.description) == (123, DESCRIPTION)
-    assert body == signing.sign(encode_body(123, DESCRIPTION), SECRET)
+    assert body == codec.sign(encode_body(123, DESCRIPTION), SECRET)
 
 
 def test_without_a_secret_a_signed_body_is_read_and_its_hmac_ignored() -> None:
@@ -169,12 +171,12 @@ def test_a_body_signed_with_another_secret_says_so() -> None:
 ])
 def test_a_correctly_signed_body_still_gets_every_other_check(body: bytes, problem: str) -> None:
     # Only a producer holding the secret could make these, but a bug there must not reach a command line.
-    assert problem in _malformed(signing.sign(body, SECRET), SECRET)
+    assert problem in _malformed(codec.sign(body, SECRET), SECRET)
 
 
 def test_the_size_limit_counts_the_signature() -> None:
     overhead = len(encode_body(1, TaskDescription("cmd", [""]), SECRET))
-    assert overhead == len(encode_body(1, TaskDescription("cmd", [""]))) + signing.SIGNATURE_BYTES
+    assert overhead == len(encode_body(1, TaskDescription("cmd", [""]))) + codec.SIGNATURE_BYTES
     largest = encode_body(1, TaskDescription("cmd", ["x" * (MAX_BODY_BYTES - overhead)]), SECRET)
     assert len(largest) == MAX_BODY_BYTES
     assert decode_body(largest, SECRET).task_id == 1
@@ -293,7 +295,7 @@ def test_a_worker_with_a_secret_buries_unsigned_and_foreign_jobs_and_runs_only_t
     service = make_service(sqlite_url, secret=SECRET)
     # A task recorded but never sent: what someone who can reach beanstalkd would try to make a worker run.
     victim_description = TaskDescription("record", ["victim"])
-    victim = service.store.insert_task(NewTask("record", encode_data(victim_description), TUBE, 1024, 60)).task_id
+    victim = service.store.tasks.insert_task(NewTask("record", encode_data(victim_description), TUBE, 1024, 60)).task_id
 
     client = greenstalk.Client(beanstalkd.address, encoding=None, use=TUBE)
     try:
@@ -317,7 +319,7 @@ def test_a_worker_with_a_secret_buries_unsigned_and_foreign_jobs_and_runs_only_t
 
     assert f"burying job {forged[0]}: unsigned job body" in worker.log
     assert f"burying job {forged[1]}: wrong signature" in worker.log
-    reasons = {row.job_id: row.reason for row in service.store.list_buried(service.tube.name, TUBE)}
+    reasons = {row.job_id: row.reason for row in service.store.admin.list_buried(service.beanstalkd.server, TUBE)}
     assert reasons[forged[0]].startswith("unsigned job body")
     assert reasons[forged[1]].startswith("wrong signature")
     assert SECRET not in worker.log and not any(SECRET in reason for reason in reasons.values())

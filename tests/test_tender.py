@@ -38,8 +38,8 @@ from support import (
 )
 
 from pheanq import Status, TaskDescription
-from pheanq.service import TaskQueueService
-from pheanq.tube import Tube
+from pheanq.beanstalkd import BeanstalkdConnection
+from pheanq.producer.service import TaskQueueService
 
 TUBE = "pheanq"  # the default tube
 MakeService = Callable[..., TaskQueueService]
@@ -98,8 +98,8 @@ def tender_env(make_env: MakeEnv, tmp_path: Path, database_url: str) -> dict[str
 
 
 @pytest.fixture
-def tube(beanstalkd: Beanstalkd) -> Iterator[Tube]:
-    client = Tube(beanstalkd.address)
+def connection(beanstalkd: Beanstalkd) -> Iterator[BeanstalkdConnection]:
+    client = BeanstalkdConnection(beanstalkd.address)
     yield client
     client.close()
 
@@ -392,7 +392,7 @@ def test_sigterm_lets_busy_workers_finish_every_task_then_the_tender_exits_0_lea
 
 def test_a_task_outliving_shutdown_timeout_is_interrupted_and_handed_back_then_run_by_a_later_tender(
     sqlite_url: str, runs: Path, tmp_path: Path, make_service: MakeService, start_tender: StartTender,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     service = make_service(sqlite_url)
     go = tmp_path / "go"
@@ -410,7 +410,7 @@ def test_a_task_outliving_shutdown_timeout_is_interrupted_and_handed_back_then_r
     row = service.find_task(task_id)
     assert row.status is Status.NEW and row.worker is None
     assert row.log is not None and "interrupted" in row.log
-    assert (tube.tube_stats(TUBE) or {}).get("current-jobs-ready") == 1
+    assert (connection.tube_stats(TUBE) or {}).get("current-jobs-ready") == 1
     assert not run_lines(runs, "done")
 
     go.touch()
@@ -509,7 +509,7 @@ def test_sighup_replaces_every_worker_and_a_running_task_finishes_done_once(
 
 def test_a_worker_retired_while_it_claims_its_next_job_runs_that_task_once_in_one_attempt(
     sqlite_url: str, runs: Path, tmp_path: Path, make_service: MakeService, start_tender: StartTender,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     """A worker retired (SIGTERM) while it claims its next job: that task is its current one, it runs once.
 
@@ -526,7 +526,7 @@ def test_a_worker_retired_while_it_claims_its_next_job_runs_that_task_once_in_on
     database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
     try:
         database.execute("BEGIN IMMEDIATE")
-        wait_for(lambda: (tube.tube_stats(TUBE) or {}).get("current-jobs-reserved") == 1, 10,
+        wait_for(lambda: (connection.tube_stats(TUBE) or {}).get("current-jobs-reserved") == 1, 10,
                  "the worker to reserve the job; its claim now waits for the lock")
         os.kill(worker, signal.SIGTERM)  # what the tender sends a worker it retires
     finally:
@@ -578,7 +578,7 @@ def test_the_pool_is_tended_while_its_status_report_waits_on_a_locked_database(
     tender = start_tender(sqlite_url, "--min-workers", "1", "--spare-workers", "0", "--max-workers", "2")
     first = wait_for(lambda: [pid for pid in started_workers(tender) if "READY" in tender.worker_lines(pid)], 15,
                      "a worker READY")[0]
-    wait_for(lambda: any(row.pid == first for row in service.list_pool()), 10, "the first report")
+    wait_for(lambda: any(row.pid == first for row in service.store.admin.list_pool()), 10, "the first report")
 
     database = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
     try:
@@ -593,12 +593,13 @@ def test_the_pool_is_tended_while_its_status_report_waits_on_a_locked_database(
     finally:
         database.rollback()
         database.close()
-    wait_for(lambda: any(row.pid == replacement for row in service.list_pool()), 10, "a report after the lock")
+    wait_for(lambda: any(row.pid == replacement for row in service.store.admin.list_pool()), 10,
+             "a report after the lock")
     _stop(tender, tmp_path, None)
 
 
 def _seconds_since_report(service: TaskQueueService, tender_pid: int) -> float:
-    beats = [row.heartbeat for row in service.list_pool() if row.pid == tender_pid]
+    beats = [row.heartbeat for row in service.store.admin.list_pool() if row.pid == tender_pid]
     assert beats, "the tender has no report in the database"
     return (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - beats[0]).total_seconds()
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from pheanq.errors import PheanqError
-from pheanq.tenders import Registration, TenderRecord, TenderRunning, running_tenders, stop_tenders
+from pheanq.errors import PheanqError, TenderRunning
+from pheanq.tender.registry import Registration, TenderRecord, running_tenders, stop_tenders
 
 BEANSTALKD = "127.0.0.1:11300"
 OTHER_BEANSTALKD = "127.0.0.1:11301"
@@ -37,7 +37,8 @@ OTHER_BEANSTALKD = "127.0.0.1:11301"
 CHILD = """
 import fcntl, signal, sys, time
 from pathlib import Path
-from pheanq.tenders import Registration, TenderRunning
+from pheanq.tender.registry import Registration
+from pheanq.errors import TenderRunning
 
 run_dir, tubes, beanstalkd, mode, gate = sys.argv[1:6]
 

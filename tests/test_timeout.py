@@ -13,7 +13,7 @@ import pytest
 from support import Beanstalkd, WorkerProcess, pheanq, wait_for, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription
-from pheanq.service import TaskQueueService
+from pheanq.producer.service import TaskQueueService
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -64,7 +64,7 @@ def test_a_bad_timeout_is_refused_before_anything_is_written(
     service = make_service(sqlite_url)
     with pytest.raises(InvalidInput, match="timeout must be a whole number from 1 to 2147483647"):
         service.queue_task(TaskDescription("sleep", ["1"]), timeout=timeout)  # type: ignore[arg-type]
-    assert service.store.count_tasks() == []
+    assert service.store.tasks.count_tasks() == []
 
 
 def test_add_example_task_takes_a_timeout_and_a_priority(

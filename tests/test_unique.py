@@ -11,23 +11,23 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from support import pheanq
+from support import claims, pheanq
 
 from pheanq import InvalidInput, Status, TaskDescription, WrongStatus
-from pheanq.service import TaskQueueService
-from pheanq.tables import task_table
+from pheanq.producer.service import TaskQueueService
+from pheanq.storage.tables import task_table
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
 
 
 def finish_next(service: TaskQueueService, done: bool = True) -> int:
-    package = service.reserve_task("pheanq", timeout=5)
+    package = claims(service).reserve_task("pheanq", timeout=5)
     assert package is not None
     if done:
-        service.mark_done(package, None)
+        claims(service).mark_done(package, None)
     else:
-        service.mark_failed(package, None, 1)
+        claims(service).mark_failed(package, None, 1)
     return package.task_id
 
 
@@ -37,11 +37,11 @@ def test_a_key_held_by_a_task_that_has_not_ended_returns_that_task(db_url: str, 
     again = service.queue_task(TaskDescription("work", [2]), unique_key="invoice-42")
     other = service.queue_task(TaskDescription("work", [3]), unique_key="invoice-43")
     assert again == first and other != first
-    assert sum(n for _, _, n in service.store.count_tasks()) == 2
-    package = service.reserve_task("pheanq", timeout=5)       # working still holds the key
+    assert sum(n for _, _, n in service.store.tasks.count_tasks()) == 2
+    package = claims(service).reserve_task("pheanq", timeout=5)       # working still holds the key
     assert package is not None and package.task_id == first
     assert service.queue_task(TaskDescription("work", [4]), unique_key="invoice-42") == first
-    service.mark_done(package, None)
+    claims(service).mark_done(package, None)
     fresh = service.queue_task(TaskDescription("work", [5]), unique_key="invoice-42")   # done frees it
     assert fresh not in (first, other)
     assert service.find_task(fresh).unique_key == "invoice-42"
@@ -89,7 +89,7 @@ def test_producers_racing_on_one_key_get_exactly_one_task(db_url: str, make_serv
         thread.join(60)
     assert not errors, errors
     assert all(len(ids) == 1 for ids in got.values()), got
-    assert sum(n for _, _, n in producers[0].store.count_tasks()) == len(keys)
+    assert sum(n for _, _, n in producers[0].store.tasks.count_tasks()) == len(keys)
 
 
 def test_a_bad_key_is_refused(sqlite_url: str, make_service: MakeService) -> None:
@@ -111,15 +111,15 @@ def test_add_example_task_with_a_unique_key_queues_one_task(
 
 def test_a_unique_key_holds_inside_an_application_transaction(db_url: str, make_service: MakeService) -> None:
     service = make_service(db_url)
-    engine = sa.create_engine(service.store.engine.url)
+    engine = sa.create_engine(service.store.database.engine.url)
     try:
         with Session(engine) as session, session.begin():
             first = service.queue_task(TaskDescription("work", [1]), session=session, unique_key="in-tx")
             assert service.queue_task(TaskDescription("work", [2]), session=session, unique_key="in-tx") == first
         assert service.queue_task(TaskDescription("work", [3]), unique_key="in-tx") == first
         row = service.find_task(first)
-        assert row.job_id is not None and service.tube.inspect(row.job_id) is not None
-        assert sum(n for _, _, n in service.store.count_tasks()) == 1
+        assert row.job_id is not None and service.beanstalkd.inspect(row.job_id) is not None
+        assert sum(n for _, _, n in service.store.tasks.count_tasks()) == 1
     finally:
         engine.dispose()
 
@@ -130,7 +130,7 @@ def test_a_key_held_by_a_task_committed_after_the_application_transaction_began_
     """MariaDB reads inside a transaction from the snapshot of its first read: the holder is read with a
     locking read, which sees the latest committed row."""
     service, other = make_service(db_url), make_service(db_url)
-    engine = sa.create_engine(service.store.engine.url)
+    engine = sa.create_engine(service.store.database.engine.url)
     try:
         with Session(engine) as session, session.begin():
             session.execute(sa.select(sa.func.count()).select_from(task_table)).scalar()  # the application read

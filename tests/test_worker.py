@@ -22,9 +22,9 @@ import pytest
 from support import Beanstalkd, WorkerProcess, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.description import encode_body
-from pheanq.service import TaskQueueService
-from pheanq.tube import Tube
+from pheanq.beanstalkd import BeanstalkdConnection
+from pheanq.body import encode_body
+from pheanq.producer.service import TaskQueueService
 
 TUBE = "pheanq"  # the default tube
 STATE_LINE = re.compile(r"^(READY|BUSY [1-9][0-9]*|CHILD [1-9][0-9]*|EXITED -?[0-9]+)$")
@@ -35,9 +35,9 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def tube(beanstalkd: Beanstalkd) -> Iterator[Tube]:
-    """A pheanq.tube client of this test's beanstalkd, to look at stats and to put raw job bodies."""
-    client = Tube(beanstalkd.address)
+def connection(beanstalkd: Beanstalkd) -> Iterator[BeanstalkdConnection]:
+    """A connection to this test's beanstalkd, to look at stats and to put raw job bodies."""
+    client = BeanstalkdConnection(beanstalkd.address)
     yield client
     client.close()
 
@@ -58,8 +58,8 @@ def _record_command(tmp_path: Path, runs: Path) -> list[str]:
     """, str(runs))
 
 
-def _stats(tube: Tube) -> dict[str, Any]:
-    return tube.tube_stats(TUBE) or {}
+def _stats(connection: BeanstalkdConnection) -> dict[str, Any]:
+    return connection.tube_stats(TUBE) or {}
 
 
 def _status_is(service: TaskQueueService, task_id: int, status: Status) -> Callable[[], bool]:
@@ -122,7 +122,7 @@ def test_a_successful_task_is_done_and_by_default_its_output_is_not_kept(
 
 def test_sigterm_on_a_busy_worker_finishes_the_task_takes_no_other_and_exits_0(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     started = tmp_path / "started"
     finished = tmp_path / "finished"
@@ -148,7 +148,7 @@ def test_sigterm_on_a_busy_worker_finishes_the_task_takes_no_other_and_exits_0(
     assert row.status is Status.DONE and row.exit_code == 0
     assert service.status_of(second) is Status.NEW
     assert service.status_of(third) is Status.NEW
-    assert _stats(tube)["current-jobs-ready"] == 2
+    assert _stats(connection)["current-jobs-ready"] == 2
     assert worker.lines == ["READY", f"BUSY {first}", "READY"]
 
 
@@ -246,7 +246,7 @@ def test_output_with_nul_bytes_invalid_utf8_and_emoji_is_logged_on_every_databas
 
 def test_an_unregistered_command_is_buried_unrun_and_runs_once_registered_and_kicked(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     write_config(tmp_path, commands={"known": [sys.executable, "-c", "pass"]})
     service = make_service(sqlite_url)
@@ -259,10 +259,10 @@ def test_an_unregistered_command_is_buried_unrun_and_runs_once_registered_and_ki
     assert "'nobody-registered-this' is not registered on this worker (known: example-task-worker, known)" \
         in worker.log
     assert worker.lines == ["READY", "READY"] or worker.lines == ["READY"]
-    assert (tube.tube_stats(TUBE) or {})["current-jobs-buried"] == 1
+    assert (connection.tube_stats(TUBE) or {})["current-jobs-buried"] == 1
 
     write_config(tmp_path, commands={"nobody-registered-this": [sys.executable, "-c", "pass"]})
-    assert row.job_id is not None and tube.kick_job(row.job_id)
+    assert row.job_id is not None and connection.kick_job(row.job_id)
     again = start_worker(["--stop-when-empty"], make_env(sqlite_url))
     assert again.wait() == 0, again.log
     assert (service.find_task(task_id).status, service.find_task(task_id).attempts) == (Status.DONE, 1)
@@ -317,7 +317,7 @@ def test_a_task_longer_than_its_ttr_runs_exactly_once_with_two_workers(
 
 def test_sigint_stops_the_child_at_once_and_hands_the_task_back_never_done(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     pidfile = tmp_path / "child.pid"
     second_run = tmp_path / "second-run"
@@ -346,7 +346,7 @@ def test_sigint_stops_the_child_at_once_and_hands_the_task_back_never_done(
     assert row.status is Status.NEW
     assert row.attempts == 1 and row.worker is None
     assert row.log is not None and "interrupted" in row.log and "SIGINT" in row.log
-    stats = _stats(tube)
+    stats = _stats(connection)
     assert (stats["current-jobs-ready"], stats["current-jobs-reserved"]) == (1, 0)
     assert not second_run.exists()
     _assert_state_lines(worker)
@@ -360,12 +360,12 @@ def test_sigint_stops_the_child_at_once_and_hands_the_task_back_never_done(
 
 def test_sigterm_on_an_idle_worker_takes_no_task_queued_after_the_signal(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     runs = tmp_path / "runs.txt"
     write_config(tmp_path, commands={"record": _record_command(tmp_path, runs)})
     service = make_service(sqlite_url)
-    service.tube.tubes()  # connect now, so the put below follows the signal closely
+    service.beanstalkd.tubes()  # connect now, so the put below follows the signal closely
     worker = start_worker([], make_env(sqlite_url))
     worker.wait_line("READY")
     wait_for(lambda: "watching" in worker.log, 10, "the worker to wait for jobs")
@@ -377,13 +377,13 @@ def test_sigterm_on_an_idle_worker_takes_no_task_queued_after_the_signal(
     row = service.find_task(task_id)
     assert row.status is Status.NEW
     assert row.log is None or "not started" in row.log  # None when the job came after the last reserve
-    assert _stats(tube)["current-jobs-ready"] == 1
+    assert _stats(connection)["current-jobs-ready"] == 1
     assert worker.lines == ["READY"]
 
 
 def test_a_duplicate_job_for_a_finished_task_is_deleted_without_running(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     runs = tmp_path / "runs.txt"
     write_config(tmp_path, commands={"record": _record_command(tmp_path, runs)})
@@ -392,11 +392,11 @@ def test_a_duplicate_job_for_a_finished_task_is_deleted_without_running(
     task_id = service.queue_task(description)
     worker = start_worker([], make_env(sqlite_url))
     wait_for(_status_is(service, task_id, Status.DONE), 10, "the task to be done", interval=0.05)
-    deletes_before = _stats(tube)["cmd-delete"]
+    deletes_before = _stats(connection)["cmd-delete"]
 
-    duplicate = tube.put(TUBE, encode_body(task_id, description), 1024, 0, 60)
-    wait_for(lambda: _stats(tube)["cmd-delete"] == deletes_before + 1, 10, "the duplicate to be deleted")
-    stats = _stats(tube)
+    duplicate = connection.put(TUBE, encode_body(task_id, description), 1024, 0, 60)
+    wait_for(lambda: _stats(connection)["cmd-delete"] == deletes_before + 1, 10, "the duplicate to be deleted")
+    stats = _stats(connection)
     assert (stats["current-jobs-ready"], stats["current-jobs-reserved"], stats["current-jobs-buried"]) == (0, 0, 0)
     wait_for(lambda: f"deleting job {duplicate} without running it" in worker.log, 5, "the deletion in the log")
 
@@ -411,7 +411,7 @@ def test_a_duplicate_job_for_a_finished_task_is_deleted_without_running(
 
 def test_malformed_bodies_and_a_missing_row_are_buried_and_the_worker_goes_on(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     runs = tmp_path / "runs.txt"
     write_config(tmp_path, commands={"record": _record_command(tmp_path, runs)})
@@ -422,14 +422,14 @@ def test_malformed_bodies_and_a_missing_row_are_buried_and_the_worker_goes_on(
         b"\x00\xff\xfe\x80binary garbage\x9c",
         encode_body(987654, TaskDescription("record", ["ghost"])),  # no such row
     ]
-    bad_jobs = [tube.put(TUBE, body, 0, 0, 60) for body in bad_bodies]  # priority 0: reserved first
+    bad_jobs = [connection.put(TUBE, body, 0, 0, 60) for body in bad_bodies]  # priority 0: reserved first
     service = make_service(sqlite_url)
     good = service.queue_task(TaskDescription("record", ["good"]))
 
     worker = start_worker(["--stop-when-empty"], make_env(sqlite_url))
     assert worker.wait() == 0, worker.log
 
-    stats = _stats(tube)
+    stats = _stats(connection)
     assert stats["current-jobs-buried"] == len(bad_bodies)
     assert (stats["current-jobs-ready"], stats["current-jobs-reserved"]) == (0, 0)
     for job_id in bad_jobs:
@@ -443,7 +443,7 @@ def test_malformed_bodies_and_a_missing_row_are_buried_and_the_worker_goes_on(
 
 def test_max_tasks_runs_exactly_n_tasks_then_exits_0(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
-    tube: Tube,
+    connection: BeanstalkdConnection,
 ) -> None:
     runs = tmp_path / "runs.txt"
     write_config(tmp_path, commands={"record": _record_command(tmp_path, runs)})
@@ -456,7 +456,7 @@ def test_max_tasks_runs_exactly_n_tasks_then_exits_0(
     assert worker.lines == ["READY", f"BUSY {ids[0]}", "READY", f"BUSY {ids[1]}", "READY"]
     assert runs.read_text() == f"{ids[0]} 0\n{ids[1]} 1\n"
     assert service.status_of(ids[2]) is Status.NEW
-    assert _stats(tube)["current-jobs-ready"] == 1
+    assert _stats(connection)["current-jobs-ready"] == 1
 
 
 def test_stop_when_empty_exits_0_at_once_on_an_empty_tube_and_before_max_tasks(

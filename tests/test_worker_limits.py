@@ -13,8 +13,8 @@ import pytest
 from support import WorkerProcess, one_error_line, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.service import TaskQueueService
-from pheanq.worker_limits import WorkerLimits
+from pheanq.producer.service import TaskQueueService
+from pheanq.worker.cron import WorkerLimits
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]

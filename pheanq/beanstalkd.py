@@ -1,0 +1,226 @@
+"""Every beanstalkd call pheanq makes. Nothing else in pheanq speaks to beanstalkd.
+
+One `BeanstalkdConnection` is one connection to one server, opened on first use
+and opened again after it broke; it puts into and reserves from any tube (a tube
+is a name, passed to each call). Every network wait is bounded, and a broken or
+refused connection is a `TubeUnavailable` naming the server, never a raw socket
+error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import greenstalk
+
+from pheanq.errors import InvalidInput, TubeUnavailable
+
+T = TypeVar("T")
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# How long an answer to a quick command may take before the server counts as gone.
+DEFAULT_IO_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReservedJob:
+    id: int
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """A job as beanstalkd holds it now, from stats-job and peek."""
+
+    id: int
+    tube: str
+    state: str      # ready, delayed, reserved or buried
+    priority: int
+    body: bytes
+
+
+class BeanstalkdConnection:
+    def __init__(self, address: tuple[str, int], connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 io_timeout: float = DEFAULT_IO_TIMEOUT) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self._client: greenstalk.Client[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._using = greenstalk.DEFAULT_TUBE
+        self._watching: set[str] = {greenstalk.DEFAULT_TUBE}
+        # greenstalk is not thread-safe; an application may queue from several threads.
+        self._lock = threading.RLock()
+
+    @property
+    def server(self) -> str:
+        """`host:port`, as messages and the buried jobs' records name the server."""
+        host, port = self.address
+        return f"{host}:{port}"
+
+    def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(OSError):
+                self._client.close()
+            self._client = None
+            self._sock = None
+
+    def put(self, tube: str, body: bytes, priority: int, delay: int, ttr: int) -> int:
+        def put(client: greenstalk.Client[bytes]) -> int:
+            self._use(client, tube)
+            return client.put(body, priority=priority, delay=delay, ttr=ttr)
+
+        try:
+            return self._call(put)
+        except greenstalk.JobTooBigError:
+            raise InvalidInput(f"beanstalkd at {self.server} refused a job of {len(body)} bytes as too big") from None
+        except greenstalk.BuriedError as error:
+            # The server ran out of memory and buried the job: it exists, kick makes it ready.
+            if error.id is None:
+                raise TubeUnavailable(f"beanstalkd at {self.server} is out of memory") from None
+            return error.id
+
+    def reserve(self, tubes: Iterable[str], timeout: int) -> ReservedJob | None:
+        """Wait up to `timeout` seconds for a job from any of `tubes`; None when none came."""
+        wanted = set(tubes)
+
+        def reserve(client: greenstalk.Client[bytes]) -> ReservedJob | None:
+            self._watch(client, wanted)
+            self._set_socket_timeout(timeout + self.io_timeout)
+            try:
+                job = client.reserve(timeout=timeout)
+            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+                return None
+            finally:
+                self._set_socket_timeout(self.io_timeout)
+            return ReservedJob(job.id, job.body)
+
+        return self._call(reserve)
+
+    def touch(self, job_id: int) -> bool:
+        """Renew the reservation; False when this connection no longer holds the job."""
+        return self._on_job(job_id, lambda client, job: client.touch(job))
+
+    def delete(self, job_id: int) -> bool:
+        return self._on_job(job_id, lambda client, job: client.delete(job))
+
+    def release(self, job_id: int, priority: int, delay: int = 0) -> bool:
+        return self._on_job(job_id, lambda client, job: client.release(job, priority=priority, delay=delay))
+
+    def bury(self, job_id: int, priority: int = 0) -> bool:
+        return self._on_job(job_id, lambda client, job: client.bury(job, priority=priority))
+
+    def inspect(self, job_id: int) -> JobInfo | None:
+        """The job with this id in any state (stats-job, then peek for its body), or None when beanstalkd
+        has no such job. After a restart without binlog, ids start again from 1: the body tells whose it is."""
+        def inspect(client: greenstalk.Client[bytes]) -> JobInfo:
+            stats = client.stats_job(job_id)
+            body = client.peek(job_id).body
+            return JobInfo(job_id, str(stats["tube"]), str(stats["state"]), int(stats["pri"]), body)
+
+        try:
+            return self._call(inspect)
+        except greenstalk.NotFoundError:
+            return None
+
+    def kick_job(self, job_id: int) -> bool:
+        """Make a buried (or delayed) job ready; False when there is no such job in those states."""
+        return self._on_job(job_id, lambda client, job: client.kick_job(job))
+
+    def kick(self, tube: str, bound: int) -> int:
+        """Kick up to `bound` jobs of the tube: buried ones, or delayed ones when none is buried."""
+        def kick(client: greenstalk.Client[bytes]) -> int:
+            self._use(client, tube)
+            return client.kick(bound)
+
+        return self._call(kick)
+
+    def peek_buried(self, tube: str) -> JobInfo | None:
+        """The next buried job of the tube (the one `kick` would take first), or None."""
+        def peek(client: greenstalk.Client[bytes]) -> int:
+            self._use(client, tube)
+            return client.peek_buried().id
+
+        try:
+            job_id = self._call(peek)
+        except greenstalk.NotFoundError:
+            return None
+        return self.inspect(job_id)
+
+    def pause(self, tube: str, seconds: int) -> None:
+        """beanstalkd's pause-tube: no job is reserved from the tube for `seconds` (0 resumes it). A tube
+        beanstalkd does not know yet (no job, no watcher) cannot be paused there: nothing to do."""
+        with contextlib.suppress(greenstalk.NotFoundError):
+            self._call(lambda client: client.pause_tube(tube, seconds))
+
+    def tube_stats(self, tube: str) -> dict[str, Any] | None:
+        """beanstalkd's stats-tube, or None for a tube that does not exist (no job and no watcher)."""
+        try:
+            return dict(self._call(lambda client: client.stats_tube(tube)))
+        except greenstalk.NotFoundError:
+            return None
+
+    def tubes(self) -> list[str]:
+        return self._call(lambda client: client.tubes())
+
+    def _on_job(self, job_id: int, action: Callable[[greenstalk.Client[bytes], greenstalk.Job[bytes]], None]) -> bool:
+        job: greenstalk.Job[bytes] = greenstalk.Job(job_id, b"")
+        try:
+            self._call(lambda client: action(client, job))
+        except greenstalk.NotFoundError:
+            return False
+        return True
+
+    def _call(self, operation: Callable[[greenstalk.Client[bytes]], T]) -> T:
+        with self._lock:
+            return self._call_locked(operation)
+
+    def _call_locked(self, operation: Callable[[greenstalk.Client[bytes]], T]) -> T:
+        try:
+            return operation(self._connected())
+        except (OSError, greenstalk.UnknownResponseError, AssertionError) as error:
+            # AssertionError: greenstalk's own framing checks on a cut-off answer.
+            self.close()
+            raise TubeUnavailable(f"beanstalkd at {self.server} is unreachable: {_reason(error)}") from None
+        except greenstalk.DrainingError:
+            raise TubeUnavailable(f"beanstalkd at {self.server} is draining and takes no new jobs") from None
+
+    def _connected(self) -> greenstalk.Client[bytes]:
+        if self._client is None:
+            sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+            sock.settimeout(self.io_timeout)
+            self._sock = sock
+            self._client = greenstalk.Client(sock, encoding=None)
+            self._using = greenstalk.DEFAULT_TUBE
+            self._watching = {greenstalk.DEFAULT_TUBE}
+        return self._client
+
+    def _use(self, client: greenstalk.Client[bytes], tube: str) -> None:
+        if self._using != tube:
+            client.use(tube)
+            self._using = tube
+
+    def _watch(self, client: greenstalk.Client[bytes], tubes: set[str]) -> None:
+        # Watch the new ones before ignoring the old: beanstalkd refuses to ignore the last tube.
+        for tube in sorted(tubes - self._watching):
+            client.watch(tube)
+        for tube in sorted(self._watching - tubes):
+            client.ignore(tube)
+        self._watching = set(tubes)
+
+    def _set_socket_timeout(self, seconds: float) -> None:
+        if self._sock is not None:
+            self._sock.settimeout(seconds)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, socket.timeout):
+        return "no answer in time"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

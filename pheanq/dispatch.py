@@ -1,0 +1,460 @@
+"""The only code that writes a task's row together with its job.
+
+Every change that must keep a task's row and its beanstalkd job in step is a method of `Dispatcher`:
+putting the job of a recorded task and noting its id, sending again a task whose job is gone, sending
+the tasks that a write released (dependants, batch callbacks), claiming a reserved job's task, ending an
+attempt and deleting or releasing its job, cancelling, regenerating, and burying a job that must not run.
+The order is always the row first (the truth), then the job; a job whose row write lost is deleted,
+never left behind; a row whose job could not be put stays without one, and the reconciler sends it.
+
+Other code reads the table and beanstalkd freely, and may run what touches only one of them (a lease's
+heartbeat, a touch, a pause, a buried job's record), but never writes a task's row and its job together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Protocol
+
+from pheanq import tasklog
+from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, ReservedJob
+from pheanq.body import decode_body, decode_data, encode_body
+from pheanq.clock import utc_now
+from pheanq.config import Settings
+from pheanq.description import TaskDescription
+from pheanq.errors import (
+    InvalidInput,
+    MalformedBody,
+    NotFound,
+    PheanqError,
+    StoreUnavailable,
+    TaskNotSent,
+    TaskPendingWarning,
+    TubeUnavailable,
+    WrongStatus,
+)
+from pheanq.lease import stale_after
+from pheanq.limits import BODY_PREVIEW_BYTES, MAX_BURIED_REASON
+from pheanq.retry import after_failure
+from pheanq.run_at import put_delay
+from pheanq.status import Status
+from pheanq.storage import Store
+from pheanq.storage.tables import BuriedRow, TaskRow
+from pheanq.storage.tasks import ClaimOutcome, Inserted
+from pheanq.storage.workflows import Cancelled
+
+log = logging.getLogger("pheanq.dispatch")
+
+# After a put that failed slowly (a timeout, not a refused connection), how long tasks are recorded as
+# pending without trying beanstalkd again.
+PUT_RETRY_SECONDS = 5.0
+SLOW_FAILURE_SECONDS = 0.5
+# At most this many of its own pending tasks a dispatcher remembers, to send them itself once a put works again.
+MAX_OWN_PENDING = 10_000
+# How long a job whose task is held under a live lease waits before it is looked at again.
+HELD_RECHECK_SECONDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedJob:
+    """A recorded task's job, as it is to be put into its tube."""
+
+    task_id: int
+    description: TaskDescription
+    tube: str
+    priority: int
+    run_at: dt.datetime | None
+    ttr: int
+
+    @classmethod
+    def of(cls, row: TaskRow) -> PlannedJob:
+        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr)
+
+
+class Attempt(Protocol):
+    """One attempt at a task, as whoever ends it knows it: the job it held and the row as it was claimed."""
+
+    @property
+    def job_id(self) -> int | None: ...
+
+    @property
+    def row(self) -> TaskRow: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkPackage:
+    """A claimed task: the reserved job, the row as claimed and the description to run."""
+
+    job_id: int
+    row: TaskRow
+    description: TaskDescription
+
+    @property
+    def task_id(self) -> int:
+        return self.row.id
+
+    @property
+    def attempt(self) -> int:
+        return self.row.attempts
+
+
+class Dispatcher:
+    """The task table and beanstalkd of one process, and every write that changes both."""
+
+    def __init__(self, settings: Settings, store: Store | None = None,
+                 beanstalkd: BeanstalkdConnection | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.database_url)
+        self.beanstalkd = beanstalkd or BeanstalkdConnection(settings.beanstalkd)
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._beanstalkd_down_until = 0.0
+        self._beanstalkd_down_reason = ""
+        self._own_pending: list[PlannedJob] = []
+        self._pending_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.beanstalkd.close()
+        self.store.close()
+
+    # --- sending the jobs of recorded tasks -----------------------------------------------------------------
+
+    def send(self, job: PlannedJob) -> bool:
+        """Put the job of a recorded task; False, with a TaskPendingWarning, when beanstalkd did not take it.
+
+        After a put that failed slowly (an unreachable host costs the connect timeout), beanstalkd is left
+        alone for PUT_RETRY_SECONDS and tasks are recorded as pending meanwhile, so an application queueing
+        many tasks is not held up for each. Once a put works again, the dispatcher sends the tasks it left
+        pending itself, without waiting for the reconciler.
+        """
+        reason = self._beanstalkd_down_reason if time.monotonic() < self._beanstalkd_down_until else None
+        if reason is None:
+            started = time.monotonic()
+            try:
+                job_id = self._put(job)
+            except TubeUnavailable as error:
+                reason = str(error)
+                if time.monotonic() - started >= SLOW_FAILURE_SECONDS:
+                    self._beanstalkd_down_until = time.monotonic() + PUT_RETRY_SECONDS
+                    self._beanstalkd_down_reason = f"{reason}; not retried for {PUT_RETRY_SECONDS:g}s"
+            except InvalidInput:
+                # The server's job size limit is below pheanq's: the task can never be sent, so it is taken back.
+                self.store.tasks.delete_unsent(job.task_id)
+                raise
+            else:
+                self._record_job_id(job.task_id, job_id)
+                self._send_own_pending()
+                return True
+        with self._pending_lock:
+            if len(self._own_pending) < MAX_OWN_PENDING:
+                self._own_pending.append(job)
+        log.warning("task %d is pending: %s", job.task_id, reason)
+        warnings.warn(TaskPendingWarning(job.task_id, reason), stacklevel=3)
+        return False
+
+    def send_inserted(self, job: PlannedJob, inserted: Inserted) -> int:
+        """After a task's insert: put its job if it is `new`, settle it if it waits for others; its id."""
+        if inserted.created and inserted.status is Status.NEW:
+            self.send(dataclasses.replace(job, task_id=inserted.task_id))
+        elif inserted.created:
+            try:
+                self.send_released(self.store.workflows.settle_waiting(inserted.task_id).released)
+            except PheanqError as error:
+                # The task is committed: its id must reach the caller. The reconciler settles it.
+                log.warning("task %d is waiting; settling it failed (%s); the reconciler will", inserted.task_id,
+                            error)
+        return inserted.task_id
+
+    def send_many(self, jobs: list[PlannedJob]) -> None:
+        """Put the jobs of tasks inserted together, and note their ids in one transaction. At the first put
+        that fails, the rest are left pending (one TaskPendingWarning): the reconciler sends them."""
+        sent: list[tuple[int, int]] = []
+        for job in jobs:
+            try:
+                sent.append((job.task_id, self._put(job)))
+            except TubeUnavailable as error:
+                unsent = len(jobs) - len(sent)
+                log.warning("%d task(s) are pending: %s", unsent, error)
+                warnings.warn(TaskPendingWarning(job.task_id, f"{error}; {unsent} task(s) of this chunk are pending"),
+                              stacklevel=3)
+                break
+        self.store.tasks.set_job_ids(sent)
+
+    def send_released(self, task_ids: Iterable[int]) -> None:
+        """Put the jobs of tasks that a write moved to `new` (released dependants, batch callbacks). What is
+        not sent now (beanstalkd or the database away) is sent by the reconciler: the rows are `new`."""
+        for task_id in task_ids:
+            try:
+                row = self.store.tasks.find_task(task_id)
+                if row is not None and row.status is Status.NEW and row.job_id is None:
+                    self.send_again(row)
+            except (StoreUnavailable, TubeUnavailable) as error:
+                log.warning("task %d is ready but not sent yet (%s); the reconciler will send it", task_id, error)
+
+    def send_again(self, row: TaskRow) -> int | None:
+        """Put a new job for a task whose job is gone (a `working` one is marked `stalled` first); the new
+        job id, or None when the task moved on meanwhile (then no job is left behind)."""
+        if row.status is Status.WORKING:
+            if not self.store.tasks.stall_task(row.id, row.attempts, tasklog.stalled(row.attempts, row.worker)):
+                return None
+            status = Status.STALLED
+        else:
+            status = row.status
+        job_id = self._put(PlannedJob.of(row))
+        if not self.store.tasks.record_job_if(row.id, status, row.job_id, job_id):
+            self.beanstalkd.delete(job_id)
+            return None
+        return job_id
+
+    def live_job_of(self, row: TaskRow) -> JobInfo | None:
+        """The task's recorded job if beanstalkd still holds it (in any state) and it is this task's."""
+        if row.job_id is None:
+            return None
+        info = self.beanstalkd.inspect(row.job_id)
+        if info is None or info.tube != row.tube:
+            return None
+        try:
+            # With a secret, a forged or unsigned body at this id is no job of the task's: it is sent again.
+            body = decode_body(info.body, self.settings.secret)
+        except MalformedBody:
+            return None
+        return info if body.task_id == row.id else None
+
+    def regenerate(self, task_id: int) -> int:
+        """Put a failed task back into its tube as `restarted`; returns the new job id.
+
+        A task left `restarted` without a job (beanstalkd was away when it was regenerated) is sent again.
+        """
+        row = self.store.tasks.restart_task(task_id)
+        if row is None:
+            found = self.store.tasks.find_task(task_id)
+            if found is None:
+                raise NotFound(f"task {task_id} does not exist")
+            if found.status is not Status.RESTARTED or found.job_id is not None:
+                raise WrongStatus(f"task {task_id} is {found.status}; only failed tasks can be regenerated")
+            row = found
+        job = PlannedJob(task_id, decode_data(row.data), row.tube, row.priority, None, row.ttr)  # at once
+        try:
+            job_id = self._put(job)
+        except TubeUnavailable as error:
+            raise TaskNotSent(task_id, str(error), Status.RESTARTED.value) from None
+        self._record_job_id(task_id, job_id)
+        return job_id
+
+    # --- workflow writes that release tasks -----------------------------------------------------------------
+
+    def settle_waiting(self, task_id: int) -> None:
+        """Settle a `waiting` task whose parents may have ended unseen (see WorkflowStatements.settle_waiting)."""
+        self.send_released(self.store.workflows.settle_waiting(task_id).released)
+
+    def recount_batch(self, batch_id: int) -> None:
+        """Count a batch's unfinished tasks from its rows; finish it (and queue its callbacks) if none is left."""
+        self.send_released(self.store.workflows.recount_batch(batch_id).released)
+
+    def close_batch(self, batch_id: int, cancelled_by: str | None = None) -> bool:
+        """No more tasks join the batch; False when there is no such batch."""
+        settled = self.store.workflows.close_batch(batch_id, cancelled_by)
+        if settled is None:
+            return False
+        self.send_released(settled.released)
+        return True
+
+    def cancel_page(self, task_ids: list[int], entry: str) -> list[Cancelled]:
+        """Cancel the tasks in one transaction; delete the jobs of those not running (a running one's worker
+        deletes its own) and send what their ends released."""
+        page = self.store.workflows.cancel_tasks(task_ids, entry)
+        for result in page.results:
+            if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
+                self._delete_job(result.row.id, result.row.job_id, "cancelled")
+        self.send_released(page.settled.released)
+        return page.results
+
+    # --- a reserved job and its attempt ---------------------------------------------------------------------
+
+    def claim(self, job: ReservedJob, task_id: int, description: TaskDescription) -> WorkPackage | None:
+        """Claim the task of a reserved job (compare-and-set), or deal with the job when it must not run now:
+        buried when its task has no row, released with a delay when it is early or held under a live lease,
+        deleted when its task ended or runs under another job."""
+        claim = self.store.tasks.claim_task(task_id, job.id, self.worker_name)
+        if claim.outcome is ClaimOutcome.MISSING:
+            self.bury(job, f"task {task_id} has no row in the table")
+            return None
+        assert claim.row is not None
+        if claim.outcome is ClaimOutcome.EARLY:
+            wait = put_delay(claim.row.run_at, utc_now())
+            log.info("job %d: task %d may not run before %s UTC; the job waits %ds more", job.id, task_id,
+                     claim.row.run_at, wait)
+            self.beanstalkd.release(job.id, claim.row.priority, wait)
+            return None
+        if claim.outcome is ClaimOutcome.HELD_ALIVE:
+            # Not the whole lease: the holder's tender may settle the task any moment (it died), and then the
+            # job should not sit delayed for long.
+            wait = min(HELD_RECHECK_SECONDS, _seconds_until_stale(claim.row))
+            log.info("job %d: task %d is still held by %s, whose lease is renewed; the job waits %ds", job.id,
+                     task_id, claim.row.worker, wait)
+            self.beanstalkd.release(job.id, claim.row.priority, wait)
+            return None
+        if claim.outcome is not ClaimOutcome.CLAIMED:
+            log.info("deleting job %d without running it: task %d is %s%s", job.id, task_id,
+                     claim.row.status, f" under job {claim.row.job_id}"
+                     if claim.outcome is ClaimOutcome.HELD_ELSEWHERE else "")
+            self.beanstalkd.delete(job.id)
+            return None
+        try:
+            stored = decode_data(claim.row.data)
+        except InvalidInput as error:
+            self.finish(WorkPackage(job.id, claim.row, description), Status.FAILED, None,
+                        f"pheanq: the stored description cannot be read: {error}\n")
+            return None
+        return WorkPackage(job.id, claim.row, stored)
+
+    def bury(self, job: ReservedJob, reason: str) -> None:
+        """Bury a job that must not run, and record why (the worker carries on)."""
+        log.warning("burying job %d: %s", job.id, reason)
+        info = self.beanstalkd.inspect(job.id)
+        self.beanstalkd.bury(job.id)
+        if info is None:
+            return
+        try:
+            self.store.admin.record_buried(BuriedRow(
+                self.beanstalkd.server, info.tube, job.id, reason[:MAX_BURIED_REASON],
+                job.body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd"), utc_now()))
+        except StoreUnavailable as error:
+            log.warning("job %d: buried, but its reason was not recorded: %s", job.id, error)
+
+    def finish(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
+               reserved: bool = True) -> bool:
+        """Record the attempt's end (`done` or `failed`), delete its job, and send what the end released;
+        False when the attempt no longer owns the task (its result is not recorded). With `reserved` (the
+        caller holds the job), the job is deleted even then: it is this attempt's reservation."""
+        task_id, number = attempt.row.id, attempt.row.attempts
+        settled = self.store.tasks.finish_task(task_id, number, status, exit_code, log_text)
+        if settled is None:
+            log.warning("task %d: attempt %d no longer owns the task (taken over); its result (%s) is not "
+                        "recorded", task_id, number, status)
+        if attempt.job_id is not None and (reserved or settled is not None):
+            try:
+                try:
+                    self.beanstalkd.delete(attempt.job_id)
+                except TubeUnavailable:
+                    self.beanstalkd.delete(attempt.job_id)  # once more on a new connection: the old one may have broken
+            except TubeUnavailable as error:
+                # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
+                log.warning("task %d: recorded as %s, but its job %d was not deleted: %s", task_id, status,
+                            attempt.job_id, error)
+        if settled is None:
+            return False
+        self.send_released(settled.released)
+        return True
+
+    def fail(self, attempt: Attempt, exit_code: int | None, log_text: str | None,
+             reserved: bool = True) -> Status | None:
+        """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
+        attempt, else `failed`; returns which, or None when the attempt no longer owns the task. With
+        `reserved` (the caller holds the job), the job is released with that delay; else whoever reserves
+        it next finds the task early and delays it."""
+        task_id, number = attempt.row.id, attempt.row.attempts
+        step = after_failure(attempt.row.retry, number, exit_code)
+        entry = (log_text or "") + step.note or None
+        if step.wait is None:
+            return Status.FAILED if self.finish(attempt, Status.FAILED, exit_code, entry, reserved) else None
+        if not self.store.tasks.retry_task(task_id, number, exit_code, entry or "",
+                                           utc_now() + dt.timedelta(seconds=step.wait)):
+            if reserved:
+                self._drop_job_of_lost(attempt)
+            return None
+        if reserved and attempt.job_id is not None and \
+                not self.beanstalkd.release(attempt.job_id, attempt.row.priority, step.wait):
+            # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
+            log.warning("task %d: retrying, but its job %d was not reserved by this worker any more",
+                        task_id, attempt.job_id)
+        return Status.RETRYING
+
+    def release(self, attempt: Attempt, log_text: str) -> bool:
+        """Give a claimed task back: the row returns to `new` and the job to its tube."""
+        recorded = self.store.tasks.release_task(attempt.row.id, attempt.row.attempts, log_text)
+        if not recorded:
+            self._drop_job_of_lost(attempt)
+        elif attempt.job_id is not None and not self.beanstalkd.release(attempt.job_id, attempt.row.priority):
+            # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
+            self.beanstalkd.kick_job(attempt.job_id)
+        return recorded
+
+    def stall(self, attempt: Attempt, log_text: str) -> bool:
+        """The attempt's worker died while its command ran: `stalled`, and its job ready to run again at once;
+        False when the attempt was already settled."""
+        if not self.store.tasks.stall_task(attempt.row.id, attempt.row.attempts, log_text):
+            return False
+        if attempt.job_id is not None:
+            # Another worker may have found the lease still fresh and delayed the job: make it ready now.
+            self.beanstalkd.kick_job(attempt.job_id)
+        return True
+
+    def drop_cancelled(self, attempt: Attempt, log_text: str) -> bool:
+        """The worker stopped the command of a task cancelled while it ran: note how the attempt ended and
+        delete the job."""
+        self.store.tasks.append_log(attempt.row.id, Status.CANCELLED, log_text)
+        if attempt.job_id is not None:
+            self.beanstalkd.delete(attempt.job_id)
+        return True
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _put(self, job: PlannedJob) -> int:
+        """Put a recorded task's job, delayed until its run_at (see pheanq.run_at)."""
+        body = encode_body(job.task_id, job.description, self.settings.secret)
+        return self.beanstalkd.put(job.tube, body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
+
+    def _record_job_id(self, task_id: int, job_id: int) -> None:
+        """Note the job id on the row. The job is already out: failing here must not make the caller
+        queue the task again, and the worker that claims the job records the id anyway."""
+        try:
+            self.store.tasks.set_job_id(task_id, job_id)
+        except StoreUnavailable as error:
+            log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
+
+    def _send_own_pending(self) -> None:
+        """Send the tasks this dispatcher left pending, unless the reconciler already has; the row keeps one job."""
+        with self._pending_lock:
+            if not self._own_pending:
+                return
+            jobs, self._own_pending = self._own_pending, []
+        try:
+            unsent = self.store.tasks.unsent_task_ids([job.task_id for job in jobs])
+            for job in jobs:
+                if job.task_id in unsent:
+                    job_id = self._put(job)
+                    if not self.store.tasks.record_job_if(job.task_id, Status.NEW, None, job_id):
+                        self.beanstalkd.delete(job_id)
+        except (StoreUnavailable, TubeUnavailable) as error:
+            log.warning("tasks left pending were not all sent (%s); the reconciler will send them", error)
+
+    def _drop_job_of_lost(self, attempt: Attempt) -> None:
+        """The attempt no longer owns its task (cancelled, settled by a tender, taken over): delete the job
+        rather than leave it reserved until its TTR. A job reserved by whoever took the task over is theirs,
+        and beanstalkd refuses to delete it."""
+        if attempt.job_id is None:
+            return
+        log.info("task %d: attempt %d no longer owns the task; its job %d is deleted", attempt.row.id,
+                 attempt.row.attempts, attempt.job_id)
+        self.beanstalkd.delete(attempt.job_id)
+
+    def _delete_job(self, task_id: int, job_id: int, why: str) -> None:
+        try:
+            self.beanstalkd.delete(job_id)
+        except TubeUnavailable as error:
+            # If the job comes back, the claim finds the task ended and deletes it unrun.
+            log.warning("task %d: %s, but its job %d was not deleted: %s", task_id, why, job_id, error)
+
+
+def _seconds_until_stale(row: TaskRow) -> int:
+    last = row.heartbeat or row.modified
+    return max(1, math.ceil(stale_after(row.ttr) - (utc_now() - last).total_seconds()) + 1)

@@ -1,0 +1,43 @@
+"""The bounds pheanq checks values against, each in one place with the reason for its number, and the check
+that names the value it refuses.
+
+Most come from beanstalkd's protocol (protocol.txt) or from the columns of pheanq's tables; a value past
+one is refused with `InvalidInput` before anything is written.
+"""
+
+from __future__ import annotations
+
+from pheanq.errors import InvalidInput
+
+# A task id (the table's BIGINT primary key): a signed 64-bit integer.
+MAX_TASK_ID = 2**63 - 1
+# beanstalkd's priority, delay, ttr and pause-tube seconds: unsigned 32-bit integers.
+MAX_PRIORITY = 2**32 - 1
+MAX_BEANSTALKD_SECONDS = 2**32 - 1
+# Every other span of seconds pheanq keeps (a task's timeout, a retry's delay and cap): a signed 32-bit
+# integer, as the table's INTEGER holds.
+MAX_SECONDS = 2**31 - 1
+# beanstalkd's default max-job-size (-z); a larger job body would be refused by the server.
+MAX_BODY_BYTES = 65535
+# A unique key: the longest text MySQL/MariaDB can index in utf8mb4 (191 characters of 4 bytes: at most 767 bytes).
+MAX_UNIQUE_KEY = 191
+# A batch's name, a canceller's name: the table's VARCHAR(255).
+MAX_NAME = 255
+MAX_ATTEMPTS = 1000
+# How much of a buried job's body, and of the reason it was buried, `pheanq buried` keeps and shows.
+BODY_PREVIEW_BYTES = 2000
+MAX_BURIED_REASON = 1000
+# Rows one statement or one transaction takes at most: a batch's chunk, a page of cancels or of the
+# reconciler, the ids in one IN (...) list.
+PAGE_SIZE = 500
+
+
+def check_whole_number(name: str, value: object, low: int, high: int) -> None:
+    """InvalidInput naming `name` unless `value` is an int (not a bool) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def pages(items: list[int], size: int = PAGE_SIZE) -> list[list[int]]:
+    """`items` cut into lists of at most `size`, in order."""
+    return [items[start:start + size] for start in range(0, len(items), size)]

@@ -1,0 +1,150 @@
+"""What `pheanq status` and `pheanq show` print: the table's view beside beanstalkd's, as text or JSON."""
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from typing import Any
+
+from pheanq.body import decode_data
+from pheanq.clock import utc_now
+from pheanq.dispatch import Dispatcher
+from pheanq.errors import InvalidInput, TubeUnavailable
+from pheanq.ops.buried import BuriedList
+from pheanq.retry import Retry
+from pheanq.status import Status
+from pheanq.storage.tables import TaskRow, WorkerRow
+
+# A tender reports every 2 s; one silent for longer than this is shown as possibly gone.
+STALE_REPORT_SECONDS = 15
+# beanstalkd's per-tube figures shown beside the table's counts.
+TUBE_FIGURES = ("current-jobs-ready", "current-jobs-reserved", "current-jobs-delayed", "current-jobs-buried",
+                "current-watching")
+
+
+def status_report(dispatch: Dispatcher) -> dict[str, Any]:
+    """Counts per tube and status from SQL, and beanstalkd's own stats of the same tubes."""
+    counts = dispatch.store.tasks.count_tasks()
+    tubes = sorted({tube for tube, _, _ in counts} | {dispatch.settings.default_tube})
+    report: dict[str, Any] = {
+        "database": dispatch.store.safe_url,
+        "beanstalkd": dispatch.beanstalkd.server,
+        "beanstalkd_error": None,
+        "tubes": {tube: {"tasks": {status.value: 0 for status in Status}, "beanstalkd": None} for tube in tubes},
+    }
+    for tube, status, count in counts:
+        report["tubes"][tube]["tasks"][status.value] = count
+    report["paused"] = {tube: _time(until) for tube, until in sorted(dispatch.store.admin.paused_tubes(
+        utc_now()).items())}
+    report["pool"] = pool_report(dispatch.store.admin.list_pool())
+    try:
+        for tube in tubes:
+            stats = dispatch.beanstalkd.tube_stats(tube)
+            report["tubes"][tube]["beanstalkd"] = {key: stats.get(key, 0) if stats else 0 for key in TUBE_FIGURES}
+    except TubeUnavailable as error:
+        report["beanstalkd_error"] = str(error)
+    return report
+
+
+def pool_report(rows: list[WorkerRow]) -> list[dict[str, Any]]:
+    """Each worker-tender as it last reported itself, with its workers."""
+    now = utc_now()
+    tenders: list[dict[str, Any]] = []
+    for row in rows:
+        entry = {"pid": row.pid, "state": row.state, "task_id": row.task_id,
+                 "age_seconds": round((now - row.started).total_seconds(), 1)}
+        if row.kind == "tender":
+            tenders.append({"host": row.host, **entry, "tubes": row.tubes.split(","),
+                            "reported_seconds_ago": round((now - row.heartbeat).total_seconds(), 1), "workers": []})
+        elif tenders and tenders[-1]["pid"] == row.tender_pid and tenders[-1]["host"] == row.host:
+            tenders[-1]["workers"].append(entry)
+    return tenders
+
+
+def format_status(report: dict[str, Any]) -> str:
+    statuses = [status.value for status in Status]
+    figures = ["ready", "reserved", "delayed", "buried", "watching"]
+    header = ["tube", *statuses, "|", *figures]
+    rows = [header]
+    for tube, entry in report["tubes"].items():
+        stats = entry["beanstalkd"]
+        beanstalkd = [str(stats[key]) for key in TUBE_FIGURES] if stats else ["-"] * len(figures)
+        rows.append([tube, *(str(entry["tasks"][s]) for s in statuses), "|", *beanstalkd])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"database {report['database']}   beanstalkd {report['beanstalkd']}", ""]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
+    if report["beanstalkd_error"]:
+        lines.append(f"beanstalkd: {report['beanstalkd_error']}")
+    for tube, until in report["paused"].items():
+        lines.append(f"tube {tube} is paused until {until} (`pheanq resume --use-tube {tube}`)")
+    lines.append("")
+    if not report["pool"]:
+        lines.append("worker-tenders: none reported")
+    for tender in report["pool"]:
+        silent = tender["reported_seconds_ago"]
+        note = f"  (no report for {silent:.0f}s: gone?)" if silent > STALE_REPORT_SECONDS else ""
+        lines.append(f"worker-tender {tender['host']}:{tender['pid']}  tubes {','.join(tender['tubes'])}  "
+                     f"{tender['state']}  up {_duration(tender['age_seconds'])}  "
+                     f"{len(tender['workers'])} worker(s){note}")
+        for worker in tender["workers"]:
+            task = f"task {worker['task_id']}" if worker["task_id"] is not None else "-"
+            lines.append(f"  worker {worker['pid']:<8} {worker['state']:<9} {task:<12} "
+                         f"age {_duration(worker['age_seconds'])}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def task_report(row: TaskRow) -> dict[str, Any]:
+    try:
+        description = decode_data(row.data)
+        line = shlex.join([description.command, *description.command_line()])
+    except InvalidInput:
+        line = row.command
+    return {
+        "id": row.id, "command": row.command, "command_line": line, "tube": row.tube, "status": row.status.value,
+        "priority": row.priority, "ttr": row.ttr, "timeout": row.timeout, "job_id": row.job_id,
+        "attempts": row.attempts, "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
+        "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
+        "heartbeat": _time(row.heartbeat), "run_at": _time(row.run_at), "data": row.data, "log": row.log,
+        "retry": Retry.from_json(row.retry).describe(), "unique_key": row.unique_key, "batch": row.batch_id,
+        "callback_of": row.callback_of, "waiting_for": row.waiting_for if row.status is Status.WAITING else None,
+    }
+
+
+def format_task(report: dict[str, Any]) -> str:
+    fields = ["status", "command_line", "tube", "priority", "ttr", "timeout", "retry", "job_id", "attempts",
+              "exit_code", "worker", "run_at", "unique_key", "batch", "callback_of", "waiting_for", "created",
+              "started", "finished", "modified", "heartbeat"]
+    lines = [f"task {report['id']}"]
+    lines += [f"  {name:<13}{'-' if report[name] is None else report[name]}" for name in fields]
+    lines.append("log:")
+    lines.append(report["log"].rstrip("\n") if report["log"] else "  (empty)")
+    return "\n".join(lines)
+
+
+def format_buried(listing: BuriedList) -> str:
+    if not listing.total:
+        return f"tube {listing.tube}: no buried job"
+    lines = [f"tube {listing.tube}: {listing.total} buried job(s)"]
+    for job in listing.jobs:
+        when = _time(job.buried) or "-"
+        lines.append(f"  job {job.job_id}  {when}  {job.reason or '(no reason recorded: buried by another client)'}")
+        body = job.body if len(job.body) <= 120 else job.body[:117] + "..."
+        lines.append(f"      body: {body!r}")
+    if listing.unlisted:
+        lines.append(f"  ... and {listing.unlisted} more without a recorded reason (beanstalkd shows only the next "
+                     "one; `pheanq buried kick --all` or `delete --all` take them too)")
+    return "\n".join(lines)
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat(sep=" ", timespec="seconds") + "Z"

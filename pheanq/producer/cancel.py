@@ -1,0 +1,68 @@
+"""Cancelling tasks: `pheanq cancel ID…`, `cancel_task`, `cancel_batch`.
+
+A task that has not started is moved to `cancelled` and its job deleted (a job reserved by a worker at
+that moment is deleted by the worker, whose claim finds the task cancelled). A running task is moved to
+`cancelled` at once; its worker reads the task's status every second while the command runs and stops
+the command when it sees the cancel (pheanq.worker.holds). Either way the log says who cancelled it and
+when, and the task's end releases or fails what waits on it like any other end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import socket
+
+from pheanq import tasklog
+from pheanq.clock import utc_now
+from pheanq.dispatch import Dispatcher
+from pheanq.errors import NotFound
+from pheanq.limits import PAGE_SIZE
+from pheanq.status import PENDING, Status
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelResult:
+    task_id: int
+    cancelled: bool
+    was: Status          # the status the task had when the cancel came
+    message: str
+
+
+def who_cancels() -> str:
+    """`user@host`, for the log line of a cancel made without `by=`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cancel_task(dispatch: Dispatcher, task_id: int, by: str | None = None) -> CancelResult:
+    """Cancel one task that has not ended; NotFound when it does not exist."""
+    found = dispatch.cancel_page([task_id], tasklog.cancelled(by or who_cancels(), utc_now()))
+    if not found:
+        raise NotFound(f"task {task_id} does not exist")
+    row = found[0].row
+    if not found[0].took:
+        return CancelResult(task_id, False, row.status, f"task {task_id} is {row.status}: it has ended, "
+                                                        "nothing to cancel")
+    if row.status is Status.WORKING:
+        return CancelResult(task_id, True, row.status,
+                            f"task {task_id} cancelled; its worker ({row.worker}) stops the running command")
+    return CancelResult(task_id, True, row.status, f"task {task_id} cancelled (it was {row.status})")
+
+
+def cancel_batch(dispatch: Dispatcher, batch_id: int, by: str | None = None) -> int:
+    """Close the batch and cancel each of its tasks that has not ended, page by page; returns how many were
+    cancelled. The batch then finishes (its `finally` callback runs; `then` does not, as not all are done)."""
+    by = by or who_cancels()
+    if not dispatch.close_batch(batch_id, cancelled_by=by):
+        raise NotFound(f"batch {batch_id} does not exist")
+    cancelled = 0
+    after_id = 0
+    while ids := dispatch.store.workflows.batch_task_ids(batch_id, after_id, PAGE_SIZE, sorted(PENDING)):
+        after_id = ids[-1]
+        entry = tasklog.cancelled(by, utc_now(), batch=batch_id)
+        cancelled += sum(result.took for result in dispatch.cancel_page(ids, entry))
+    return cancelled

@@ -1,0 +1,115 @@
+"""One database: its engine, with the driver and settings pheanq wants for each backend, and transactions
+whose driver errors become pheanq errors (an outage told apart from a schema that was never upgraded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
+
+from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
+from pheanq.storage.tables import metadata, task_table
+
+# No wait on a database server is unbounded: a half-open connection (a server gone mid-answer, a cut
+# network) must fail, not hang a worker. pheanq's statements are short, so 30 s is far beyond any of them.
+_BOUNDED_WAITS: dict[str, dict[str, Any]] = {
+    "postgresql": {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                   "keepalives_count": 3, "tcp_user_timeout": 30_000},
+    "mysql": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+    "mariadb": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+}
+
+
+class Database:
+    """The database behind a URL: `transaction()` is the only way pheanq's statements reach it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, ProgrammingError) as error:
+            raise self._explain(error) from error
+
+    def check_schema(self) -> None:
+        """Raise SchemaMissing when the database was never upgraded (StoreUnavailable when it is down)."""
+        with self.transaction() as conn:
+            conn.execute(sa.select(task_table.c.id).limit(1)).all()
+
+    def _explain(self, error: DBAPIError) -> Exception:
+        """Tell an outage, or a database not upgraded to this version's schema, from a real SQL error."""
+        try:
+            with self.engine.connect() as conn:
+                inspector = sa.inspect(conn)
+                tables = [name for name in metadata.tables if not inspector.has_table(name)]
+                missing = [f"the table {name}" for name in tables]
+                for name, table in metadata.tables.items():
+                    if name not in tables:
+                        present = {column["name"] for column in inspector.get_columns(name)}
+                        missing += [f"the column {name}.{column.name}" for column in table.columns
+                                    if column.name not in present]
+        except DBAPIError as probe:
+            reason = str(getattr(probe, "orig", probe)).strip().splitlines()[0]
+            return StoreUnavailable(f"database {self.safe_url} is unreachable: {reason}")
+        if not missing:
+            if isinstance(error, OperationalError):
+                # The server answered the probe, but the statement failed on the server's state: starting up,
+                # shutting down, a lock or deadlock. Another try later is the answer, as for an outage.
+                reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+                return StoreUnavailable(f"database {self.safe_url} is unavailable: {reason}")
+            return error
+        return SchemaMissing(self.safe_url, None if len(tables) == len(metadata.tables) else missing)
+
+
+def create_engine(url: str) -> Engine:
+    """An engine with the driver and settings pheanq wants for each backend."""
+    parsed = _with_driver(make_url(url))
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+            sa.event.listen(engine, "connect", _tune_sqlite)
+            return engine
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=_BOUNDED_WAITS.get(backend, {}))
+    except (NoSuchModuleError, ImportError) as error:
+        safe = make_url(url).render_as_string(hide_password=True)
+        raise ConfigError(f"database_url: {safe}: the driver {parsed.drivername!r} is not available "
+                          f"({error})") from None
+
+
+def same(column: Any, value: Any) -> Any:
+    """`column = value` that also matches NULL to None."""
+    return column.is_(None) if value is None else column == value
+
+
+def _with_driver(url: URL) -> URL:
+    """Plain postgresql:// and mysql:// URLs use the drivers pheanq installs as extras."""
+    if url.drivername in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername in ("mysql", "mariadb"):
+        return url.set(drivername=f"{url.drivername}+pymysql")
+    return url
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,244 @@
+"""pheanq's tables, the rows read from them, and the one read every statement group shares (a task by id).
+
+Migrations freeze each revision's own copy of these definitions; a change here needs a new revision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+
+from pheanq.status import Status
+
+metadata = sa.MetaData()
+
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+task_table = sa.Table(
+    "pheanq_task",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("command", sa.String(255), nullable=False),
+    sa.Column("data", _LongText, nullable=False),
+    sa.Column("tube", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.BigInteger(), nullable=False),
+    sa.Column("ttr", sa.Integer(), nullable=False),
+    sa.Column("job_id", sa.BigInteger(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("exit_code", sa.Integer(), nullable=True),
+    sa.Column("log", _LongText, nullable=True),
+    sa.Column("worker", sa.String(255), nullable=True),
+    sa.Column("created", _Timestamp, nullable=False),
+    sa.Column("started", _Timestamp, nullable=True),
+    sa.Column("finished", _Timestamp, nullable=True),
+    sa.Column("modified", _Timestamp, nullable=False),
+    # The holder's last renewal of its lease while the task is `working` (see pheanq.lease).
+    sa.Column("heartbeat", _Timestamp, nullable=True),
+    # Seconds the command may run before its worker stops it and the attempt fails; NULL: no limit.
+    sa.Column("timeout", sa.Integer(), nullable=True),
+    # From when the task may run (UTC); NULL: at once. Every put of its job is delayed until then.
+    sa.Column("run_at", _Timestamp, nullable=True),
+    # The retry policy as JSON (see pheanq.retry); NULL: one attempt.
+    sa.Column("retry", sa.String(500), nullable=True),
+    # While the task has not ended, `unique_live` repeats `unique_key`: the unique index lets one such task
+    # exist per key, and clearing it when the task ends frees the key.
+    sa.Column("unique_key", sa.String(191), nullable=True),
+    sa.Column("unique_live", sa.String(191), nullable=True),
+    # How many of the tasks it waits for (pheanq_dependency) are not done yet, while it is `waiting`.
+    sa.Column("waiting_for", sa.Integer(), nullable=False, server_default="0"),
+    # The batch the task belongs to; a batch's callback task names its batch in `callback_of` instead.
+    sa.Column("batch_id", sa.BigInteger(), nullable=True),
+    sa.Column("callback_of", sa.BigInteger(), nullable=True),
+    # `status` and `show` group and filter by these; cleanup scans done rows by age.
+    sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
+    sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
+    sa.Index("uq_pheanq_task_unique_live", "unique_live", unique=True),
+    sa.Index("ix_pheanq_task_batch_status", "batch_id", "status"),
+)
+
+
+# An edge of the dependency graph: `task_id` waits for `parent_id` to be done. `satisfied` is set once, by
+# whoever sees the parent done first, so the child's `waiting_for` counts each parent down exactly once.
+dependency_table = sa.Table(
+    "pheanq_dependency",
+    metadata,
+    sa.Column("task_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("parent_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("satisfied", sa.Boolean(), nullable=False),
+    sa.Index("ix_pheanq_dependency_parent", "parent_id"),
+)
+
+
+# A group of tasks planned over time. `unfinished` counts its tasks that have not ended, `done` and `failures`
+# how they ended; once the batch is closed (no more tasks) and `unfinished` reaches 0, the batch is finished and
+# its callbacks are queued.
+batch_table = sa.Table(
+    "pheanq_batch",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("total", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("unfinished", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("failures", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("done", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created", _Timestamp, nullable=False),
+    sa.Column("closed", _Timestamp, nullable=True),
+    sa.Column("finished", _Timestamp, nullable=True),
+    sa.Column("cancelled_by", sa.String(255), nullable=True),
+    # Each callback: the task description as JSON with its tube, and the id of the task once it was queued.
+    sa.Column("then_task", sa.Text(), nullable=True),
+    sa.Column("catch_task", sa.Text(), nullable=True),
+    sa.Column("finally_task", sa.Text(), nullable=True),
+    sa.Column("then_id", sa.BigInteger(), nullable=True),
+    sa.Column("catch_id", sa.BigInteger(), nullable=True),
+    sa.Column("finally_id", sa.BigInteger(), nullable=True),
+)
+
+
+# What each worker-tender last reported of its pool: one row for the tender, one per worker.
+worker_table = sa.Table(
+    "pheanq_worker",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("tender_pid", sa.Integer(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("tubes", sa.String(1024), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("task_id", sa.BigInteger(), nullable=True),
+    sa.Column("started", _Timestamp, nullable=False),
+    sa.Column("heartbeat", _Timestamp, nullable=False),
+    sa.Index("ix_pheanq_worker_host_tender", "host", "tender_pid"),
+)
+
+
+# One row per named lock; the holder renews `expires` while it works. A lock past `expires` is free.
+lock_table = sa.Table(
+    "pheanq_lock",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("expires", _Timestamp, nullable=False),
+)
+
+# Why a worker buried a job: beanstalkd keeps the job but has nowhere to keep the reason.
+buried_table = sa.Table(
+    "pheanq_buried",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("beanstalkd", sa.String(255), nullable=False),
+    sa.Column("tube", sa.String(200), nullable=False),
+    sa.Column("job_id", sa.BigInteger(), nullable=False),
+    sa.Column("reason", sa.String(1000), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("buried", _Timestamp, nullable=False),
+    sa.Index("ix_pheanq_buried_tube_job", "beanstalkd", "tube", "job_id"),
+)
+
+
+# Tubes paused with `pheanq pause`, until `paused_until` (UTC) or `pheanq resume`.
+tube_table = sa.Table(
+    "pheanq_tube",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("paused_until", _Timestamp, nullable=False),
+    sa.Column("paused_by", sa.String(255), nullable=False),
+    sa.Column("paused_at", _Timestamp, nullable=False),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRow:
+    """A row of `pheanq_worker`: a worker-tender, or one of its workers, as the tender last reported it."""
+
+    host: str
+    tender_pid: int
+    pid: int
+    kind: str               # "tender" or "worker"
+    tubes: str              # comma-separated
+    state: str
+    task_id: int | None
+    started: dt.datetime
+    heartbeat: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRow:
+    id: int
+    command: str
+    data: str
+    tube: str
+    status: Status
+    priority: int
+    ttr: int
+    job_id: int | None
+    attempts: int
+    exit_code: int | None
+    log: str | None
+    worker: str | None
+    created: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+    modified: dt.datetime
+    heartbeat: dt.datetime | None = None
+    timeout: int | None = None
+    run_at: dt.datetime | None = None
+    retry: str | None = None
+    unique_key: str | None = None
+    unique_live: str | None = None
+    waiting_for: int = 0
+    batch_id: int | None = None
+    callback_of: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRow:
+    id: int
+    name: str | None
+    total: int
+    unfinished: int
+    failures: int
+    done: int
+    created: dt.datetime
+    closed: dt.datetime | None
+    finished: dt.datetime | None
+    cancelled_by: str | None
+    then_task: str | None
+    catch_task: str | None
+    finally_task: str | None
+    then_id: int | None
+    catch_id: int | None
+    finally_id: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BuriedRow:
+    beanstalkd: str
+    tube: str
+    job_id: int
+    reason: str
+    body: str
+    buried: dt.datetime
+
+
+_SELECT_TASK = sa.select(task_table).where(task_table.c.id == sa.bindparam("task"))
+
+
+def select_task(conn: Connection, task_id: int) -> TaskRow | None:
+    found = conn.execute(_SELECT_TASK, {"task": task_id}).mappings().first()
+    return None if found is None else task_row(found)
+
+
+def task_row(found: Any) -> TaskRow:
+    values = dict(found)
+    values["status"] = Status(values["status"])
+    return TaskRow(**values)

@@ -1,0 +1,422 @@
+"""A task's own statements: insert, claim (compare-and-set), the moves of an attempt, find, counts.
+
+Each write that changes a task's status is one compare-and-set UPDATE whose
+condition comes from `status.TRANSITIONS`, so two workers (or a worker and a
+person) can never both win the same task.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import enum
+import functools
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from pheanq.clock import utc_now
+from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
+from pheanq.lease import stale_after
+from pheanq.limits import pages
+from pheanq.run_at import EARLY_TOLERANCE, is_early
+from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
+from pheanq.storage.engine import Database, same
+from pheanq.storage.tables import TaskRow, batch_table, dependency_table, select_task, task_row, task_table
+from pheanq.storage.workflows import Ends, Settled
+
+# The statements of a task's hot path (queue, claim, end) are built once, their values bound at each execution:
+# building a statement with the values in it costs more than running it on SQLite.
+_c = task_table.c
+_SET_JOB_ID = task_table.update().where(_c.id == sa.bindparam("task")).values(job_id=sa.bindparam("job"))
+_CLAIM = (
+    task_table.update()
+    .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
+           sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
+    .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
+            attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
+            modified=sa.bindparam("claimed_at"), heartbeat=sa.bindparam("claimed_at"))
+)
+# What an end needs to know: the task's batch, and whether a task waits for it (most have neither).
+_END_FACTS = sa.select(
+    _c.batch_id,
+    sa.select(dependency_table.c.task_id).where(dependency_table.c.parent_id == _c.id,
+                                                dependency_table.c.satisfied == sa.false()).exists().label("awaited"),
+).where(_c.id == sa.bindparam("task"))
+
+
+@functools.cache
+def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
+    """`UPDATE` of an attempt's task (`working` or `stalled`) to `target`, setting `names` from `new_<name>`
+    parameters; a log entry is appended to the log, so an interruption or a takeover stays visible."""
+    sources = [s.value for s in sources_of(target) if s in (Status.WORKING, Status.STALLED)]
+    values: dict[str, Any] = {name: sa.bindparam(f"new_{name}") for name in names}
+    if "log" in values:
+        values["log"] = sa.func.coalesce(_c.log, "") + values["log"]
+    return (task_table.update()
+            .where(_c.id == sa.bindparam("task"), _c.status.in_(sources), _c.attempts == sa.bindparam("attempt"))
+            .values(status=target.value, modified=sa.bindparam("modified_at"), **values))
+
+
+class ClaimOutcome(enum.Enum):
+    CLAIMED = "claimed"
+    MISSING = "missing"            # no row with that id
+    FINISHED = "finished"          # done, failed: the job is a leftover
+    HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
+    HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
+    EARLY = "early"                # not to run before its run_at: the job must wait
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    row: TaskRow | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NewTask:
+    """A task to insert: its row's values, and the tasks it waits for."""
+
+    command: str
+    data: str
+    tube: str
+    priority: int
+    ttr: int
+    timeout: int | None = None
+    run_at: dt.datetime | None = None
+    retry: str | None = None
+    unique_key: str | None = None
+    batch_id: int | None = None
+    after: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Inserted:
+    task_id: int
+    created: bool           # False: a task holding the same unique key exists, and this is its id
+    status: Status
+
+
+class TaskStatements:
+    """The statements of a task's own life."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def insert_task(self, task: NewTask, conn: Connection | None = None) -> Inserted:
+        """Insert a task, `new` (or `waiting` when it waits for others), on `conn` (an application's
+        transaction) when given, else in its own. With a unique key held by a task that has not ended,
+        nothing is inserted and that task's id is returned."""
+        for _ in range(5):
+            try:
+                if conn is None:
+                    with self.database.transaction() as own:
+                        return self._insert(own, task)
+                if task.unique_key is None:
+                    return self._insert(conn, task)
+                if conn.dialect.name == "sqlite":
+                    # pysqlite's savepoints do not nest in a transaction SQLAlchemy began; SQLite has one writer
+                    # at a time anyway, so looking first is enough.
+                    return self._unique_holder(conn, task.unique_key) or self._insert(conn, task)
+                with conn.begin_nested():
+                    return self._insert(conn, task)
+            except IntegrityError:
+                if task.unique_key is None:
+                    raise
+            # Another producer holds the key (or this transaction does). Read whose task it is; if that one ended
+            # meanwhile, try again.
+            if conn is not None:
+                holder = self._unique_holder(conn, task.unique_key)
+            else:
+                with self.database.transaction() as own:
+                    holder = self._unique_holder(own, task.unique_key)
+            if holder is not None:
+                return holder
+        raise StoreUnavailable(f"unique key {task.unique_key!r}: the task holding it kept changing; try again")
+
+    def insert_chain(self, tasks: list[NewTask]) -> list[Inserted]:
+        """Insert tasks in one transaction, each after the first waiting for the one before it."""
+        inserted: list[Inserted] = []
+        with self.database.transaction() as conn:
+            for task in tasks:
+                if inserted:
+                    task = dataclasses.replace(task, after=(*task.after, inserted[-1].task_id))
+                holder = None if task.unique_key is None else self._unique_holder(conn, task.unique_key)
+                inserted.append(holder or self._insert(conn, task))
+        return inserted
+
+    def insert_tasks(self, tasks: list[NewTask]) -> list[int]:
+        """Insert `new` tasks without keys or dependencies (a batch's chunk) in one transaction and one
+        statement; their ids in order."""
+        if not tasks:
+            return []
+        with self.database.transaction() as conn:
+            rows = [_row_values(task, Status.NEW, 0) for task in tasks]
+            if conn.dialect.insert_executemany_returning:
+                inserted = conn.execute(task_table.insert().returning(task_table.c.id, sort_by_parameter_order=True),
+                                        rows)
+                ids = [int(task_id) for task_id in inserted.scalars()]
+            else:  # MySQL, and MariaDB before 10.5: no INSERT ... RETURNING
+                ids = [_inserted_id(conn.execute(task_table.insert().values(**row))) for row in rows]
+            for batch_id, joining in sorted(collections.Counter(task.batch_id for task in tasks
+                                                                if task.batch_id is not None).items()):
+                _join_batch(conn, batch_id, joining)
+            return ids
+
+    def set_job_ids(self, pairs: list[tuple[int, int]]) -> None:
+        """Note (task id, job id) pairs in one transaction."""
+        if not pairs:
+            return
+        with self.database.transaction() as conn:
+            conn.execute(_SET_JOB_ID, [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
+
+    @staticmethod
+    def _unique_holder(conn: Connection, key: str) -> Inserted | None:
+        c = task_table.c
+        # A locking read: it sees the latest committed holder even inside an older snapshot (MariaDB).
+        holder = conn.execute(sa.select(c.id, c.status).where(c.unique_live == key).with_for_update(read=True)).first()
+        return None if holder is None else Inserted(int(holder.id), False, Status(holder.status))
+
+    def _insert(self, conn: Connection, task: NewTask) -> Inserted:
+        c = task_table.c
+        parents = sorted(set(task.after))
+        if parents:
+            found = set(conn.execute(sa.select(c.id).where(c.id.in_(parents))).scalars())
+            if missing := [parent for parent in parents if parent not in found]:
+                raise NotFound(f"task(s) {', '.join(map(str, missing))} to wait for do not exist")
+        status = Status.WAITING if parents else Status.NEW
+        # The values as parameters of one constant statement: compiled once, not coerced and cache-keyed each time.
+        key = conn.execute(task_table.insert(), _row_values(task, status, len(parents))).inserted_primary_key
+        assert key is not None
+        task_id = int(key[0])
+        if parents:
+            conn.execute(dependency_table.insert(), [{"task_id": task_id, "parent_id": parent, "satisfied": False}
+                                                     for parent in parents])
+        if task.batch_id is not None:
+            _join_batch(conn, task.batch_id, 1)  # the batch row last, as every writer takes it (see storage.workflows)
+        return Inserted(task_id, True, status)
+
+    def unsent_task_ids(self, task_ids: list[int]) -> set[int]:
+        """Those of `task_ids` that exist with no job recorded."""
+        c = task_table.c
+        found: set[int] = set()
+        with self.database.transaction() as conn:
+            for page in pages(task_ids):
+                found.update(conn.execute(sa.select(c.id).where(c.id.in_(page), c.job_id.is_(None))).scalars())
+        return found
+
+    def delete_unsent(self, task_id: int) -> None:
+        """Take back a task whose job beanstalkd refused for good, before anyone could see it run."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            conn.execute(task_table.delete().where(c.id == task_id, c.status == Status.NEW.value,
+                                                   c.job_id.is_(None)))
+
+    def set_job_id(self, task_id: int, job_id: int) -> None:
+        with self.database.transaction() as conn:
+            conn.execute(_SET_JOB_ID, {"task": task_id, "job": job_id})
+
+    def claim_task(self, task_id: int, job_id: int, worker: str) -> Claim:
+        """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
+
+        A `working` row under this very job was held by a worker that lost its reservation. It is
+        taken over only once that holder's lease is stale (it died, or it was cut off and has stopped
+        its child); while the lease is renewed, the answer is HELD_ALIVE and the job must wait.
+        """
+        c = task_table.c
+        now = utc_now()
+        claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
+                       started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
+        with self.database.transaction() as conn:
+            changed = conn.execute(_CLAIM, {"task": task_id, "due_before": now + EARLY_TOLERANCE, "job": job_id,
+                                            "holder": worker, "claimed_at": now}).rowcount
+            row = select_task(conn, task_id)
+            if row is not None and changed == 0 and row.status in CLAIMABLE and is_early(row.run_at, now):
+                return Claim(ClaimOutcome.EARLY, row)
+            if row is not None and changed == 0 and row.status is Status.WORKING and row.job_id == job_id:
+                if not is_stale(row, now):
+                    return Claim(ClaimOutcome.HELD_ALIVE, row)
+                # The same row, unchanged since it was read stale: nobody renewed the lease in between.
+                changed = conn.execute(
+                    task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                              c.attempts == row.attempts, same(c.heartbeat, row.heartbeat))
+                    .values(**claimed)
+                ).rowcount
+                row = select_task(conn, task_id)
+        if row is None:
+            return Claim(ClaimOutcome.MISSING, None)
+        if changed == 1:
+            return Claim(ClaimOutcome.CLAIMED, row)
+        if row.status is Status.WORKING:
+            return Claim(ClaimOutcome.HELD_ALIVE if row.job_id == job_id else ClaimOutcome.HELD_ELSEWHERE, row)
+        return Claim(ClaimOutcome.FINISHED, row)
+
+    def renew_lease(self, task_id: int, attempt: int) -> bool:
+        """The holder's heartbeat; False when this attempt no longer holds the task."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            return conn.execute(
+                task_table.update().where(c.id == task_id, c.status == Status.WORKING.value, c.attempts == attempt)
+                .values(heartbeat=utc_now())
+            ).rowcount == 1
+
+    def stall_task(self, task_id: int, attempt: int, log: str) -> bool:
+        """`working` → `stalled` for an attempt whose worker is gone; False when the attempt no longer
+        holds the task (it finished, or someone else already acted)."""
+        return self._move(task_id, attempt, Status.STALLED, log=log, worker=None)
+
+    def finish_task(self, task_id: int, attempt: int, status: Status, exit_code: int | None,
+                    log: str | None) -> Settled | None:
+        """Record the end of an attempt, and what it sets in motion (see pheanq.storage.workflows); None when the
+        attempt no longer owns the task.
+
+        A `stalled` task still belongs to its last attempt until another worker claims it, so a result
+        that arrives late (after a database outage) is kept rather than run again."""
+        now = utc_now()
+        return self._move_settled(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
+
+    def retry_task(self, task_id: int, attempt: int, exit_code: int | None, log: str,
+                   run_at: dt.datetime) -> bool:
+        """A failed attempt with attempts left: `retrying` until `run_at`; False when the attempt no longer
+        owns the task."""
+        return self._move(task_id, attempt, Status.RETRYING, exit_code=exit_code, log=log, run_at=run_at,
+                          worker=None)
+
+    def release_task(self, task_id: int, attempt: int, log: str) -> bool:
+        """Hand a claimed task back (`working` → `new`) so another worker runs it."""
+        return self._move(task_id, attempt, Status.NEW, log=log, worker=None)
+
+    def append_log(self, task_id: int, status: Status, entry: str) -> None:
+        """Add to the log of a task while it is still in `status`."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            conn.execute(task_table.update().where(c.id == task_id, c.status == status.value)
+                         .values(log=sa.func.coalesce(c.log, "") + entry))
+
+    def restart_task(self, task_id: int) -> TaskRow | None:
+        """Move a task to `restarted` for regeneration; None when its status does not allow it.
+
+        The task takes its unique key back (WrongStatus when another task holds it now) and counts as
+        pending in its batch again (WrongStatus when the batch has finished)."""
+        c, b = task_table.c, batch_table.c
+        try:
+            with self.database.transaction() as conn:
+                changed = conn.execute(
+                    task_table.update()
+                    .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
+                    .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
+                            started=None, finished=None, run_at=None, modified=utc_now(), unique_live=c.unique_key)
+                ).rowcount
+                row = select_task(conn, task_id) if changed == 1 else None
+                if row is not None and row.batch_id is not None and conn.execute(
+                    batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
+                    .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
+                ).rowcount == 0:
+                    raise WrongStatus(f"task {task_id} belongs to batch {row.batch_id}, which has finished")
+                return row
+        except IntegrityError:
+            raise WrongStatus(f"task {task_id}: another task holds its unique key now") from None
+
+    def find_task(self, task_id: int) -> TaskRow | None:
+        with self.database.transaction() as conn:
+            return select_task(conn, task_id)
+
+    def count_tasks(self) -> list[tuple[str, Status, int]]:
+        """(tube, status, count) for every tube and status that has tasks."""
+        c = task_table.c
+        query = sa.select(c.tube, c.status, sa.func.count()).group_by(c.tube, c.status).order_by(c.tube, c.status)
+        with self.database.transaction() as conn:
+            return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
+
+    def delete_done_before(self, cutoff: dt.datetime) -> int:
+        """Delete done tasks finished before `cutoff`, except those a batch still running counts, and those a
+        waiting task has not yet counted off."""
+        c, b, d = task_table.c, batch_table.c, dependency_table.c
+        running_batch = sa.select(b.id).where(b.id == c.batch_id, b.finished.is_(None)).exists()
+        awaited = sa.select(d.task_id).where(d.parent_id == c.id, d.satisfied == sa.false()).exists()
+        with self.database.transaction() as conn:
+            return int(conn.execute(
+                task_table.delete().where(c.status == Status.DONE.value, c.finished < cutoff, ~running_batch,
+                                          ~awaited)
+            ).rowcount)
+
+    def tasks_to_reconcile(self, tube: str | None, after_id: int, limit: int, settled_before: dt.datetime,
+                           now: dt.datetime) -> list[TaskRow]:
+        """The next `limit` tasks after `after_id` that should have a live job: waiting ones last changed
+        before `settled_before` (a younger one's put may be in flight), and `working` ones whose lease is
+        stale."""
+        c = task_table.c
+        beat = sa.func.coalesce(c.heartbeat, c.modified)
+        waiting = sa.and_(c.status.in_([s.value for s in CLAIMABLE]), c.modified < settled_before)
+        held = sa.and_(c.status == Status.WORKING.value, beat < now - dt.timedelta(seconds=stale_after(0)))
+        query = sa.select(task_table).where(c.id > after_id, sa.or_(waiting, held)).order_by(c.id).limit(limit)
+        if tube is not None:
+            query = query.where(c.tube == tube)
+        with self.database.transaction() as conn:
+            rows = [task_row(found) for found in conn.execute(query).mappings()]
+        return [row for row in rows if row.status is not Status.WORKING or is_stale(row, now)]
+
+    def record_job_if(self, task_id: int, status: Status, old_job_id: int | None, new_job_id: int) -> bool:
+        """Note a re-sent job on a row still as the reconciler found it; False when it changed meanwhile."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            return conn.execute(
+                task_table.update().where(c.id == task_id, c.status == status.value, same(c.job_id, old_job_id))
+                .values(job_id=new_job_id)
+            ).rowcount == 1
+
+    def _move(self, task_id: int, attempt: int, target: Status, **values: Any) -> bool:
+        return self._move_settled(task_id, attempt, target, **values) is not None
+
+    def _move_settled(self, task_id: int, attempt: int, target: Status, **values: Any) -> Settled | None:
+        """Move an attempt's task (`working` or `stalled`) to `target`; None when the attempt no longer
+        owns it. A move to an end runs what that end sets in motion in the same transaction."""
+        if values.get("log") is None:
+            values.pop("log", None)  # no entry: the log so far stays
+        if target in FINAL:
+            values["unique_live"] = None  # an ended task frees its unique key
+        with self.database.transaction() as conn:
+            if conn.execute(
+                _move_statement(target, tuple(sorted(values))),
+                {"task": task_id, "attempt": attempt, "modified_at": utc_now(),
+                 **{f"new_{name}": value for name, value in values.items()}},
+            ).rowcount != 1:
+                return None
+            ends = Ends()
+            if target in FINAL:
+                batch_id, has_dependants = conn.execute(_END_FACTS, {"task": task_id}).one()
+                ends.ended(conn, task_id, target, batch_id, None if has_dependants else [])
+            return ends.close(conn)
+
+
+def _inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _join_batch(conn: Connection, batch_id: int, joining: int) -> None:
+    """Count tasks into an open batch; NotFound or WrongStatus when it is missing or closed."""
+    b = batch_table.c
+    if conn.execute(batch_table.update().where(b.id == batch_id, b.closed.is_(None))
+                    .values(total=b.total + joining, unfinished=b.unfinished + joining)).rowcount == 0:
+        if conn.execute(sa.select(b.id).where(b.id == batch_id)).first() is None:
+            raise NotFound(f"batch {batch_id} does not exist")
+        raise WrongStatus(f"batch {batch_id} is closed (or cancelled): no task can join it any more")
+
+
+def _row_values(task: NewTask, status: Status, waiting_for: int) -> dict[str, Any]:
+    now = utc_now()
+    return dict(command=task.command, data=task.data, tube=task.tube, status=status.value, priority=task.priority,
+                ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
+                unique_live=task.unique_key, waiting_for=waiting_for, batch_id=task.batch_id, attempts=0,
+                created=now, modified=now)
+
+
+def is_stale(row: TaskRow, now: dt.datetime) -> bool:
+    """Whether a `working` row's holder stopped renewing its lease (see pheanq.lease)."""
+    last = row.heartbeat or row.started or row.modified
+    return (now - last).total_seconds() > stale_after(row.ttr)

@@ -1,0 +1,54 @@
+"""The entries of a task's log, one function each: every `--- ...` line pheanq writes is made here.
+
+A task's `log` column is the story of its attempts, read by people (`pheanq show`) and by scripts that
+look for these lines. Each entry starts with `---`; an entry that says when something happened ends with
+`at YYYY-MM-DD HH:MM:SS UTC`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def attempt(number: int, worker: str, verdict: str, output: str | None = None) -> str:
+    """How attempt `number` on `worker` went, followed by what its command printed (if kept)."""
+    header = f"--- attempt {number} on {worker}: {verdict}\n"
+    if not output:
+        return header
+    # PostgreSQL refuses NUL in text (and the worker would fail on every try): show it as U+FFFD instead.
+    output = output.replace("\x00", "\ufffd")
+    return header + output + ("" if output.endswith("\n") else "\n")
+
+
+def stalled(number: int, worker: str | None) -> str:
+    """The reconciler found an attempt's job gone and its worker silent."""
+    return f"--- attempt {number}: stalled: its job is gone from beanstalkd and its worker ({worker}) stopped " \
+           "renewing its lease; the task is sent again\n"
+
+
+def retrying(wait: int, next_attempt: int, max_attempts: int) -> str:
+    return f"--- retrying in {wait}s (attempt {next_attempt} of {max_attempts})\n"
+
+
+def not_retried(why: str, number: int, max_attempts: int) -> str:
+    return f"--- not retried: {why} (attempt {number} of {max_attempts})\n"
+
+
+def cancelled(by: str, now: dt.datetime, batch: int | None = None) -> str:
+    within = "" if batch is None else f" with batch {batch}"
+    return f"--- cancelled{within} by {by} {at(now)}\n"
+
+
+def not_run(parent: int, ending: str, now: dt.datetime) -> str:
+    """A waiting task ended `upstream_failed`: `parent`, which it waited for, `ending` (e.g. "ended failed")."""
+    return f"--- not run: task {parent}, which it waits for, {ending}; {at(now)}\n"
+
+
+def callback_queued(which: str, batch: int, now: dt.datetime) -> str:
+    """The first entry of a batch's callback task: which callback (then, catch, finally) it is."""
+    return f"--- queued as the {which!r} callback of batch {batch} {at(now)}\n"
+
+
+def at(moment: dt.datetime) -> str:
+    """`at 2026-01-31 12:00:00 UTC`: the one way a log entry says when."""
+    return f"at {moment:%Y-%m-%d %H:%M:%S} UTC"

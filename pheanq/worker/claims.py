@@ -1,0 +1,90 @@
+"""A worker's side of its tasks: reserve a job, read its body, claim its task, and record how the attempt
+ended. The writes themselves are the dispatcher's (pheanq.dispatch): this module decides which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from pheanq.beanstalkd import ReservedJob
+from pheanq.body import decode_body
+from pheanq.dispatch import Dispatcher, WorkPackage
+from pheanq.errors import MalformedBody, StoreUnavailable
+from pheanq.status import Status
+
+
+class TaskClaims:
+    """Reserve and claim tasks through one dispatcher, and record their attempts' ends."""
+
+    def __init__(self, dispatch: Dispatcher) -> None:
+        self.dispatch = dispatch
+
+    def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1,
+                     still_wanted: Callable[[], bool] = lambda: True) -> WorkPackage | None:
+        """Reserve and claim the next task, or None when no job came within `timeout` seconds.
+
+        Jobs that must not run are dealt with on the way: a body that is not ours, or
+        names no row, is buried; a job for a finished task, or a duplicate of a held
+        one, is deleted without running anything. If `still_wanted()` turns false while
+        a job is on its way (the worker got a stop signal), the job is handed back
+        unclaimed: the task's row is not touched.
+        """
+        watched = [tubes] if isinstance(tubes, str) else list(tubes)
+        beanstalkd = self.dispatch.beanstalkd
+        while True:
+            job = beanstalkd.reserve(watched, timeout)
+            if job is None:
+                return None
+            if not still_wanted():
+                beanstalkd.close()  # beanstalkd releases a reserved job, with its own priority, on disconnect
+                return None
+            try:
+                package = self._claim(job)
+            except StoreUnavailable:
+                # Dropping the connection hands the job back to beanstalkd with its own priority.
+                beanstalkd.close()
+                raise
+            if package is not None:
+                return package
+
+    def mark_done(self, package: WorkPackage, log_text: str | None, exit_code: int = 0) -> bool:
+        return self.dispatch.finish(package, Status.DONE, exit_code, log_text)
+
+    def mark_failed(self, package: WorkPackage, log_text: str | None, exit_code: int | None = None) -> bool:
+        """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
+        attempt, else `failed`."""
+        return self.dispatch.fail(package, exit_code, log_text) is not None
+
+    def release_task(self, package: WorkPackage, log_text: str) -> bool:
+        """Give a claimed task back: the row returns to `new` and the job to its tube."""
+        return self.dispatch.release(package, log_text)
+
+    def drop_cancelled(self, package: WorkPackage, log_text: str) -> bool:
+        """The command of a task cancelled while it ran was stopped: note how, and delete the job."""
+        return self.dispatch.drop_cancelled(package, log_text)
+
+    def touch(self, package: WorkPackage) -> bool:
+        """Renew the job's reservation; False when this worker no longer holds it."""
+        return self.dispatch.beanstalkd.touch(package.job_id)
+
+    def renew_lease(self, package: WorkPackage) -> bool:
+        """Renew the attempt's lease on its row; False when the attempt no longer holds the task."""
+        return self.dispatch.store.tasks.renew_lease(package.task_id, package.attempt)
+
+    def status_of(self, task_id: int) -> Status | None:
+        row = self.dispatch.store.tasks.find_task(task_id)
+        return None if row is None else row.status
+
+    def _claim(self, job: ReservedJob) -> WorkPackage | None:
+        settings = self.dispatch.settings
+        try:
+            body = decode_body(job.body, settings.secret)
+        except MalformedBody as error:
+            self.dispatch.bury(job, str(error))
+            return None
+        if body.description.command not in settings.registry():
+            # Kept, not failed: after the command is registered (or on a worker that has it), a kick runs it.
+            self.dispatch.bury(job, f"task {body.task_id}: command {body.description.command!r} is not registered "
+                                    f"on this worker (known: {', '.join(sorted(settings.registry())) or 'none'})")
+            return None
+        return self.dispatch.claim(job, body.task_id, body.description)

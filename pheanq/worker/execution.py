@@ -1,0 +1,68 @@
+"""Run one claimed task: look its command up in the registry, run the child, and say how it went.
+
+The verdict (done, failed, or released because the worker had to stop it) and
+the log entry for the attempt are decided here; the worker records them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from pheanq import tasklog
+from pheanq.config import Settings
+from pheanq.description import build_argv
+from pheanq.dispatch import WorkPackage
+from pheanq.status import Status
+from pheanq.worker.child import ChildResult, run_child
+from pheanq.worker.holds import CANCELLED, timed_out, with_time_limit
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    status: Status          # DONE, FAILED, NEW when the task must be handed back, CANCELLED when it was cancelled
+    exit_code: int | None
+    log: str
+    output_bytes: int = 0
+
+
+def execute(package: WorkPackage, settings: Settings, worker_name: str,
+            keep_running: Callable[[], str | None], on_start: Callable[[int], None] | None = None,
+            on_exit: Callable[[int], None] | None = None) -> Outcome:
+    """Run the package's command to its end (or until `keep_running` gives a reason to stop it).
+    `on_start` and `on_exit` are passed to `run_child`."""
+    description = package.description
+    prefix = settings.registry().get(description.command)
+    if prefix is None:
+        known = ", ".join(sorted(settings.registry()))
+        return Outcome(Status.FAILED, None, tasklog.attempt(
+            package.attempt, worker_name, f"failed: command {description.command!r} is not registered on this "
+            f"worker (known: {known}); add it to [commands] in pheanq.toml"))
+    result = run_child(
+        build_argv(prefix, description),
+        env={**os.environ, "PHEANQ_TASK_ID": str(package.task_id)},
+        max_output=settings.max_log_bytes,
+        keep_running=with_time_limit(package.row.timeout, keep_running),
+        on_start=on_start,
+        on_exit=on_exit,
+    )
+    status, verdict, output = _verdict(package, settings, result)
+    return Outcome(status, result.exit_code, tasklog.attempt(package.attempt, worker_name, verdict, output),
+                   result.output_bytes)
+
+
+def _verdict(package: WorkPackage, settings: Settings, result: ChildResult) -> tuple[Status, str, str | None]:
+    """How the attempt ended: its status, what its log entry says, and the output the entry keeps."""
+    timing = f"after {result.seconds:.2f}s"
+    if package.row.timeout is not None and result.stopped == timed_out(package.row.timeout):
+        return Status.FAILED, f"failed {timing}: {result.stopped}; its command was stopped", result.output
+    if result.stopped == CANCELLED:
+        return Status.CANCELLED, f"stopped {timing}: {CANCELLED}", result.output
+    if result.stopped is not None:
+        return Status.NEW, f"interrupted {timing}: {result.stopped}; the task goes back to its tube", result.output
+    if result.exit_code == 0:
+        return Status.DONE, f"done {timing}", result.output if settings.log_worker_output_on_success else None
+    ending = f"killed by signal {-result.exit_code}" if result.exit_code < 0 else f"exit code {result.exit_code}"
+    return Status.FAILED, f"failed {timing}: {ending}", \
+        result.output if settings.log_worker_output_on_failure else None

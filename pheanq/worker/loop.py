@@ -1,0 +1,209 @@
+"""The worker: reserve → claim → run the child → record → delete the job, until told to stop.
+
+Its standard output carries only the state lines of pheanq.worker.protocol, one per change, which
+its tender reads. Human logs go to standard error.
+
+SIGTERM: finish the current task, then exit 0. SIGINT: stop the child now, hand
+the task back (row `new`, job released), exit 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TextIO, TypeVar
+
+from pheanq import tasklog
+from pheanq.dispatch import Dispatcher, WorkPackage
+from pheanq.errors import StoreUnavailable, TubeUnavailable
+from pheanq.status import Status
+from pheanq.worker.claims import TaskClaims
+from pheanq.worker.cron import WorkerLimits
+from pheanq.worker.execution import Outcome, execute
+from pheanq.worker.holds import CancelWatch, LeaseHold, lease_interval
+from pheanq.worker.paused import PausedTubes
+from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, StateLine, StateWriter
+
+log = logging.getLogger("pheanq.worker")
+T = TypeVar("T")
+
+RESERVE_TIMEOUT = 1  # seconds; bounds how long a signal waits to be noticed while idle
+
+
+class Backoff:
+    """Capped exponential waits between retries against a service that went away."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.next = first
+
+    def reset(self) -> None:
+        self.next = self.first
+
+    def step(self) -> float:
+        wait, self.next = self.next, min(self.cap, self.next * 2)
+        return wait
+
+
+class TaskWorker:
+    """One `pheanq task-worker` process: runs tasks from its tubes, one at a time, until stopped."""
+
+    def __init__(self, dispatch: Dispatcher, tubes: Sequence[str], *, stop_when_empty: bool = False,
+                 max_tasks: int | None = None, limits: WorkerLimits | None = None, out: TextIO = sys.stdout) -> None:
+        self.dispatch = dispatch
+        self.claims = TaskClaims(dispatch)
+        self.name = dispatch.worker_name
+        self.tubes = list(tubes)
+        self.stop_when_empty = stop_when_empty
+        self.max_tasks = max_tasks
+        self.limits = limits or WorkerLimits()
+        self.cycles = 0
+        self._paused = PausedTubes(dispatch.store)
+        self._state = StateWriter(out)
+        self.terminating = False   # SIGTERM: finish the task in hand, take no other
+        self.interrupted = False   # SIGINT: stop the task in hand now
+        self.tasks_run = 0
+        self._backoff = Backoff()
+
+    def run(self) -> int:
+        """Work until stopped; returns the process exit code."""
+        self._install_signal_handlers()
+        log.info("worker %s watching %s on beanstalkd %s", self.name, ",".join(self.tubes),
+                 self.dispatch.beanstalkd.server)
+        self._state.say(StateLine(Line.READY))
+        started = time.monotonic()
+        while not self._stopping() and (self.max_tasks is None or self.tasks_run < self.max_tasks):
+            limit = self.limits.reason_to_stop(self.cycles, time.monotonic() - started)
+            if limit is not None:
+                log.info("stopping: %s", limit)
+                break
+            self.cycles += 1
+            tubes = self._retrying(lambda: self._paused.active(self.tubes))
+            if tubes is None:
+                continue  # the database is away: _retrying waited out a backoff step
+            if not tubes:
+                if self.stop_when_empty:
+                    log.info("every tube is paused; stopping (--stop-when-empty)")
+                    break
+                self._pause(RESERVE_TIMEOUT)  # every tube is paused: look again in a moment
+                continue
+            package = self._retrying(functools.partial(self.claims.reserve_task, tubes, RESERVE_TIMEOUT,
+                                                       still_wanted=lambda: not self._stopping()))
+            if package is None:
+                if self.stop_when_empty and not self._stopping():
+                    log.info("no job is ready; stopping (--stop-when-empty)")
+                    break
+                if self.limits.cycle_delay:
+                    self._pause(self.limits.cycle_delay)
+                continue
+            if self.interrupted:
+                # SIGINT came while this job was being claimed: hand it back without starting it. (After
+                # SIGTERM a task already claimed is the current task: it runs, and no other follows.)
+                self._hand_back(package)
+                break
+            self._state.say(StateLine(Line.BUSY, package.task_id))
+            self._work(package)
+            self.tasks_run += 1
+            self._state.say(StateLine(Line.READY))
+        log.info("worker %s stops after %d task(s)", self.name, self.tasks_run)
+        return EXIT_INTERRUPTED if self.interrupted else 0
+
+    def _work(self, package: WorkPackage) -> None:
+        log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
+        cancel = CancelWatch(self.claims, package)
+        lease = LeaseHold(self.claims, package, lambda: self.interrupted)
+        outcome = execute(package, self.dispatch.settings, self.name,
+                          lambda: cancel.reason_to_stop() or lease.reason_to_stop(),
+                          on_start=lambda pid: self._state.say(StateLine(Line.CHILD, pid)),
+                          on_exit=lambda code: self._state.say(StateLine(Line.EXITED, code)))
+        log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
+        if outcome.status is Status.CANCELLED:
+            self._record(lambda: self.claims.drop_cancelled(package, outcome.log), package)
+        elif outcome.status is Status.NEW:
+            self._record(lambda: self.claims.release_task(package, outcome.log), package)
+        else:
+            self._record(lambda: self._finish(package, outcome), package)
+
+    def _hand_back(self, package: WorkPackage) -> None:
+        log.info("task %d: not started, the worker is stopping; it goes back to its tube", package.task_id)
+        entry = tasklog.attempt(package.attempt, self.name, "not started: the worker was stopping; the task goes "
+                                                            "back to its tube")
+        self._record(lambda: self.claims.release_task(package, entry), package)
+
+    def _finish(self, package: WorkPackage, outcome: Outcome) -> bool:
+        if outcome.status is Status.DONE:
+            return self.claims.mark_done(package, outcome.log, 0)
+        return self.claims.mark_failed(package, outcome.log, outcome.exit_code)
+
+    def _record(self, write: Callable[[], bool], package: WorkPackage) -> None:
+        """Record a task's result, waiting out a database outage while keeping the job reserved."""
+        while True:
+            try:
+                write()
+                self._backoff.reset()
+                return
+            except TubeUnavailable as error:
+                # The row is written (only the job's release failed): beanstalkd hands a job back itself
+                # when the connection that reserved it drops, and the worker's next reserve waits it out.
+                log.warning("task %d: recorded, but beanstalkd was not told: %s", package.task_id, error)
+                return
+            except StoreUnavailable as error:
+                if self.interrupted:
+                    log.error("task %d: result not recorded (%s); interrupted, so the job will be released "
+                              "and the task run again", package.task_id, error)
+                    return
+                wait = self._backoff.step()
+                log.warning("task %d: %s; result kept, retrying in %.1fs", package.task_id, error, wait)
+                # SIGTERM means "finish this task", so only SIGINT cuts this wait short.
+                self._pause(wait, lambda: self._keep_reserved(package), lease_interval(package),
+                            wake=lambda: self.interrupted)
+
+    def _keep_reserved(self, package: WorkPackage) -> None:
+        with contextlib.suppress(TubeUnavailable):
+            self.claims.touch(package)
+
+    def _retrying(self, call: Callable[[], T | None]) -> T | None:
+        """`call()`, or None after logging an outage and waiting out a backoff step."""
+        try:
+            result = call()
+        except (TubeUnavailable, StoreUnavailable) as error:
+            wait = self._backoff.step()
+            log.warning("%s; retrying in %.1fs", error, wait)
+            self._pause(wait)
+            return None
+        self._backoff.reset()
+        return result
+
+    def _pause(self, seconds: float, meanwhile: Callable[[], None] | None = None, every: float = 1.0,
+               wake: Callable[[], bool] | None = None) -> None:
+        """Wait, but wake when `wake()` (default: any stop signal) says so; `meanwhile` runs `every` seconds."""
+        wake = wake or self._stopping
+        deadline = time.monotonic() + seconds
+        last = time.monotonic()
+        while not wake() and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            if meanwhile is not None and time.monotonic() - last >= every:
+                meanwhile()
+                last = time.monotonic()
+
+    def _stopping(self) -> bool:
+        return self.terminating or self.interrupted
+
+    def _install_signal_handlers(self) -> None:
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            log.info("SIGTERM: finishing the current task, then stopping")
+            self.terminating = True
+
+        def on_int(signum: int, _frame: FrameType | None) -> None:
+            log.info("SIGINT: stopping the current task now; it goes back to its tube")
+            self.interrupted = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
