@@ -44,7 +44,7 @@ ensure_venv() {
 # venv_has STAMP EXTRAS: the venv was installed from these packaging files with at least these extras.
 venv_has() {
     local installed_stamp installed_extras extra
-    read -r installed_stamp installed_extras < "$VENV/.pheanq-installed" 2>/dev/null || return 1
+    read -r installed_stamp installed_extras 2>/dev/null < "$VENV/.pheanq-installed" || return 1
     [ "$installed_stamp" = "$1" ] || return 1
     for extra in ${2//,/ }; do
         [[ ",$installed_extras," == *",$extra,"* ]] || return 1
@@ -93,14 +93,19 @@ stop_beanstalkd() {
     fi
 }
 
-# database_answers URL: true when the database server at URL accepts a connection within a few seconds.
+# database_answers URL: true when the database server at URL accepts a connection within a few seconds; else
+# says why (the driver's last line) and returns false.
 database_answers() {
-    "$VENV/bin/python" - "$1" <<'PY' >/dev/null 2>&1
+    local why
+    why=$("$VENV/bin/python" - "$1" 2>&1 <<'PY'
 import sys
 import sqlalchemy as sa
-from pheanq.store import create_engine
+from pheanq.storage.engine import create_engine
 engine = create_engine(sys.argv[1])
 with engine.connect() as connection:
     connection.execute(sa.text("SELECT 1"))
 PY
+) && return 0
+    say "${why##*$'\n'}"
+    return 1
 }
