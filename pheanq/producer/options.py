@@ -101,17 +101,23 @@ class QueueOptions:
                                             or not 0 < len(self.unique_key) <= MAX_UNIQUE_KEY):
             raise InvalidInput(f"unique_key must be a text of 1 to {MAX_UNIQUE_KEY} characters, "
                                f"not {self.unique_key!r}")
-        run_at_of(self.delay, self.run_at, utc_now())  # delay and run_at together, or a naive run_at, fail here
+        if self.run_at is not None:
+            run_at_of(self.delay, self.run_at, utc_now())  # delay and run_at together, or a naive run_at, fail here
 
     @classmethod
     def of(cls, keywords: QueueKeywords) -> QueueOptions:
         """The options from a call's keywords; InvalidInput names an unknown keyword."""
-        unknown = sorted(set(keywords) - {field.name for field in dataclasses.fields(cls)})
-        if unknown:
-            raise InvalidInput(f"unknown option {unknown[0]!r} (known: "
-                               f"{', '.join(field.name for field in dataclasses.fields(cls))})")
+        if not keywords:
+            return _DEFAULTS
+        if unknown := sorted(keywords.keys() - _NAMES):
+            raise InvalidInput(f"unknown option {unknown[0]!r} (known: {', '.join(_NAMES_IN_ORDER)})")
         return cls(**keywords)  # type: ignore[arg-type]  # `after` may come as any iterable of ids; it is made a tuple
 
     def runs_from(self, now: dt.datetime) -> dt.datetime | None:
         """The UTC time (naive, as stored) from which the task may run, or None for "now"."""
         return run_at_of(self.delay, self.run_at, now)
+
+
+_DEFAULTS = QueueOptions()
+_NAMES_IN_ORDER = tuple(field.name for field in dataclasses.fields(QueueOptions))
+_NAMES = frozenset(_NAMES_IN_ORDER)
