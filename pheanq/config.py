@@ -39,7 +39,7 @@ class Settings:
     log_worker_output_on_success: bool = False
     max_log_bytes: int = 65536
     run_dir: str | None = None      # where worker-tenders keep their lock files; None: the platform's default
-    # Signs job bodies (pheanq.signing); kept out of repr so it never reaches a log or a traceback.
+    # Signs job bodies (pheanq.body); kept out of repr so it never reaches a log or a traceback.
     secret: str | None = dataclasses.field(default=None, repr=False)
     config_file: str | None = None
 

@@ -157,7 +157,8 @@ class Dispatcher:
             if len(self._own_pending) < MAX_OWN_PENDING:
                 self._own_pending.append(job)
         log.warning("task %d is pending: %s", job.task_id, reason)
-        warnings.warn(TaskPendingWarning(job.task_id, reason), stacklevel=3)
+        # At the application's line: its call of queue_task or queue_chain, through send_inserted.
+        warnings.warn(TaskPendingWarning(job.task_id, reason), stacklevel=4)
         return False
 
     def send_inserted(self, job: PlannedJob, inserted: Inserted) -> int:
@@ -166,7 +167,7 @@ class Dispatcher:
             self.send(dataclasses.replace(job, task_id=inserted.task_id))
         elif inserted.created:
             try:
-                self.send_released(self.store.workflows.settle_waiting(inserted.task_id).released)
+                self.settle_waiting(inserted.task_id)
             except PheanqError as error:
                 # The task is committed: its id must reach the caller. The reconciler settles it.
                 log.warning("task %d is waiting; settling it failed (%s); the reconciler will", inserted.task_id,
@@ -340,16 +341,16 @@ class Dispatcher:
         if settled is None:
             log.warning("task %d: attempt %d no longer owns the task (taken over); its result (%s) is not "
                         "recorded", task_id, number, status)
-        if attempt.job_id is not None and (reserved or settled is not None):
-            try:
-                try:
-                    self.beanstalkd.delete(attempt.job_id)
-                except TubeUnavailable:
-                    self.beanstalkd.delete(attempt.job_id)  # once more on a new connection: the old one may have broken
-            except TubeUnavailable as error:
-                # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
-                log.warning("task %d: recorded as %s, but its job %d was not deleted: %s", task_id, status,
-                            attempt.job_id, error)
+        if reserved:
+            job_id = attempt.job_id
+        else:
+            # Not held by the caller: the job is the one the row names now (the reconciler may have sent the
+            # task again, as a stalled one, between the caller's read and this end).
+            row = self.store.tasks.find_task(task_id) if settled is not None else None
+            job_id = None if row is None else row.job_id
+        if job_id is not None:
+            # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
+            self._delete_job(task_id, job_id, f"recorded as {status}")
         if settled is None:
             return False
         self.send_released(settled.released)
@@ -369,7 +370,7 @@ class Dispatcher:
         if not self.store.tasks.retry_task(task_id, number, exit_code, entry or "",
                                            utc_now() + dt.timedelta(seconds=step.wait)):
             if reserved:
-                self._drop_job_of_lost(attempt)
+                self._delete_job_of_lost_attempt(attempt)
             return None
         if reserved and attempt.job_id is not None and \
                 not self.beanstalkd.release(attempt.job_id, attempt.row.priority, step.wait):
@@ -382,7 +383,7 @@ class Dispatcher:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""
         recorded = self.store.tasks.release_task(attempt.row.id, attempt.row.attempts, log_text)
         if not recorded:
-            self._drop_job_of_lost(attempt)
+            self._delete_job_of_lost_attempt(attempt)
         elif attempt.job_id is not None and not self.beanstalkd.release(attempt.job_id, attempt.row.priority):
             # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
             self.beanstalkd.kick_job(attempt.job_id)
@@ -393,9 +394,10 @@ class Dispatcher:
         False when the attempt was already settled."""
         if not self.store.tasks.stall_task(attempt.row.id, attempt.row.attempts, log_text):
             return False
-        if attempt.job_id is not None:
+        row = self.store.tasks.find_task(attempt.row.id)
+        if row is not None and row.job_id is not None:
             # Another worker may have found the lease still fresh and delayed the job: make it ready now.
-            self.beanstalkd.kick_job(attempt.job_id)
+            self.beanstalkd.kick_job(row.job_id)
         return True
 
     def drop_cancelled(self, attempt: Attempt, log_text: str) -> bool:
@@ -437,7 +439,7 @@ class Dispatcher:
         except (StoreUnavailable, TubeUnavailable) as error:
             log.warning("tasks left pending were not all sent (%s); the reconciler will send them", error)
 
-    def _drop_job_of_lost(self, attempt: Attempt) -> None:
+    def _delete_job_of_lost_attempt(self, attempt: Attempt) -> None:
         """The attempt no longer owns its task (cancelled, settled by a tender, taken over): delete the job
         rather than leave it reserved until its TTR. A job reserved by whoever took the task over is theirs,
         and beanstalkd refuses to delete it."""
@@ -448,10 +450,14 @@ class Dispatcher:
         self.beanstalkd.delete(attempt.job_id)
 
     def _delete_job(self, task_id: int, job_id: int, why: str) -> None:
+        """Delete the job of a task whose row has ended; if beanstalkd cannot be told, the claim of the job
+        finds the task ended and deletes it unrun."""
         try:
-            self.beanstalkd.delete(job_id)
+            try:
+                self.beanstalkd.delete(job_id)
+            except TubeUnavailable:
+                self.beanstalkd.delete(job_id)  # once more on a new connection: the old one may just have broken
         except TubeUnavailable as error:
-            # If the job comes back, the claim finds the task ended and deletes it unrun.
             log.warning("task %d: %s, but its job %d was not deleted: %s", task_id, why, job_id, error)
 
 

@@ -11,9 +11,8 @@ from pheanq.errors import InvalidInput
 
 # A task id (the table's BIGINT primary key): a signed 64-bit integer.
 MAX_TASK_ID = 2**63 - 1
-# beanstalkd's priority, delay, ttr and pause-tube seconds: unsigned 32-bit integers.
-MAX_PRIORITY = 2**32 - 1
-MAX_BEANSTALKD_SECONDS = 2**32 - 1
+# beanstalkd's priority, and its seconds (a delay, a ttr, a pause-tube): unsigned 32-bit integers.
+MAX_PRIORITY = MAX_BEANSTALKD_SECONDS = 2**32 - 1
 # Every other span of seconds pheanq keeps (a task's timeout, a retry's delay and cap): a signed 32-bit
 # integer, as the table's INTEGER holds.
 MAX_SECONDS = 2**31 - 1
@@ -21,7 +20,7 @@ MAX_SECONDS = 2**31 - 1
 MAX_BODY_BYTES = 65535
 # A unique key: the longest text MySQL/MariaDB can index in utf8mb4 (191 characters of 4 bytes: at most 767 bytes).
 MAX_UNIQUE_KEY = 191
-# A batch's name, a canceller's name: the table's VARCHAR(255).
+# A batch's name, who cancelled: the table's VARCHAR(255).
 MAX_NAME = 255
 MAX_ATTEMPTS = 1000
 # How much of a buried job's body, and of the reason it was buried, `pheanq buried` keeps and shows.

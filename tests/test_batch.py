@@ -14,7 +14,7 @@ import pytest
 from conftest import DATABASES
 from support import WorkerProcess, claims, pheanq, wait_for, write_config
 
-from pheanq import Batch, NotFound, Status, TaskDescription, WrongStatus
+from pheanq import Batch, InvalidInput, NotFound, Status, TaskDescription, WrongStatus
 from pheanq.limits import PAGE_SIZE
 from pheanq.producer.batch import BatchProgress
 from pheanq.producer.service import TaskQueueService
@@ -270,3 +270,13 @@ def test_the_last_two_tasks_of_a_batch_ending_together_queue_then_once(
     progress = batch.progress()
     assert (progress.state, progress.done) == ("finished", 2)
     assert progress.callbacks["then"] is not None and progress.callbacks["finally"] is not None
+
+
+def test_a_batch_s_add_and_add_many_take_no_batch_of_their_own(sqlite_url: str, make_service: MakeService) -> None:
+    service = make_service(sqlite_url)
+    batch = service.create_batch("b")
+    with pytest.raises(InvalidInput, match="take no batch="):
+        batch.add(TaskDescription("work", ["1"]), batch=batch.id + 1)
+    with pytest.raises(InvalidInput, match="take no batch="):
+        batch.add_many([TaskDescription("work", ["1"])], batch=batch.id)
+    assert batch.progress().total == 0

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 from support import WorkerProcess, claims, pheanq, wait_for, write_config
 
-from pheanq import Status, TaskDescription
+from pheanq import InvalidInput, Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
 
 MakeService = Callable[..., TaskQueueService]
@@ -96,3 +97,19 @@ def test_pheanq_cancel_reports_each_id_and_exits_1_when_one_was_not_cancelled(
                                          "task 999: not cancelled: task 999 does not exist"]
     bad = pheanq(["cancel", "x"], env, tmp_path)
     assert bad.returncode == 2 and "'x' is not a valid integer" in bad.stderr
+
+
+def test_who_cancels_is_a_name_the_table_can_hold(
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: Callable[..., dict[str, str]],
+) -> None:
+    service = make_service(sqlite_url)
+    task_id = service.queue_task(TaskDescription("work", ["1"]))
+    for by in ("", "x" * 256):
+        with pytest.raises(InvalidInput, match="who cancels"):
+            service.cancel_task(task_id, by)
+        with pytest.raises(InvalidInput, match="who cancels"):
+            service.create_batch("b").cancel(by)
+    assert service.status_of(task_id) is Status.NEW
+    result = pheanq(["cancel", str(task_id), "--by", "y" * 256], make_env(sqlite_url), tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "who cancels" in result.stderr, result
+    assert service.status_of(task_id) is Status.NEW

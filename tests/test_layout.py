@@ -1,5 +1,5 @@
 """pheanq's rooms and the imports between them (docs/architecture.rst): no import cycle, arrows only point down
-(cli → tender / worker / ops / producer → dispatch → storage / beanstalkd → the top-level modules), and no
+(cli → tender → worker / ops / producer → dispatch → storage / beanstalkd → the top-level modules), and no
 module past the size at which it should be split."""
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ def show(context: Context, task_id: int, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_task(report))
 
 
-
 @cli.command("reconcile")
 @click.option("--use-tube", metavar="TUBE", help="Only this tube's tasks. [default: every tube]")
 @click.option("--dry-run", is_flag=True, help="Only say what would be sent again.")
@@ -48,7 +47,6 @@ def reconcile_command(context: Context, use_tube: str | None, dry_run: bool, min
     for action in report.actions:
         click.echo(action)
     click.echo(("dry run: " if dry_run else "") + report.summary(dry_run))
-
 
 
 @cli.command("pause")
@@ -71,7 +69,6 @@ def resume(context: Context, use_tube: str | None) -> None:
     """Let workers take tasks from a paused tube again."""
     tube = context.tube(use_tube)
     click.echo(f"tube {tube} resumed" if resume_tube(context.dispatch, tube) else f"tube {tube} was not paused")
-
 
 
 @cli.group("buried", invoke_without_command=True)
@@ -117,7 +114,6 @@ def _buried_target(ctx: click.Context, job_ids: tuple[int, ...], every: bool,
     context: Context = ctx.obj
     tube = context.tube(use_tube or ctx.meta.get("pheanq.buried_tube"))
     return context, tube, None if every else list(job_ids)
-
 
 
 @cli.group("db")

@@ -66,14 +66,12 @@ def add_example_task(context: Context, total_tasks: int, wait: int, message: str
     click.echo(f"queued {len(unique)} example task(s) into tube {tube}: id {span}")
 
 
-
 @cli.command("example-task-worker")
 @click.argument("wait", type=click.IntRange(min=0))
 @click.option("--message", default="hello world", show_default=True, help="The message to print.")
 def example_task_worker(wait: int, message: str) -> None:
     """The example task's command: a line, a dot a second for WAIT seconds, then the message."""
     run_example(wait, message, sys.stdout)
-
 
 
 @cli.command("cancel")
@@ -114,7 +112,6 @@ def regenerate_failed_task(context: Context, ids: str, use_tube: str | None) -> 
         click.echo(f"task {task_id}: restarted as job {job_id}")
     if problems:
         sys.exit(1)
-
 
 
 @cli.command("task-cleanup")

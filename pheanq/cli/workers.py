@@ -120,7 +120,6 @@ def stop_worker_tender(context: Context, use_tube: str | None, timeout: float) -
         raise PheanqError(f"worker-tender(s) {pids} still running after {timeout:.0f}s")
 
 
-
 def _split_command(text: str) -> list[str]:
     try:
         argv = shlex.split(text)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pheanq.description import TaskDescription
 from pheanq.dispatch import Dispatcher
-from pheanq.errors import NotFound
+from pheanq.errors import InvalidInput, NotFound
 from pheanq.limits import PAGE_SIZE
 from pheanq.producer.cancel import cancel_batch
 from pheanq.producer.options import QueueKeywords, Unpack
@@ -79,13 +79,12 @@ class Batch:
 
     def add(self, description: TaskDescription, **options: Unpack[QueueKeywords]) -> int:
         """Queue one task into the batch; the options as for `queue_task`. Returns its id."""
-        joining: QueueKeywords = {**options, "batch": self.id}
-        return self.queue.queue_task(description, **joining)
+        return self.queue.queue_task(description, **self._joining(options))
 
     def add_many(self, descriptions: Iterable[TaskDescription], **options: Unpack[QueueKeywords]) -> int:
         """Queue tasks into the batch PAGE_SIZE at a time (one transaction each), reading `descriptions`
         lazily; returns how many were queued. The options as for `queue_task`, without `after`."""
-        joining: QueueKeywords = {**options, "batch": self.id}
+        joining = self._joining(options)
         added = 0
         iterator = iter(descriptions)
         while chunk := list(itertools.islice(iterator, PAGE_SIZE)):
@@ -118,6 +117,11 @@ class Batch:
             cancelled, pending = counts.get(Status.CANCELLED, 0), sum(counts.get(status, 0) for status in PENDING)
         return BatchProgress(row.id, row.name, state, row.total, done, failed, cancelled, pending, row.created,
                              row.closed, row.finished, row.cancelled_by, callbacks)
+
+    def _joining(self, options: QueueKeywords) -> QueueKeywords:
+        if "batch" in options:
+            raise InvalidInput(f"batch {self.id}'s add and add_many take no batch=: the task joins this batch")
+        return {**options, "batch": self.id}
 
     def __enter__(self) -> Batch:
         return self

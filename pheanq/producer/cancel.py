@@ -16,8 +16,8 @@ import socket
 from pheanq import tasklog
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
-from pheanq.errors import NotFound
-from pheanq.limits import PAGE_SIZE
+from pheanq.errors import InvalidInput, NotFound
+from pheanq.limits import MAX_NAME, PAGE_SIZE
 from pheanq.status import PENDING, Status
 
 
@@ -27,6 +27,15 @@ class CancelResult:
     cancelled: bool
     was: Status          # the status the task had when the cancel came
     message: str
+
+
+def canceller(by: str | None) -> str:
+    """Who cancels, for the log and the batch row: `by`, checked, or `user@host`."""
+    if by is None:
+        return who_cancels()
+    if not isinstance(by, str) or not 0 < len(by) <= MAX_NAME:
+        raise InvalidInput(f"who cancels (--by) must be a text of 1 to {MAX_NAME} characters, not {by!r}")
+    return by
 
 
 def who_cancels() -> str:
@@ -40,7 +49,7 @@ def who_cancels() -> str:
 
 def cancel_task(dispatch: Dispatcher, task_id: int, by: str | None = None) -> CancelResult:
     """Cancel one task that has not ended; NotFound when it does not exist."""
-    found = dispatch.cancel_page([task_id], tasklog.cancelled(by or who_cancels(), utc_now()))
+    found = dispatch.cancel_page([task_id], tasklog.cancelled(canceller(by), utc_now()))
     if not found:
         raise NotFound(f"task {task_id} does not exist")
     row = found[0].row
@@ -56,7 +65,7 @@ def cancel_task(dispatch: Dispatcher, task_id: int, by: str | None = None) -> Ca
 def cancel_batch(dispatch: Dispatcher, batch_id: int, by: str | None = None) -> int:
     """Close the batch and cancel each of its tasks that has not ended, page by page; returns how many were
     cancelled. The batch then finishes (its `finally` callback runs; `then` does not, as not all are done)."""
-    by = by or who_cancels()
+    by = canceller(by)
     if not dispatch.close_batch(batch_id, cancelled_by=by):
         raise NotFound(f"batch {batch_id} does not exist")
     cancelled = 0

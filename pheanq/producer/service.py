@@ -70,6 +70,7 @@ class TaskQueueService:
         task is kept as `new` with no job, a `TaskPendingWarning` is issued, and the reconciler sends it
         later: a task whose id was returned is never lost.
         """
+        _check_description(description)
         checked = QueueOptions.of(options)
         job, task = self._plan(description, checked)
         if session is not None:
@@ -83,7 +84,7 @@ class TaskQueueService:
         first for the tasks in `after`). The options apply to every step. Returns the ids in order."""
         if not isinstance(chain, Chain) or not len(chain):
             raise InvalidInput(f"queue_chain takes a chain made with TaskDescription.then, not {type(chain).__name__}")
-        checked = QueueOptions.of(options)
+        checked = _options_without_session("queue_chain", options)
         if checked.unique_key is not None:
             raise InvalidInput("queue_chain takes no unique_key: a key names one task, not a chain of them")
         later = dataclasses.replace(checked, after=())
@@ -94,7 +95,7 @@ class TaskQueueService:
     def queue_many(self, descriptions: Iterable[TaskDescription], **options: Unpack[QueueKeywords]) -> list[int]:
         """Queue tasks in one transaction (a batch's chunk); the options apply to every task, without `after`
         or `unique_key`. Their job ids are recorded together, not one transaction each."""
-        checked = QueueOptions.of(options)
+        checked = _options_without_session("queue_many", options)
         if checked.after or checked.unique_key is not None:
             raise InvalidInput("queue_many takes neither after= nor unique_key=; use queue_task for those")
         planned = [self._plan(description, checked) for description in descriptions]
@@ -147,8 +148,7 @@ class TaskQueueService:
 
     def _plan(self, description: TaskDescription, options: QueueOptions) -> tuple[PlannedJob, NewTask]:
         """The row to insert for a task and the job to put once it has an id; InvalidInput for a bad task."""
-        if not isinstance(description, TaskDescription):
-            raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
+        _check_description(description)
         tube = check_tube_name(options.tube or description.tube or self.settings.default_tube)
         encode_body(MAX_TASK_ID, description, self.settings.secret)  # too big a body is refused before any write
         run_at = options.runs_from(utc_now())
@@ -175,3 +175,15 @@ def queue_task(description: TaskDescription, *, session: Session | None = None,
                **options: Unpack[QueueKeywords]) -> int:
     """Queue a task with the default service; see `TaskQueueService.queue_task`."""
     return default_service().queue_task(description, session=session, **options)
+
+
+def _check_description(description: object) -> None:
+    if not isinstance(description, TaskDescription):
+        raise InvalidInput(f"queue_task takes a TaskDescription, not {type(description).__name__}")
+
+
+def _options_without_session(what: str, options: QueueKeywords) -> QueueOptions:
+    """The options of a call that writes in a transaction of its own: `session=` is named, not just unknown."""
+    if "session" in options:
+        raise InvalidInput(f"{what} takes no session=: queue the tasks with queue_task(session=...) one by one")
+    return QueueOptions.of(options)

@@ -65,20 +65,22 @@ def recover_task(dispatch: Dispatcher, task: OrphanedTask) -> str:
     held = dispatch.store.tasks.find_task(task.task_id)
     if held is None or held.status is not Status.WORKING or held.worker != task.worker:
         return f"already settled ({'gone' if held is None else held.status})"
-    attempt = DeadAttempt(held.job_id, held)
+    dead = DeadAttempt(held.job_id, held)
     if task.exit_code is None:
         entry = tasklog.attempt(held.attempts, task.worker, f"interrupted: {task.why}; the task goes back to its tube")
-        if not dispatch.stall(attempt, entry):
+        if not dispatch.stall(dead, entry):
             return f"attempt {held.attempts} already settled"
         return "stalled: its worker died while the command ran; it runs again"
     verdict = "done" if task.exit_code == 0 else f"failed: exit code {task.exit_code}"
     entry = tasklog.attempt(held.attempts, task.worker, f"{verdict}; {task.why}, so its tender recorded the result")
     if task.exit_code == 0:
-        ended = Status.DONE if dispatch.finish(attempt, Status.DONE, 0, entry, reserved=False) else None
+        ended = Status.DONE if dispatch.finish(dead, Status.DONE, 0, entry, reserved=False) else None
     else:
-        ended = dispatch.fail(attempt, task.exit_code, entry, reserved=False)
+        ended = dispatch.fail(dead, task.exit_code, entry, reserved=False)
     if ended is None:
         return f"attempt {held.attempts} already settled"
+    if ended is Status.RETRYING:
+        return f"retrying after exit code {task.exit_code}, for a worker that died"
     return f"recorded as {ended} (exit code {task.exit_code}) for a worker that died"
 
 

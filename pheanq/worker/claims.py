@@ -71,10 +71,6 @@ class TaskClaims:
         """Renew the attempt's lease on its row; False when the attempt no longer holds the task."""
         return self.dispatch.store.tasks.renew_lease(package.task_id, package.attempt)
 
-    def status_of(self, task_id: int) -> Status | None:
-        row = self.dispatch.store.tasks.find_task(task_id)
-        return None if row is None else row.status
-
     def _claim(self, job: ReservedJob) -> WorkPackage | None:
         settings = self.dispatch.settings
         try:

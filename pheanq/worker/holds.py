@@ -105,10 +105,10 @@ class CancelWatch:
             return None
         self._next = time.monotonic() + CANCEL_CHECK_SECONDS
         try:
-            status = self.claims.status_of(self.package.task_id)
+            row = self.claims.dispatch.store.tasks.find_task(self.package.task_id)
         except StoreUnavailable:
             return None  # the lease logic deals with outages
-        self.cancelled = status is Status.CANCELLED
+        self.cancelled = row is not None and row.status is Status.CANCELLED
         return CANCELLED if self.cancelled else None
 
 
