@@ -208,6 +208,10 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)  # the poll of a deadline wait
 
 
+# A worker's state line as its tender passes it on: `worker <pid>: CHILD <pid>` (see pheanq.worker.protocol).
+_WORKER_STATE = re.compile(r"^worker (\d+): (READY|BUSY|CHILD|EXITED)(?: -?\d+)?$")
+
+
 def pause(seconds: float) -> None:
     """The harness's own pacing between two faults (not a wait for a condition)."""
     time.sleep(seconds)
@@ -374,6 +378,8 @@ class Tender:
         self._log = self.log_path.open("wb")
         self.process = spawn([sys.executable, "-m", "pheanq", "worker-tender", "--use-tube", lab.tube, *args],
                              env=lab.env, cwd=lab.directory, stdout=self._log, stderr=subprocess.STDOUT)
+        self._read_up_to = 0
+        self._states: dict[int, str] = {}     # worker pid -> the kind of its last state line
 
     def workers(self) -> list[psutil.Process]:
         """The tender's live task-worker processes (not the orphans it adopts and kills)."""
@@ -386,12 +392,26 @@ class Tender:
         return found
 
     def busy_workers(self) -> list[psutil.Process]:
-        """Workers running a task's command right now (a worker killed then is 'killed while it works')."""
+        """Workers running a task's command right now (a worker killed then is 'killed while it works'), as their
+        own state lines say: CHILD, and neither EXITED nor READY since. The tender's log carries every worker's
+        lines; reading what it added is cheap, where asking /proc for each worker's children takes a second on a
+        loaded machine, long enough for the short tasks of a small run to end unseen."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._read_up_to)
+            added = log.read()
+        complete = added.rfind(b"\n") + 1
+        self._read_up_to += complete
+        for line in added[:complete].decode(errors="replace").splitlines():
+            said = _WORKER_STATE.match(line)
+            if said is not None:
+                self._states[int(said.group(1))] = said.group(2)
         busy = []
-        for worker in self.workers():
-            with contextlib.suppress(psutil.Error):
-                if any(child.status() != psutil.STATUS_ZOMBIE for child in worker.children()):
-                    busy.append(worker)
+        for pid, state in self._states.items():
+            if state == "CHILD":
+                with contextlib.suppress(psutil.Error):
+                    worker = psutil.Process(pid)
+                    if worker.status() != psutil.STATUS_ZOMBIE:
+                        busy.append(worker)
         return busy
 
     def longest_running_task(self) -> float:
@@ -728,10 +748,12 @@ def _kill_busy_workers(lab: Lab, tender: Tender, budget: int, limit: float) -> N
     end = time.monotonic() + limit
     while kills < budget and not lab.all_finished() and time.monotonic() < end:
         busy = tender.busy_workers()
-        if busy:
-            with contextlib.suppress(psutil.Error):
-                lab.rng.choice(busy).kill()
-                kills += 1
+        if not busy:
+            pause(0.01)  # look again soon: a kill must catch a worker while its command runs
+            continue
+        with contextlib.suppress(psutil.Error):
+            lab.rng.choice(busy).kill()
+            kills += 1
         pause(lab.rng.uniform(0.05, 0.3))  # the pace of the kills
     lab.outcome.figures["killed"] = kills
     lab.note(f"{kills} busy worker(s) killed -9")
