@@ -136,9 +136,12 @@ def _check_command(command: Any) -> str:
 
 def _check_argument(index: int, value: Any) -> Argument:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidInput(f"argument {index} is {type(value).__name__} {value!r}; only str and int are allowed")
+        raise InvalidInput(f"argument {index} is {type(value).__name__} {_shown(value)}; only str and int are "
+                           "allowed")
     if isinstance(value, str):
         _check_text(f"argument {index}", value)
+    else:
+        _check_whole(f"argument {index}", value)
     return value
 
 
@@ -150,10 +153,12 @@ def _check_option_name(name: Any) -> str:
 
 def _check_option_value(name: str, value: Any) -> OptionValue:
     if not isinstance(value, (str, int)):  # bool is an int
-        raise InvalidInput(f"option {name!r} is {type(value).__name__} {value!r}; only str, int and bool "
+        raise InvalidInput(f"option {name!r} is {type(value).__name__} {_shown(value)}; only str, int and bool "
                            "are allowed")
     if isinstance(value, str):
         _check_text(f"option {name!r}", value)
+    elif not isinstance(value, bool):
+        _check_whole(f"option {name!r}", value)
     return value
 
 
@@ -164,3 +169,22 @@ def _check_text(what: str, value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(f"{what} is not valid Unicode text (it contains a lone surrogate)") from None
+
+
+def _check_whole(what: str, value: int) -> None:
+    """An int becomes text on the command line and in the JSON body: one Python cannot write out (more digits
+    than its conversion limit, 4300 by default) is refused here, not with a bare ValueError at queue time."""
+    try:
+        str(value)
+    except ValueError:
+        raise InvalidInput(f"{what} is a whole number with more digits than Python writes out as text "
+                           "(sys.get_int_max_str_digits()); pass it as a str") from None
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` for an error message, short (a huge value must not fill the message, nor fail in repr)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "(too long to show)"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from pheanq import tasklog
@@ -280,15 +280,21 @@ class Dispatcher:
 
     # --- a reserved job and its attempt ---------------------------------------------------------------------
 
-    def claim(self, job: ReservedJob, task_id: int, description: TaskDescription) -> WorkPackage | None:
-        """Claim the task of a reserved job (compare-and-set), or deal with the job when it must not run now:
-        buried when its task has no row, released with a delay when it is early or held under a live lease,
-        deleted when its task ended or runs under another job."""
-        claim = self.store.tasks.claim_task(task_id, job.id, self.worker_name)
+    def claim(self, job: ReservedJob, task_id: int, description: TaskDescription,
+              tubes: Sequence[str]) -> WorkPackage | None:
+        """Claim the task of a job reserved from one of `tubes` (compare-and-set), or deal with the job when it
+        must not run now: buried when its task has no row or belongs to another tube, released with a delay
+        when it is early or held under a live lease, deleted when its task ended or runs under another job."""
+        claim = self.store.tasks.claim_task(task_id, job.id, self.worker_name, tubes)
         if claim.outcome is ClaimOutcome.MISSING:
             self.bury(job, f"task {task_id} has no row in the table")
             return None
         assert claim.row is not None
+        if claim.outcome is ClaimOutcome.OTHER_TUBE:
+            # Kept for inspection and the task left as it is: its own job (or the reconciler) runs it in its tube.
+            self.bury(job, f"task {task_id} belongs to tube {claim.row.tube}, not to the tube(s) this worker takes "
+                           f"from ({', '.join(tubes)}): its job was moved, or forged; the task is left as it is")
+            return None
         if claim.outcome is ClaimOutcome.EARLY:
             wait = put_delay(claim.row.run_at, utc_now())
             log.info("job %d: task %d may not run before %s UTC; the job waits %ds more", job.id, task_id,
@@ -299,8 +305,9 @@ class Dispatcher:
             # Not the whole lease: the holder's tender may settle the task any moment (it died), and then the
             # job should not sit delayed for long.
             wait = min(HELD_RECHECK_SECONDS, _seconds_until_stale(claim.row))
-            log.info("job %d: task %d is still held by %s, whose lease is renewed; the job waits %ds", job.id,
-                     task_id, claim.row.worker, wait)
+            renewed = (utc_now() - (claim.row.heartbeat or claim.row.modified)).total_seconds()
+            log.info("job %d: task %d is still held by %s, whose lease was renewed %.0fs ago; the job waits %ds",
+                     job.id, task_id, claim.row.worker, renewed, wait)
             self.beanstalkd.release(job.id, claim.row.priority, wait)
             return None
         if claim.outcome is not ClaimOutcome.CLAIMED:

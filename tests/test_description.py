@@ -187,3 +187,18 @@ def test_no_command_given_means_the_class_level_command() -> None:
     assert SendInvoice(1).command == "invoice"
     with pytest.raises(InvalidInput, match="command ''"):
         TaskDescription(None)
+
+
+@pytest.mark.parametrize(("arguments", "options", "what"), [
+    ([10**4400], {}, "argument 0"),
+    ([1, -(10**4400)], {}, "argument 1"),
+    ([], {"count": 10**4400}, "option 'count'"),
+])
+def test_a_whole_number_too_long_to_write_out_is_refused_as_invalid_input_naming_it(
+    arguments: list[Any], options: dict[str, Any], what: str,
+) -> None:
+    # Python writes out at most 4300 digits of an int: such a value could reach neither the command line nor
+    # the JSON body, and queue_task raised a bare ValueError for it.
+    with pytest.raises(InvalidInput, match=f"^{what} is a whole number with more digits"):
+        TaskDescription("cmd", arguments, options)
+    assert TaskDescription("cmd", [10**4000]).arguments == [10**4000]  # below the limit it is a plain argument

@@ -167,7 +167,7 @@ def test_concurrent_claims_of_one_row_under_different_jobs_have_one_winner(
 
     def claim(index: int) -> ClaimOutcome:
         barrier.wait(5)
-        return stores[index].tasks.claim_task(task_id, 10_000 + index, f"worker-{index}").outcome
+        return stores[index].tasks.claim_task(task_id, 10_000 + index, f"worker-{index}", ["pheanq"]).outcome
 
     try:
         with ThreadPoolExecutor(len(stores)) as pool:

@@ -341,3 +341,42 @@ def test_a_worker_without_a_secret_runs_signed_jobs_so_producers_can_start_signi
     assert worker.wait() == 0, worker.log
     assert service.status_of(task_id) is Status.DONE
     assert runs.read_text() == f"{task_id} signed\n"
+
+
+@pytest.mark.parametrize("worker_tubes", ["other", "held,other"])
+def test_a_signed_job_moved_to_another_tube_is_buried_there_and_its_task_left_to_its_own_tube(
+    db_url: str, tmp_path: Path, beanstalkd: Beanstalkd, make_service: MakeService, make_env: MakeEnv,
+    start_worker: StartWorker, worker_tubes: str,
+) -> None:
+    runs = tmp_path / "runs.txt"
+    write_config(tmp_path, commands={"record": _record_command(tmp_path, runs)})
+    service = make_service(db_url, secret=SECRET)
+    env = make_env(db_url, PHEANQ_SECRET=SECRET)
+    assert pheanq(["pause", "--use-tube", "held"], env, tmp_path).returncode == 0
+    task_id = service.queue_task(TaskDescription("record", ["held"]), tube="held")
+    row = service.find_task(task_id)
+    job = service.beanstalkd.inspect(row.job_id or 0)
+    assert job is not None and job.tube == "held"
+
+    client = greenstalk.Client(beanstalkd.address, encoding=None, use="other")
+    try:
+        moved = client.put(job.body)  # the signed body, byte for byte, in a tube whose workers are not paused
+        # A worker of `other` (or of both, while `held` is paused) reserves the moved job.
+        worker = start_worker(["--use-tube", worker_tubes, "--stop-when-empty"], env)
+        assert worker.wait(30) == 0, worker.log
+        assert client.stats_job(moved)["state"] == "buried"
+    finally:
+        client.close()
+    assert not runs.exists(), "the task ran from a tube that is not its own"
+    untouched = service.find_task(task_id)
+    assert (untouched.status, untouched.attempts, untouched.job_id, untouched.worker) == (Status.NEW, 0, row.job_id,
+                                                                                          None)
+    reasons = {record.job_id: record.reason for record in service.store.admin.list_buried(service.beanstalkd.server,
+                                                                                          "other")}
+    assert f"task {task_id} belongs to tube held" in reasons[moved], reasons
+
+    # Its own job still runs it, in its own tube, once the tube is resumed.
+    assert pheanq(["resume", "--use-tube", "held"], env, tmp_path).returncode == 0
+    assert start_worker(["--use-tube", "held", "--stop-when-empty"], env).wait(30) == 0
+    assert service.status_of(task_id) is Status.DONE
+    assert runs.read_text() == f"{task_id} held\n"

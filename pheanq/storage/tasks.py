@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import enum
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +36,7 @@ _SET_JOB_ID = task_table.update().where(_c.id == sa.bindparam("task")).values(jo
 _CLAIM = (
     task_table.update()
     .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
+           _c.tube.in_(sa.bindparam("tubes", expanding=True)),
            sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
     .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
             attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
@@ -68,6 +70,7 @@ class ClaimOutcome(enum.Enum):
     HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
     HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
     EARLY = "early"                # not to run before its run_at: the job must wait
+    OTHER_TUBE = "other tube"      # the row's tube is not one the worker takes from: the job was moved or forged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +222,11 @@ class TaskStatements:
         with self.database.transaction() as conn:
             conn.execute(_SET_JOB_ID, {"task": task_id, "job": job_id})
 
-    def claim_task(self, task_id: int, job_id: int, worker: str) -> Claim:
+    def claim_task(self, task_id: int, job_id: int, worker: str, tubes: Sequence[str]) -> Claim:
         """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
+
+        Only a task of one of `tubes` (those the worker reserved the job from) is claimed: a job put into
+        another tube than its task's, by hand or by a forger, leaves the row untouched (OTHER_TUBE).
 
         A `working` row under this very job was held by a worker that lost its reservation. It is
         taken over only once that holder's lease is stale (it died, or it was cut off and has stopped
@@ -231,9 +237,11 @@ class TaskStatements:
         claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
                        started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
         with self.database.transaction() as conn:
-            changed = conn.execute(_CLAIM, {"task": task_id, "due_before": now + EARLY_TOLERANCE, "job": job_id,
-                                            "holder": worker, "claimed_at": now}).rowcount
+            changed = conn.execute(_CLAIM, {"task": task_id, "tubes": list(tubes), "due_before": now + EARLY_TOLERANCE,
+                                            "job": job_id, "holder": worker, "claimed_at": now}).rowcount
             row = select_task(conn, task_id)
+            if row is not None and changed == 0 and row.tube not in tubes:
+                return Claim(ClaimOutcome.OTHER_TUBE, row)
             if row is not None and changed == 0 and row.status in CLAIMABLE and is_early(row.run_at, now):
                 return Claim(ClaimOutcome.EARLY, row)
             if row is not None and changed == 0 and row.status is Status.WORKING and row.job_id == job_id:

@@ -39,7 +39,7 @@ class TaskClaims:
                 beanstalkd.close()  # beanstalkd releases a reserved job, with its own priority, on disconnect
                 return None
             try:
-                package = self._claim(job)
+                package = self._claim(job, watched)
             except StoreUnavailable:
                 # Dropping the connection hands the job back to beanstalkd with its own priority.
                 beanstalkd.close()
@@ -71,7 +71,7 @@ class TaskClaims:
         """Renew the attempt's lease on its row; False when the attempt no longer holds the task."""
         return self.dispatch.store.tasks.renew_lease(package.task_id, package.attempt)
 
-    def _claim(self, job: ReservedJob) -> WorkPackage | None:
+    def _claim(self, job: ReservedJob, tubes: list[str]) -> WorkPackage | None:
         settings = self.dispatch.settings
         try:
             body = decode_body(job.body, settings.secret)
@@ -83,4 +83,4 @@ class TaskClaims:
             self.dispatch.bury(job, f"task {body.task_id}: command {body.description.command!r} is not registered "
                                     f"on this worker (known: {', '.join(sorted(settings.registry())) or 'none'})")
             return None
-        return self.dispatch.claim(job, body.task_id, body.description)
+        return self.dispatch.claim(job, body.task_id, body.description, tubes)
