@@ -2,12 +2,19 @@
 
 A task's `log` column is the story of its attempts, read by people (`pheanq show`) and by scripts that
 look for these lines. Each entry starts with `---`; an entry that says when something happened ends with
-`at YYYY-MM-DD HH:MM:SS UTC`.
+`at YYYY-MM-DD HH:MM:SS UTC`. Only entries start with `---`: a line of a command's output that does is kept
+with `OUTPUT_MARK` in front of it, so a task cannot write a line that reads as one of pheanq's entries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+
+OUTPUT_MARK = "| "
+# `---` at the start of the output or of any line, by every line boundary `str.splitlines` knows: a script
+# that splits the log on `\r` or U+2028 must not find an entry there either.
+_ENTRY_LOOKALIKE = re.compile("(^|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])---")
 
 
 def attempt(number: int, worker: str, verdict: str, output: str | None = None) -> str:
@@ -16,7 +23,7 @@ def attempt(number: int, worker: str, verdict: str, output: str | None = None) -
     if not output:
         return header
     # PostgreSQL refuses NUL in text (and the worker would fail on every try): show it as U+FFFD instead.
-    output = output.replace("\x00", "\ufffd")
+    output = _ENTRY_LOOKALIKE.sub(lambda match: f"{match[1]}{OUTPUT_MARK}---", output.replace("\x00", "\ufffd"))
     return header + output + ("" if output.endswith("\n") else "\n")
 
 

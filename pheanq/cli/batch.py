@@ -7,6 +7,8 @@ import json
 import click
 
 from pheanq.cli.app import Context, cli, pass_context
+from pheanq.ops.report import format_batch
+from pheanq.ops.terminal import one_line
 
 
 @cli.group("batch")
@@ -24,12 +26,7 @@ def show(context: Context, batch_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(progress.as_dict(), indent=2))
         return
-    click.echo(progress.summary())
-    for name in ("created", "closed", "finished", "cancelled_by"):
-        value = progress.as_dict()[name]
-        click.echo(f"  {name:<13}{'-' if value is None else value}")
-    for which, task_id in progress.callbacks.items():
-        click.echo(f"  {which + ' task':<13}{'not queued' if task_id is None else task_id}")
+    click.echo(format_batch(progress.summary(), progress.as_dict(), progress.callbacks))
 
 
 @batch.command("cancel")
@@ -49,4 +46,4 @@ def close(context: Context, batch_id: int) -> None:
     """Take no more tasks into the batch (if its planner died before closing it): it finishes once they end."""
     handle = context.service.batch(batch_id)
     handle.close()
-    click.echo(handle.progress().summary())
+    click.echo(one_line(handle.progress().summary()))

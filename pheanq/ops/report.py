@@ -1,8 +1,10 @@
-"""What `pheanq status` and `pheanq show` print: the table's view beside beanstalkd's, as text or JSON."""
+"""What `pheanq status`, `show`, `buried` and `batch show` print: the table's view beside beanstalkd's, as text or
+JSON. Every text formatter passes what a task or a job body controls through `visible` / `one_line`."""
 from __future__ import annotations
 
 import datetime as dt
 import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from pheanq.body import decode_data
@@ -10,6 +12,7 @@ from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import InvalidInput, TubeUnavailable
 from pheanq.ops.buried import BuriedList
+from pheanq.ops.terminal import one_line, visible
 from pheanq.retry import Retry
 from pheanq.status import Status
 from pheanq.storage.tables import TaskRow, WorkerRow
@@ -68,28 +71,29 @@ def format_status(report: dict[str, Any]) -> str:
     for tube, entry in report["tubes"].items():
         stats = entry["beanstalkd"]
         beanstalkd = [str(stats[key]) for key in TUBE_FIGURES] if stats else ["-"] * len(figures)
-        rows.append([tube, *(str(entry["tasks"][s]) for s in statuses), "|", *beanstalkd])
+        rows.append([one_line(tube), *(str(entry["tasks"][s]) for s in statuses), "|", *beanstalkd])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [f"database {report['database']}   beanstalkd {report['beanstalkd']}", ""]
+    lines = [f"database {one_line(report['database'])}   beanstalkd {one_line(report['beanstalkd'])}", ""]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                                for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
     if report["beanstalkd_error"]:
-        lines.append(f"beanstalkd: {report['beanstalkd_error']}")
+        lines.append(f"beanstalkd: {one_line(report['beanstalkd_error'])}")
     for tube, until in report["paused"].items():
-        lines.append(f"tube {tube} is paused until {until} (`pheanq resume --use-tube {tube}`)")
+        lines.append(f"tube {one_line(tube)} is paused until {until} (`pheanq resume --use-tube {one_line(tube)}`)")
     lines.append("")
     if not report["pool"]:
         lines.append("worker-tenders: none reported")
     for tender in report["pool"]:
         silent = tender["reported_seconds_ago"]
         note = f"  (no report for {silent:.0f}s: gone?)" if silent > STALE_REPORT_SECONDS else ""
-        lines.append(f"worker-tender {tender['host']}:{tender['pid']}  tubes {','.join(tender['tubes'])}  "
-                     f"{tender['state']}  up {_duration(tender['age_seconds'])}  "
+        lines.append(f"worker-tender {one_line(tender['host'])}:{tender['pid']}  "
+                     f"tubes {one_line(','.join(tender['tubes']))}  {one_line(tender['state'])}  "
+                     f"up {_duration(tender['age_seconds'])}  "
                      f"{len(tender['workers'])} worker(s){note}")
         for worker in tender["workers"]:
             task = f"task {worker['task_id']}" if worker["task_id"] is not None else "-"
-            lines.append(f"  worker {worker['pid']:<8} {worker['state']:<9} {task:<12} "
+            lines.append(f"  worker {worker['pid']:<8} {one_line(worker['state']):<9} {task:<12} "
                          f"age {_duration(worker['age_seconds'])}")
     return "\n".join(lines)
 
@@ -125,9 +129,9 @@ def format_task(report: dict[str, Any]) -> str:
               "exit_code", "worker", "run_at", "unique_key", "batch", "callback_of", "waiting_for", "created",
               "started", "finished", "modified", "heartbeat"]
     lines = [f"task {report['id']}"]
-    lines += [f"  {name:<13}{'-' if report[name] is None else report[name]}" for name in fields]
+    lines += [f"  {name:<13}{'-' if report[name] is None else one_line(report[name])}" for name in fields]
     lines.append("log:")
-    lines.append(report["log"].rstrip("\n") if report["log"] else "  (empty)")
+    lines.append(visible(report["log"].rstrip("\n")) if report["log"] else "  (empty)")
     return "\n".join(lines)
 
 
@@ -137,12 +141,25 @@ def format_buried(listing: BuriedList) -> str:
     lines = [f"tube {listing.tube}: {listing.total} buried job(s)"]
     for job in listing.jobs:
         when = _time(job.buried) or "-"
-        lines.append(f"  job {job.job_id}  {when}  {job.reason or '(no reason recorded: buried by another client)'}")
+        reason = one_line(job.reason) if job.reason else "(no reason recorded: buried by another client)"
+        lines.append(f"  job {job.job_id}  {when}  {reason}")
         body = job.body if len(job.body) <= 120 else job.body[:117] + "..."
-        lines.append(f"      body: {body!r}")
+        lines.append(f"      body: {one_line(body)}")
     if listing.unlisted:
         lines.append(f"  ... and {listing.unlisted} more without a recorded reason (beanstalkd shows only the next "
                      "one; `pheanq buried kick --all` or `delete --all` take them too)")
+    return "\n".join(lines)
+
+
+def format_batch(summary: str, fields: Mapping[str, Any], callbacks: Mapping[str, int | None]) -> str:
+    """`pheanq batch show`: a batch's `summary` line (which holds its name), its times and who cancelled it
+    (from `fields`), and each callback's task."""
+    lines = [one_line(summary)]
+    for name in ("created", "closed", "finished", "cancelled_by"):
+        value = fields[name]
+        lines.append(f"  {name:<13}{'-' if value is None else one_line(value)}")
+    for which, task_id in callbacks.items():
+        lines.append(f"  {which + ' task':<13}{'not queued' if task_id is None else task_id}")
     return "\n".join(lines)
 
 
