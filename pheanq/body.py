@@ -1,8 +1,8 @@
 """The job body: what travels through beanstalkd for a task, its JSON codec, and its HMAC signature.
 
-A job is only a pointer to its task's row (`task_id`) plus the description, for inspection; the row is
-the truth. The same module writes a body (the dispatcher, when it puts a job) and reads it (the worker,
-when it reserves one; the reconciler, when it asks whose a job is).
+A job is only a pointer to its task's row (`task_id` and the row's `nonce`) plus the description, for
+inspection; the row is the truth. The same module writes a body (the dispatcher, when it puts a job) and
+reads it (the worker, when it reserves one; the reconciler, when it asks whose a job is).
 
 Signatures: an HMAC-SHA256 lets a worker refuse jobs its producers did not make.
 
@@ -11,16 +11,20 @@ configured, producers sign each body and workers run only bodies whose signature
 
 The format keeps a signed body plain, readable JSON. An unsigned body is a compact JSON object::
 
-    {"pheanq":1,"task_id":42,"description":{...}}
+    {"pheanq":1,"task_id":42,"nonce":"<16 lowercase hex digits>","description":{...}}
 
 Its signed form is the same bytes with the closing ``}`` replaced by one last member::
 
-    {"pheanq":1,"task_id":42,"description":{...},"hmac":"<64 lowercase hex digits>"}
+    {"pheanq":1,"task_id":42,"nonce":"...","description":{...},"hmac":"<64 lowercase hex digits>"}
+
+The nonce is random, fixed when the row is inserted: a job names one row, not whichever row holds its id
+(after a database is restored, or re-created, an id can name another task). A body without one (written
+by a pheanq older than the rows' nonces) names only a row that has none.
 
 The MAC is HMAC-SHA256, keyed with the secret's UTF-8 bytes, over the unsigned bytes exactly: the
 signed body with its final ``,"hmac":"..."}`` replaced by ``}``. It covers the bytes as they were
 written, never a re-serialisation of parsed JSON, so nothing depends on how a JSON library orders
-keys or escapes text. The task id lies inside those bytes: a signed body cannot be re-pointed at
+keys or escapes text. The task id and nonce lie inside those bytes: a signed body cannot be re-pointed at
 another task. Any other program can produce the same bytes (serialise, HMAC, splice in the member).
 
 Only this exact trailing form counts as a signature: lowercase hex, no spaces. Signatures are compared
@@ -33,6 +37,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 from dataclasses import dataclass
 
 from pheanq.description import TaskDescription
@@ -47,6 +52,8 @@ SIGNATURE_BYTES = len(_MEMBER) + 64 + 1
 _SIGNED = re.compile(rb"(?s)\A(\{.+)" + re.escape(_MEMBER) + rb'([0-9a-f]{64})"\}\Z')
 # An `hmac` member closing the body, in any form: what a signature that is not ours looks like.
 _ANY_HMAC = re.compile(rb'"hmac"\s*:\s*(?:"[^"]*"|[^,{}\[\]"\s]*)\s*\}\s*')
+NONCE_BYTES = 8
+_NONCE = re.compile(r"[0-9a-f]{1,32}\Z")
 
 
 @dataclass(frozen=True)
@@ -55,12 +62,22 @@ class JobBody:
 
     task_id: int
     description: TaskDescription
+    nonce: str | None = None
 
 
-def encode_body(task_id: int, description: TaskDescription, secret: str | None = None) -> bytes:
-    """The job body for a task; signed when a secret is given."""
-    body = json.dumps({"pheanq": BODY_VERSION, "task_id": task_id, "description": description.to_data()},
-                      separators=(",", ":"), ensure_ascii=False).encode()
+def new_nonce() -> str:
+    """The identity a new task row gets, and its jobs carry."""
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def encode_body(task_id: int, description: TaskDescription, secret: str | None = None,
+                nonce: str | None = None) -> bytes:
+    """The job body for a task (the row with `task_id` and `nonce`); signed when a secret is given."""
+    data: dict[str, object] = {"pheanq": BODY_VERSION, "task_id": task_id}
+    if nonce is not None:
+        data["nonce"] = nonce
+    data["description"] = description.to_data()
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
     if secret is not None:
         body = sign(body, secret)
     if len(body) > MAX_BODY_BYTES:
@@ -93,11 +110,14 @@ def decode_body(raw: bytes, secret: str | None = None) -> JobBody:
     task_id = data.get("task_id")
     if not isinstance(task_id, int) or isinstance(task_id, bool) or not 0 < task_id <= MAX_TASK_ID:
         raise MalformedBody(f"task_id is not a positive integer ({_preview(raw)})")
+    nonce = data.get("nonce")
+    if nonce is not None and not (isinstance(nonce, str) and _NONCE.match(nonce)):
+        raise MalformedBody(f"task {task_id}: nonce is not 1-32 lowercase hex digits ({_preview(raw)})")
     try:
         description = TaskDescription.from_data(data.get("description", {}))
     except InvalidInput as error:
         raise MalformedBody(f"task {task_id}: {error}") from None
-    return JobBody(task_id, description)
+    return JobBody(task_id, description, nonce)
 
 
 def encode_data(description: TaskDescription) -> str:

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from pheanq import tasklog
 from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, ReservedJob
-from pheanq.body import decode_body, decode_data, encode_body
+from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
 from pheanq.description import TaskDescription
@@ -74,10 +74,11 @@ class PlannedJob:
     priority: int
     run_at: dt.datetime | None
     ttr: int
+    nonce: str | None
 
     @classmethod
     def of(cls, row: TaskRow) -> PlannedJob:
-        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr)
+        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr, row.nonce)
 
 
 class Attempt(Protocol):
@@ -227,7 +228,7 @@ class Dispatcher:
             body = decode_body(info.body, self.settings.secret)
         except MalformedBody:
             return None
-        return info if body.task_id == row.id else None
+        return info if body.task_id == row.id and body.nonce == row.nonce else None
 
     def regenerate(self, task_id: int) -> int:
         """Put a failed task back into its tube as `restarted`; returns the new job id.
@@ -242,7 +243,7 @@ class Dispatcher:
             if found.status is not Status.RESTARTED or found.job_id is not None:
                 raise WrongStatus(f"task {task_id} is {found.status}; only failed tasks can be regenerated")
             row = found
-        job = PlannedJob(task_id, decode_data(row.data), row.tube, row.priority, None, row.ttr)  # at once
+        job = dataclasses.replace(PlannedJob.of(row), run_at=None)  # at once
         try:
             job_id = self._put(job)
         except TubeUnavailable as error:
@@ -280,20 +281,31 @@ class Dispatcher:
 
     # --- a reserved job and its attempt ---------------------------------------------------------------------
 
-    def claim(self, job: ReservedJob, task_id: int, description: TaskDescription,
-              tubes: Sequence[str]) -> WorkPackage | None:
+    def claim(self, job: ReservedJob, body: JobBody, tubes: Sequence[str]) -> WorkPackage | None:
         """Claim the task of a job reserved from one of `tubes` (compare-and-set), or deal with the job when it
-        must not run now: buried when its task has no row or belongs to another tube, released with a delay
-        when it is early or held under a live lease, deleted when its task ended or runs under another job."""
-        claim = self.store.tasks.claim_task(task_id, job.id, self.worker_name, tubes)
+        must not run now: buried when it names no row, another row, or a task of another tube or of a command
+        this worker may not run; released with a delay when it is early or held under a live lease; deleted when
+        its task ended or runs under another job."""
+        task_id = body.task_id
+        registry = self.settings.registry()
+        claim = self.store.tasks.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, list(registry))
         if claim.outcome is ClaimOutcome.MISSING:
             self.bury(job, f"task {task_id} has no row in the table")
             return None
         assert claim.row is not None
+        # Buried, and the task left as it is: its own job (or the reconciler) runs it.
+        if claim.outcome is ClaimOutcome.OTHER_ROW:
+            self.bury(job, f"the job names task {task_id}, but not the row that has that id now (the row's nonce "
+                           f"differs): a job of an earlier task with the same id, or forged; the task is left as it is")
+            return None
         if claim.outcome is ClaimOutcome.OTHER_TUBE:
-            # Kept for inspection and the task left as it is: its own job (or the reconciler) runs it in its tube.
             self.bury(job, f"task {task_id} belongs to tube {claim.row.tube}, not to the tube(s) this worker takes "
                            f"from ({', '.join(tubes)}): its job was moved, or forged; the task is left as it is")
+            return None
+        if claim.outcome is ClaimOutcome.UNREGISTERED:
+            # Kept, not failed: after the command is registered (or on a worker that has it), a kick runs it.
+            self.bury(job, f"task {task_id}: command {claim.row.command!r} is not registered on this worker "
+                           f"(known: {', '.join(sorted(registry)) or 'none'}); the task is left as it is")
             return None
         if claim.outcome is ClaimOutcome.EARLY:
             wait = put_delay(claim.row.run_at, utc_now())
@@ -319,7 +331,7 @@ class Dispatcher:
         try:
             stored = decode_data(claim.row.data)
         except InvalidInput as error:
-            self.finish(WorkPackage(job.id, claim.row, description), Status.FAILED, None,
+            self.finish(WorkPackage(job.id, claim.row, body.description), Status.FAILED, None,
                         f"pheanq: the stored description cannot be read: {error}\n")
             return None
         return WorkPackage(job.id, claim.row, stored)
@@ -419,7 +431,7 @@ class Dispatcher:
 
     def _put(self, job: PlannedJob) -> int:
         """Put a recorded task's job, delayed until its run_at (see pheanq.run_at)."""
-        body = encode_body(job.task_id, job.description, self.settings.secret)
+        body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce)
         return self.beanstalkd.put(job.tube, body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
 
     def _record_job_id(self, task_id: int, job_id: int) -> None:

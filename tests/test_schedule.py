@@ -93,7 +93,7 @@ def test_a_job_that_comes_before_its_tasks_run_at_is_put_back_unrun(
     task_id = service.queue_task(example, delay=300)
     # Another client puts the task's job with no delay (as a re-put would when the wait is past beanstalkd's limit).
     with greenstalk.Client(beanstalkd.address, encoding=None, use=TUBE) as client:
-        early = client.put(encode_body(task_id, example))
+        early = client.put(encode_body(task_id, example, nonce=service.find_task(task_id).nonce))
     worker = WorkerProcess(["--stop-when-empty"], make_env(sqlite_url), tmp_path)
     assert worker.wait(30) == 0, worker.log
     row = service.find_task(task_id)

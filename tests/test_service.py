@@ -133,7 +133,7 @@ def test_two_services_given_duplicate_jobs_of_one_task_exactly_one_claims_it(
     second.dispatch.worker_name = "second-worker"
     task_id = first.queue_task(DESCRIPTION, tube="race")
     with beanstalk_client(beanstalkd, "race") as client:
-        duplicate = client.put(encode_body(task_id, DESCRIPTION))
+        duplicate = client.put(encode_body(task_id, DESCRIPTION, nonce=first.find_task(task_id).nonce))
     original = first.find_task(task_id).job_id
     barrier = threading.Barrier(2)
 
@@ -162,12 +162,14 @@ def test_concurrent_claims_of_one_row_under_different_jobs_have_one_winner(
     db_url: str, make_service: Callable[..., TaskQueueService],
 ) -> None:
     task_id = make_service(db_url).queue_task(DESCRIPTION)
+    nonce = make_service(db_url).find_task(task_id).nonce
     stores = [Store(db_url) for _ in range(6)]
     barrier = threading.Barrier(len(stores))
 
     def claim(index: int) -> ClaimOutcome:
         barrier.wait(5)
-        return stores[index].tasks.claim_task(task_id, 10_000 + index, f"worker-{index}", ["pheanq"]).outcome
+        return stores[index].tasks.claim_task(task_id, nonce, 10_000 + index, f"worker-{index}", ["pheanq"],
+                                              [DESCRIPTION.command]).outcome
 
     try:
         with ThreadPoolExecutor(len(stores)) as pool:
@@ -197,7 +199,8 @@ def test_a_job_for_a_done_or_failed_task_is_deleted_and_never_returned(
     assert service.status_of(failed_id) is Status.FAILED
 
     with beanstalk_client(beanstalkd, "t") as client:
-        leftovers = [client.put(encode_body(task_id, DESCRIPTION)) for task_id in (done_id, failed_id)]
+        leftovers = [client.put(encode_body(task_id, DESCRIPTION, nonce=service.find_task(task_id).nonce))
+                     for task_id in (done_id, failed_id)]
         assert claims(service).reserve_task("t", timeout=0) is None
         assert [job_state(client, job) for job in leftovers] == [None, None]
     for task_id, status in ((done_id, Status.DONE), (failed_id, Status.FAILED)):

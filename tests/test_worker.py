@@ -394,7 +394,8 @@ def test_a_duplicate_job_for_a_finished_task_is_deleted_without_running(
     wait_for(_status_is(service, task_id, Status.DONE), 10, "the task to be done", interval=0.05)
     deletes_before = _stats(connection)["cmd-delete"]
 
-    duplicate = connection.put(TUBE, encode_body(task_id, description), 1024, 0, 60)
+    duplicate = connection.put(TUBE, encode_body(task_id, description, nonce=service.find_task(task_id).nonce),
+                               1024, 0, 60)
     wait_for(lambda: _stats(connection)["cmd-delete"] == deletes_before + 1, 10, "the duplicate to be deleted")
     stats = _stats(connection)
     assert (stats["current-jobs-ready"], stats["current-jobs-reserved"], stats["current-jobs-buried"]) == (0, 0, 0)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pheanq.beanstalkd import BeanstalkdConnection
-from pheanq.body import encode_body, encode_data
+from pheanq.body import encode_body, encode_data, new_nonce
 from pheanq.clock import utc_now
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.description import Chain, TaskDescription
@@ -150,12 +150,14 @@ class TaskQueueService:
         """The row to insert for a task and the job to put once it has an id; InvalidInput for a bad task."""
         _check_description(description)
         tube = check_tube_name(options.tube or description.tube or self.settings.default_tube)
-        encode_body(MAX_TASK_ID, description, self.settings.secret)  # too big a body is refused before any write
+        nonce = new_nonce()
+        # Too big a body is refused before any write.
+        encode_body(MAX_TASK_ID, description, self.settings.secret, nonce)
         run_at = options.runs_from(utc_now())
         task = NewTask(description.command, encode_data(description), tube, options.priority, options.ttr,
                        options.timeout, run_at, None if options.retry is None else options.retry.to_json(),
-                       options.unique_key, options.batch, options.after)
-        return PlannedJob(0, description, tube, options.priority, run_at, options.ttr), task
+                       options.unique_key, options.batch, options.after, nonce)
+        return PlannedJob(0, description, tube, options.priority, run_at, options.ttr, nonce), task
 
 
 _default: tuple[int, TaskQueueService] | None = None

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
+from pheanq.body import new_nonce
 from pheanq.status import Status
 
 metadata = sa.MetaData()
@@ -57,11 +58,16 @@ task_table = sa.Table(
     # The batch the task belongs to; a batch's callback task names its batch in `callback_of` instead.
     sa.Column("batch_id", sa.BigInteger(), nullable=True),
     sa.Column("callback_of", sa.BigInteger(), nullable=True),
+    # Random, fixed at insert; every job of the task carries it, so a job names this row and no later one with the
+    # same id. NULL in rows from before revision 0008 (their jobs carry none).
+    sa.Column("nonce", sa.String(32), nullable=True, default=new_nonce),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
     sa.Index("uq_pheanq_task_unique_live", "unique_live", unique=True),
     sa.Index("ix_pheanq_task_batch_status", "batch_id", "status"),
+    # SQLite otherwise hands out the id of the newest row again once that row is deleted.
+    sqlite_autoincrement=True,
 )
 
 
@@ -100,6 +106,7 @@ batch_table = sa.Table(
     sa.Column("then_id", sa.BigInteger(), nullable=True),
     sa.Column("catch_id", sa.BigInteger(), nullable=True),
     sa.Column("finally_id", sa.BigInteger(), nullable=True),
+    sqlite_autoincrement=True,
 )
 
 
@@ -198,6 +205,7 @@ class TaskRow:
     waiting_for: int = 0
     batch_id: int | None = None
     callback_of: int | None = None
+    nonce: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from pheanq.body import new_nonce
 from pheanq.clock import utc_now
 from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
 from pheanq.lease import stale_after
@@ -36,7 +37,8 @@ _SET_JOB_ID = task_table.update().where(_c.id == sa.bindparam("task")).values(jo
 _CLAIM = (
     task_table.update()
     .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
-           _c.tube.in_(sa.bindparam("tubes", expanding=True)),
+           sa.func.coalesce(_c.nonce, "") == sa.bindparam("job_nonce"),
+           _c.tube.in_(sa.bindparam("tubes", expanding=True)), _c.command.in_(sa.bindparam("commands", expanding=True)),
            sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
     .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
             attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
@@ -71,6 +73,8 @@ class ClaimOutcome(enum.Enum):
     HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
     EARLY = "early"                # not to run before its run_at: the job must wait
     OTHER_TUBE = "other tube"      # the row's tube is not one the worker takes from: the job was moved or forged
+    OTHER_ROW = "other row"        # the row's nonce is not the job's: the job is an earlier task's, or forged
+    UNREGISTERED = "unregistered"  # the row's command is not one the worker may run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,7 @@ class NewTask:
     unique_key: str | None = None
     batch_id: int | None = None
     after: tuple[int, ...] = ()
+    nonce: str = dataclasses.field(default_factory=new_nonce)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,11 +227,14 @@ class TaskStatements:
         with self.database.transaction() as conn:
             conn.execute(_SET_JOB_ID, {"task": task_id, "job": job_id})
 
-    def claim_task(self, task_id: int, job_id: int, worker: str, tubes: Sequence[str]) -> Claim:
+    def claim_task(self, task_id: int, nonce: str | None, job_id: int, worker: str, tubes: Sequence[str],
+                   commands: Sequence[str]) -> Claim:
         """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
 
-        Only a task of one of `tubes` (those the worker reserved the job from) is claimed: a job put into
-        another tube than its task's, by hand or by a forger, leaves the row untouched (OTHER_TUBE).
+        Only the row the job names is claimed: its id *and* its nonce (a job without one names only a row
+        without one). Only a task of one of `tubes` (those the worker reserved the job from) whose command is
+        one of `commands` (those the worker may run) is claimed: otherwise the row is left untouched
+        (OTHER_ROW, OTHER_TUBE, UNREGISTERED), whatever the job says.
 
         A `working` row under this very job was held by a worker that lost its reservation. It is
         taken over only once that holder's lease is stale (it died, or it was cut off and has stopped
@@ -237,23 +245,26 @@ class TaskStatements:
         claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
                        started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
         with self.database.transaction() as conn:
-            changed = conn.execute(_CLAIM, {"task": task_id, "tubes": list(tubes), "due_before": now + EARLY_TOLERANCE,
+            changed = conn.execute(_CLAIM, {"task": task_id, "job_nonce": nonce or "", "tubes": list(tubes),
+                                            "commands": list(commands), "due_before": now + EARLY_TOLERANCE,
                                             "job": job_id, "holder": worker, "claimed_at": now}).rowcount
             row = select_task(conn, task_id)
-            if row is not None and changed == 0 and row.tube not in tubes:
-                return Claim(ClaimOutcome.OTHER_TUBE, row)
-            if row is not None and changed == 0 and row.status in CLAIMABLE and is_early(row.run_at, now):
-                return Claim(ClaimOutcome.EARLY, row)
-            if row is not None and changed == 0 and row.status is Status.WORKING and row.job_id == job_id:
-                if not is_stale(row, now):
-                    return Claim(ClaimOutcome.HELD_ALIVE, row)
-                # The same row, unchanged since it was read stale: nobody renewed the lease in between.
-                changed = conn.execute(
-                    task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
-                                              c.attempts == row.attempts, same(c.heartbeat, row.heartbeat))
-                    .values(**claimed)
-                ).rowcount
-                row = select_task(conn, task_id)
+            if row is not None and changed == 0:
+                refused = _refusal(row, nonce, job_id, tubes, commands)
+                if refused is not None:
+                    return Claim(refused, row)
+                if row.status in CLAIMABLE and is_early(row.run_at, now):
+                    return Claim(ClaimOutcome.EARLY, row)
+                if row.status is Status.WORKING and row.job_id == job_id:
+                    if not is_stale(row, now):
+                        return Claim(ClaimOutcome.HELD_ALIVE, row)
+                    # The same row, unchanged since it was read stale: nobody renewed the lease in between.
+                    changed = conn.execute(
+                        task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                                  c.attempts == row.attempts, same(c.heartbeat, row.heartbeat))
+                        .values(**claimed)
+                    ).rowcount
+                    row = select_task(conn, task_id)
         if row is None:
             return Claim(ClaimOutcome.MISSING, None)
         if changed == 1:
@@ -421,7 +432,21 @@ def _row_values(task: NewTask, status: Status, waiting_for: int) -> dict[str, An
     return dict(command=task.command, data=task.data, tube=task.tube, status=status.value, priority=task.priority,
                 ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
                 unique_live=task.unique_key, waiting_for=waiting_for, batch_id=task.batch_id, attempts=0,
-                created=now, modified=now)
+                created=now, modified=now, nonce=task.nonce)
+
+
+def _refusal(row: TaskRow, nonce: str | None, job_id: int, tubes: Sequence[str],
+             commands: Sequence[str]) -> ClaimOutcome | None:
+    """Why the job must not touch `row` at all, if it must not: it names another row, was moved to a tube the
+    row is not in, or would run a command this worker may not run."""
+    if row.nonce != nonce:
+        return ClaimOutcome.OTHER_ROW
+    if row.tube not in tubes:
+        return ClaimOutcome.OTHER_TUBE
+    would_run = row.status in CLAIMABLE or (row.status is Status.WORKING and row.job_id == job_id)
+    if would_run and row.command not in commands:
+        return ClaimOutcome.UNREGISTERED
+    return None
 
 
 def is_stale(row: TaskRow, now: dt.datetime) -> bool:

@@ -72,15 +72,10 @@ class TaskClaims:
         return self.dispatch.store.tasks.renew_lease(package.task_id, package.attempt)
 
     def _claim(self, job: ReservedJob, tubes: list[str]) -> WorkPackage | None:
-        settings = self.dispatch.settings
         try:
-            body = decode_body(job.body, settings.secret)
+            body = decode_body(job.body, self.dispatch.settings.secret)
         except MalformedBody as error:
             self.dispatch.bury(job, str(error))
             return None
-        if body.description.command not in settings.registry():
-            # Kept, not failed: after the command is registered (or on a worker that has it), a kick runs it.
-            self.dispatch.bury(job, f"task {body.task_id}: command {body.description.command!r} is not registered "
-                                    f"on this worker (known: {', '.join(sorted(settings.registry())) or 'none'})")
-            return None
-        return self.dispatch.claim(job, body.task_id, body.description, tubes)
+        # What runs is the row's command, not the body's: whether it may run here is decided on the row.
+        return self.dispatch.claim(job, body, tubes)
