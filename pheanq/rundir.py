@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from pheanq.errors import UnsafePath
+from pheanq.errors import ConfigError, UnsafePath
 
 
 def default_run_dir() -> Path:
@@ -47,20 +47,8 @@ def private_directory(path: Path, fix: str) -> Path:
         info = os.stat(path)
     except OSError as error:
         raise UnsafePath(f"run directory {path}: {error.strerror or error}; {fix}") from None
-    check_private_directory(path, info, fix)
+    _check_private_directory(path, info, fix)
     return path
-
-
-def check_private_directory(path: Path, info: os.stat_result, fix: str) -> None:
-    """Refuse a directory that is not this user's own, or that group or others can write."""
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafePath(f"run directory {path} is not a directory; {fix}")
-    if info.st_uid != os.geteuid():
-        raise UnsafePath(f"run directory {path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): "
-                         f"another user could plant files in it; remove it, or {fix}")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafePath(f"run directory {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}):"
-                         f" another user could plant files in it; run `chmod 700 {path}`, or {fix}")
 
 
 def open_private_file(path: Path, create: bool = True, exclusive: bool = False) -> int:
@@ -121,6 +109,18 @@ class ProcessIdentity:
             and abs(now.started - self.started) < 0.005
 
 
+def _check_private_directory(path: Path, info: os.stat_result, fix: str) -> None:
+    """Refuse a directory that is not this user's own, or that group or others can write."""
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"run directory {path} is not a directory; {fix}")
+    if info.st_uid != os.geteuid():
+        raise UnsafePath(f"run directory {path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): "
+                         f"another user could plant files in it; remove it, or {fix}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"run directory {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}):"
+                         f" another user could plant files in it; run `chmod 700 {path}`, or {fix}")
+
+
 def _make_private(path: Path) -> None:
     missing = []
     for directory in (path, *path.parents):
@@ -137,5 +137,5 @@ def _make_private(path: Path) -> None:
 def _home() -> str:
     home = os.path.expanduser("~")
     if home == "~" or not os.path.isabs(home):
-        raise UnsafePath("no home directory to keep the run directory in; set run_dir / PHEANQ_RUN_DIR")
+        raise ConfigError("no home directory to keep the run directory in; set run_dir / PHEANQ_RUN_DIR")
     return home

@@ -132,16 +132,16 @@ def test_a_pid_file_pre_linked_by_another_user_is_refused_and_its_target_neither
         pid_dir.chmod(0o700)
     result = pheanq(["task-worker", "--single-id", "nightly", "--pid-dir", str(pid_dir), "--stop-when-empty"],
                     make_env(sqlite_url), tmp_path)
+    if link_to == "a file of root's":
+        assert target.read_text() == "precious\n", "root's file was written through the link"
+    else:
+        assert not target.exists(), "root made the file the dangling link named"
     assert result.returncode == 2, (result.stdout, result.stderr)
     line = one_error_line(result)
     if directory == "the other user's":
         assert f"run directory {pid_dir} belongs to uid {attacker.uid}" in line and "--pid-dir" in line, line
     else:
         assert f"{link} is a symbolic link" in line and "remove it" in line, line
-    if link_to == "a file of root's":
-        assert target.read_text() == "precious\n", "root's file was written through the link"
-    else:
-        assert not target.exists(), "root made the file the dangling link named"
 
 
 def test_a_pid_file_with_a_second_hard_link_is_not_truncated(tmp_path: Path, sqlite_url: str,
@@ -153,9 +153,9 @@ def test_a_pid_file_with_a_second_hard_link_is_not_truncated(tmp_path: Path, sql
     os.link(precious, pid_dir / "task-worker-nightly.pid")
     result = pheanq(["task-worker", "--single-id", "nightly", "--pid-dir", str(pid_dir), "--stop-when-empty"],
                     make_env(sqlite_url), tmp_path)
+    assert precious.read_text() == "precious\n", "root's file was truncated through its second link"
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "has 2 hard links" in one_error_line(result)
-    assert precious.read_text() == "precious\n"
 
 
 def test_a_lock_squatted_by_another_user_is_refused_not_taken_for_a_running_worker(
@@ -211,9 +211,9 @@ def test_a_record_planted_in_another_user_s_run_dir_gets_no_process_signalled(
     held(attacker.start(HOLD_LOCK, str(record)))
     result = pheanq(["stop-worker-tender", "--use-tube", "emails", "--timeout", "1"],
                     make_env(sqlite_url, PHEANQ_RUN_DIR=str(run_dir)), tmp_path)
+    assert sleeper.poll() is None, "stop-worker-tender signalled the process an attacker's record named"
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"run directory {run_dir} belongs to uid {attacker.uid}" in one_error_line(result)
-    assert sleeper.poll() is None, "stop-worker-tender signalled the process an attacker's record named"
 
 
 @pytest.mark.parametrize("forged", ["no identity", "another start time", "another command line", "another user's"])
