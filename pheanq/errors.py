@@ -20,6 +20,10 @@ class ConfigError(InvalidInput):
     """A setting is wrong: bad URL, unreadable toml, unknown key."""
 
 
+class UnsafePath(InvalidInput):
+    """A run directory or a file in it that another user could have planted or could write: not used."""
+
+
 class MalformedBody(InvalidInput):
     """A job body that is not a pheanq job: a worker buries it, with this message as the reason."""
 

@@ -15,7 +15,7 @@ from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import PheanqError
 from pheanq.producer.service import TaskQueueService
-from pheanq.tender.registry import default_run_dir
+from pheanq.rundir import default_run_dir
 
 # Commands that log what they do at INFO level without -v.
 LONG_RUNNING = ("task-worker", "worker-tender")

@@ -110,13 +110,16 @@ def worker_tender(context: Context, use_tube: str | None, worker_command: str | 
 def stop_worker_tender(context: Context, use_tube: str | None, timeout: float) -> None:
     """Stop the worker-tender(s) of a tube on this machine and wait until they are gone."""
     tube = context.tubes(use_tube)[0]
-    stopped, running = stop_tenders(context.run_dir, tube, timeout)
-    if not stopped and not running:
+    outcome = stop_tenders(context.run_dir, tube, timeout)
+    if not outcome.stopped and not outcome.running:
         click.echo(f"no worker-tender for tube {tube} runs on this machine")
-    for record in stopped:
+    for record in outcome.unverified:
+        click.echo(f"not signalled: pid {record.pid} named by {record.path} is not the worker-tender that wrote it",
+                   err=True)
+    for record in outcome.stopped:
         click.echo(f"stopped worker-tender {record.pid} (tubes {','.join(record.tubes)})")
-    if running:
-        pids = ", ".join(str(record.pid) for record in running)
+    if outcome.running:
+        pids = ", ".join(str(record.pid) for record in outcome.running)
         raise PheanqError(f"worker-tender(s) {pids} still running after {timeout:.0f}s")
 
 

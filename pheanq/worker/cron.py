@@ -4,7 +4,8 @@ A worker stops, after its current task, once it has checked the tube `--cycles-l
 counts whether a job came or not), run for `--time-limit` seconds, or grown past `--memory-limit` MB of
 resident memory; `--cycle-delay` is a pause after a check that found nothing. With `--single-id`, a
 second worker with the same id (and `--pid-dir`) exits at once, so a cron line every minute keeps exactly
-one worker per id running.
+one worker per id running. The lock files live in a private directory (pheanq.rundir): another user
+can neither pre-link them to a file of ours nor hold their lock.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import IO
 import psutil
 
 from pheanq.errors import InvalidInput
+from pheanq.rundir import open_private_file, private_directory
 
 SINGLE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")
 
@@ -56,11 +58,8 @@ class SingleInstance:
 
     def acquire(self) -> int | None:
         """Take the lock; None on success, else the pid of the worker that holds it (0 if unknown)."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")  # noqa: SIM115 - held open (and locked) for the worker's life
-        except OSError as error:
-            raise InvalidInput(f"--pid-dir {self.path.parent}: {error.strerror or error}") from None
+        private_directory(self.path.parent, "pass --pid-dir (or set run_dir) a directory of your own")
+        handle = os.fdopen(open_private_file(self.path), "r+")  # held open (and locked) for the worker's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,7 +68,7 @@ class SingleInstance:
             handle.close()
             return int(text) if text.isdigit() else 0
         handle.seek(0)
-        handle.truncate()
+        handle.truncate()  # only now: the file is this user's own, in this user's own directory, and locked
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._handle = handle

@@ -1,0 +1,141 @@
+"""Private run directories and the files in them, safe against another local user.
+
+A run directory holds lock and pid files that decide which processes run and which get signalled, so
+only its owner may be able to write it: pheanq makes it 0700, and refuses one that another user owns or
+that group or others can write (whoever can write a directory can put a symlink, a squatted lock or a
+forged record in it). Files in it are opened without following a symlink, and one that is not a plain
+file of this user's own, with one link, is refused rather than written or truncated.
+
+A process named in such a file is trusted only once it is verified to be the one that wrote it: same
+owner, same start time, same command line (`ProcessIdentity`), so a reused pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from pathlib import Path
+
+import psutil
+
+from pheanq.errors import ConfigError, UnsafePath
+
+
+def default_run_dir() -> Path:
+    """/run/pheanq for root; else $XDG_RUNTIME_DIR/pheanq, or ~/.local/state/pheanq/run without one.
+
+    Never a fixed path in a directory every user can write (such as /tmp), where another user could
+    make it first.
+    """
+    if os.geteuid() == 0:
+        return Path("/run/pheanq")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "pheanq"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(_home(), ".local", "state")
+    return Path(state) / "pheanq" / "run"
+
+
+def private_directory(path: Path, fix: str) -> Path:
+    """Make `path` (mode 0700, parents too) or check the one there; refuse another user's or a writable one.
+
+    `fix` says what the user can do instead, e.g. "set run_dir / PHEANQ_RUN_DIR".
+    """
+    try:
+        _make_private(path)
+        info = os.stat(path)
+    except OSError as error:
+        raise UnsafePath(f"run directory {path}: {error.strerror or error}; {fix}") from None
+    _check_private_directory(path, info, fix)
+    return path
+
+
+def open_private_file(path: Path, create: bool = True, exclusive: bool = False) -> int:
+    """A read-write descriptor of this user's plain file `path`, created 0600 if missing, never truncated.
+
+    A symlink (dangling or not), another user's file or a file with a second hard link is refused
+    with `UnsafePath`; a missing file with `create=False` raises FileNotFoundError.
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if create:
+        flags |= os.O_CREAT | (os.O_EXCL if exclusive else 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and not create:
+            raise
+        if os.path.islink(path):
+            raise UnsafePath(f"{path} is a symbolic link, not a file pheanq made: remove it") from None
+        raise UnsafePath(f"{path}: {error.strerror or error}") from None
+    info = os.fstat(descriptor)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a plain file"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})"
+    elif info.st_nlink != 1:
+        problem = f"has {info.st_nlink} hard links"
+    if problem is not None:
+        os.close(descriptor)
+        raise UnsafePath(f"{path} {problem}, so it is not a file pheanq made: remove it")
+    os.set_blocking(descriptor, True)
+    return descriptor
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessIdentity:
+    """Who a process is, beyond its pid (which the kernel reuses): its owner, start time and command line."""
+
+    pid: int
+    uid: int
+    started: float              # as psutil reports it: seconds since the epoch, from /proc/<pid>/stat
+    cmdline: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        """The identity of the live process `pid`, or None if it is gone or cannot be read."""
+        try:
+            process = psutil.Process(pid)
+            with process.oneshot():
+                return cls(pid, process.uids().effective, process.create_time(), tuple(process.cmdline()))
+        except (psutil.Error, OSError):
+            return None
+
+    def is_alive(self) -> bool:
+        """True while the very process this identity was taken from runs (not another with its pid)."""
+        now = ProcessIdentity.of(self.pid)
+        return now is not None and now.uid == self.uid and now.cmdline == self.cmdline \
+            and abs(now.started - self.started) < 0.005
+
+
+def _check_private_directory(path: Path, info: os.stat_result, fix: str) -> None:
+    """Refuse a directory that is not this user's own, or that group or others can write."""
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"run directory {path} is not a directory; {fix}")
+    if info.st_uid != os.geteuid():
+        raise UnsafePath(f"run directory {path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): "
+                         f"another user could plant files in it; remove it, or {fix}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"run directory {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}):"
+                         f" another user could plant files in it; run `chmod 700 {path}`, or {fix}")
+
+
+def _make_private(path: Path) -> None:
+    missing = []
+    for directory in (path, *path.parents):
+        if os.path.lexists(directory):
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made at this instant by someone else: checked below like any existing one
+
+
+def _home() -> str:
+    home = os.path.expanduser("~")
+    if home == "~" or not os.path.isabs(home):
+        raise ConfigError("no home directory to keep the run directory in; set run_dir / PHEANQ_RUN_DIR")
+    return home
