@@ -93,7 +93,8 @@ def default_config_file(environ: Mapping[str, str] | None = None) -> Path:
     """$XDG_CONFIG_HOME/pheanq/pheanq.toml, or ~/.config/pheanq/pheanq.toml (the XDG base directory rule)."""
     environ = os.environ if environ is None else environ
     base = environ.get("XDG_CONFIG_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".config"
+    home = Path(environ["HOME"]) if os.path.isabs(environ.get("HOME", "")) else Path.home()
+    root = Path(base) if os.path.isabs(base) else home / ".config"
     return root / CONFIG_DIR_NAME / CONFIG_FILE_NAME
 
 
