@@ -108,6 +108,11 @@ def mask_url(text: str) -> str:
     return _CREDENTIAL_PARAMETER.sub(r"\1***", text)
 
 
+def is_credential_parameter(name: str) -> bool:
+    """Whether a database URL's query parameter carries a credential (password=, sslpassword=, token=, ...)."""
+    return re.search(_CREDENTIAL_WORDS, name, re.IGNORECASE) is not None
+
+
 def check_tube_name(name: str, what: str = "tube") -> str:
     if not isinstance(name, str) or not _TUBE_NAME.match(name):
         raise ConfigError(
@@ -160,11 +165,6 @@ def _parse_database_url(key: str, value: Any) -> str:
         raise ConfigError(f"{key}: {url.get_backend_name()!r} databases are not supported "
                           "(sqlite, postgresql, mysql, mariadb)")
     return value
-
-
-def is_credential_parameter(name: str) -> bool:
-    """Whether a database URL's query parameter carries a credential (password=, sslpassword=, token=, ...)."""
-    return re.search(_CREDENTIAL_WORDS, name, re.IGNORECASE) is not None
 
 
 _CREDENTIAL_WORDS = r"pass|pwd|secret|token|key"

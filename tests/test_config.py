@@ -237,6 +237,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("max_log_bytes", 1.5), ("max_log_bytes", True), ("max_log_bytes", 0),
     ("commands", "python"), ("commands", ["a"]), ("commands", {"bad name": ["x"]}), ("commands", {"a\n": ["x"]}),
     ("commands", {"a": []}), ("commands", {"a": "python"}), ("commands", {"a": [1]}), ("commands", {"a": [""]}),
+    ("pass_env", "A B"), ("pass_env", "A,1B"), ("pass_env", ["A=B"]), ("pass_env", [1]), ("pass_env", 5),
 ]
 
 
@@ -262,7 +263,7 @@ def _toml_entry(key: str, value: Any) -> str:
 ENV_NAMES = {"database_url": "PHEANQ_DATABASE_URL", "beanstalkd": "PHEANQ_BEANSTALKD", "default_tube": "PHEANQ_TUBE",
              "log_worker_output_on_failure": "PHEANQ_LOG_WORKER_OUTPUT_ON_FAILURE",
              "log_worker_output_on_success": "PHEANQ_LOG_WORKER_OUTPUT_ON_SUCCESS",
-             "max_log_bytes": "PHEANQ_MAX_LOG_BYTES"}
+             "max_log_bytes": "PHEANQ_MAX_LOG_BYTES", "pass_env": "PHEANQ_PASS_ENV"}
 
 
 @pytest.mark.parametrize(("key", "value"), [(k, v) for k, v in BAD_VALUES if k in ENV_NAMES and isinstance(v, str)])
