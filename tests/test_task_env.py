@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
-from support import WorkerProcess, write_config
+from support import TenderProcess, WorkerProcess, wait_for, write_config
 
 from pheanq import Status, TaskDescription
 from pheanq.config import load_settings
@@ -56,6 +56,34 @@ def test_a_task_that_prints_its_environment_shows_no_secret_nor_database_passwor
     # Named in pass_env, these reach the task although one of them is a driver's password variable.
     assert "APP_TOKEN=passed-through-token" in row.log
     assert f"PGPASSWORD=pg-{password}" in row.log
+
+
+def test_the_database_url_a_tender_is_given_on_its_command_line_reaches_its_workers_but_not_their_tasks(
+    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
+) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    tender_url = make_url(db_url)
+    if tender_url.get_backend_name() == "postgresql":  # the test server trusts local connections
+        tender_url = tender_url.set(password=password)
+    elif tender_url.get_backend_name() == "sqlite":  # the driver ignores a query parameter it does not know
+        tender_url = tender_url.update_query_dict({"password": password})
+    url = tender_url.render_as_string(hide_password=False)
+    write_config(tmp_path, commands={"printenv": ["/usr/bin/env"]}, log_worker_output_on_success=True)
+    env = make_env(db_url, PHEANQ_RUN_DIR=str(tmp_path / "run"))
+    del env["PHEANQ_DATABASE_URL"]
+    service = make_service(db_url)
+    task_id = service.queue_task(TaskDescription("printenv"))
+
+    tender = TenderProcess(["--min-workers", "1", "--spare-workers", "0", "--max-workers", "1"], env, tmp_path,
+                           global_args=["--database-url", url])
+    try:
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 30, f"task {task_id} done; log:\n{tender.log}")
+    finally:
+        tender.stop()
+    log = service.find_task(task_id).log
+    assert log is not None and f"PHEANQ_TASK_ID={task_id}" in log
+    assert "PHEANQ_DATABASE_URL" not in log and url not in log
+    assert password not in log
 
 
 def test_pheanqs_own_variables_and_driver_passwords_are_kept_out_and_the_task_id_is_set() -> None:
