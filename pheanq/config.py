@@ -1,10 +1,16 @@
-"""Settings, read in this order: command-line flags > environment (PHEANQ_*) > pheanq.toml > defaults."""
+"""Settings, read in this order: command-line flags > environment (PHEANQ_*) > pheanq.toml > defaults.
+
+The toml file is read only when it is named (--config, PHEANQ_CONFIG) or from the user's config directory
+($XDG_CONFIG_HOME/pheanq/pheanq.toml), never from the working directory: whoever can write a worker's working
+directory must not be able to redefine its [commands]. A file that another user owns or could write is refused.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +26,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-DEFAULT_CONFIG_FILE = "pheanq.toml"
+# The config file read when none is named, under $XDG_CONFIG_HOME (~/.config when that is unset or relative).
+CONFIG_FILE_NAME = "pheanq.toml"
+CONFIG_DIR_NAME = "pheanq"
 
 # A shorter secret is refused: it could be guessed offline from any one signed job body.
 MIN_SECRET_LENGTH = 16
@@ -41,6 +49,8 @@ class Settings:
     run_dir: str | None = None      # where worker-tenders keep their lock files; None: the platform's default
     # Signs job bodies (pheanq.body); kept out of repr so it never reaches a log or a traceback.
     secret: str | None = dataclasses.field(default=None, repr=False)
+    # Variables a task's command receives although pheanq would keep them out (pheanq.worker.task_env).
+    pass_env: tuple[str, ...] = ()
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -65,10 +75,9 @@ def load_settings(
     environ = os.environ if environ is None else environ
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     path = flags.pop("config_file", None) or environ.get("PHEANQ_CONFIG")
-    explicit = path is not None
-    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        path = DEFAULT_CONFIG_FILE
-    raw: dict[str, Any] = _read_toml(path, explicit) if path else {}
+    if path is None and default_config_file(environ).is_file():
+        path = str(default_config_file(environ))
+    raw: dict[str, Any] = _read_toml(path) if path else {}
     for key, env_name in _ENV_NAMES.items():
         if env_name in environ:
             raw[key] = environ[env_name]
@@ -80,6 +89,30 @@ def load_settings(
     return Settings(config_file=str(path) if path else None, **values)
 
 
+def default_config_file(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_CONFIG_HOME/pheanq/pheanq.toml, or ~/.config/pheanq/pheanq.toml (the XDG base directory rule)."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME", "")
+    home = Path(environ["HOME"]) if os.path.isabs(environ.get("HOME", "")) else Path.home()
+    root = Path(base) if os.path.isabs(base) else home / ".config"
+    return root / CONFIG_DIR_NAME / CONFIG_FILE_NAME
+
+
+def mask_url(text: str) -> str:
+    """`text`, a database URL, with its credentials hidden: the password and credential query parameters."""
+    try:
+        text = make_url(text).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        # Not a URL SQLAlchemy reads, but it may still hold credentials: hide what looks like them.
+        text = re.sub(r"(://[^/?#@:]*:).*@", r"\1***@", text)
+    return _CREDENTIAL_PARAMETER.sub(r"\1***", text)
+
+
+def is_credential_parameter(name: str) -> bool:
+    """Whether a database URL's query parameter carries a credential (password=, sslpassword=, token=, ...)."""
+    return re.search(_CREDENTIAL_WORDS, name, re.IGNORECASE) is not None
+
+
 def check_tube_name(name: str, what: str = "tube") -> str:
     if not isinstance(name, str) or not _TUBE_NAME.match(name):
         raise ConfigError(
@@ -89,9 +122,10 @@ def check_tube_name(name: str, what: str = "tube") -> str:
     return name
 
 
-def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
+def _read_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
+            _check_config_owner(path, os.fstat(handle.fileno()))
             data: dict[str, Any] = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: no such file") from None
@@ -107,17 +141,34 @@ def _read_toml(path: str, explicit: bool) -> dict[str, Any]:
     return data
 
 
+def _check_config_owner(path: str, status: os.stat_result) -> None:
+    """Refuse a file that someone other than this user (or root) could have written: its [commands] run."""
+    if stat.S_ISCHR(status.st_mode):
+        return  # a device such as /dev/null holds nothing anyone wrote into it
+    if status.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"config file {path}: owned by uid {status.st_uid}, not by this user (uid "
+                          f"{os.geteuid()}); it could redefine the commands a worker runs: "
+                          f"chown {os.geteuid()} {path}, or name a file of your own")
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"config file {path}: writable by group or others, who could redefine the commands a "
+                          f"worker runs: chmod go-w {path}")
+
+
 def _parse_database_url(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a database URL string, got {value!r}")
+        raise ConfigError(f"{key}: expected a database URL string")
     try:
         url = make_url(value)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise ConfigError(f"{key}: {value!r} is not a database URL (e.g. sqlite:///pheanq.db)") from None
+        raise ConfigError(f"{key}: {mask_url(value)!r} is not a database URL (e.g. sqlite:///pheanq.db)") from None
     if url.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise ConfigError(f"{key}: {url.get_backend_name()!r} databases are not supported "
                           "(sqlite, postgresql, mysql, mariadb)")
     return value
+
+
+_CREDENTIAL_WORDS = r"pass|pwd|secret|token|key"
+_CREDENTIAL_PARAMETER = re.compile(rf"([?&;][^=&;#]*(?:{_CREDENTIAL_WORDS})[^=&;#]*=)[^&;#]*", re.IGNORECASE)
 
 
 def _parse_address(key: str, value: Any) -> tuple[str, int]:
@@ -178,6 +229,20 @@ def _parse_secret(key: str, value: Any) -> str:
     return value
 
 
+def _parse_pass_env(key: str, value: Any) -> tuple[str, ...]:
+    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{key}: expected a list of environment variable names")
+    names = [name for name in names if name]
+    for name in names:
+        if not _ENV_VARIABLE_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not an environment variable name (A-Z a-z 0-9 _)")
+    return tuple(names)
+
+
+_ENV_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
 def _parse_commands(key: str, value: Any) -> dict[str, tuple[str, ...]]:
     from pheanq.description import COMMAND_NAME
 
@@ -203,6 +268,7 @@ _PARSERS = {
     "max_log_bytes": _parse_positive_int,
     "run_dir": _parse_directory,
     "secret": _parse_secret,
+    "pass_env": _parse_pass_env,
 }
 
 _ENV_NAMES = {
@@ -214,4 +280,5 @@ _ENV_NAMES = {
     "max_log_bytes": "PHEANQ_MAX_LOG_BYTES",
     "run_dir": "PHEANQ_RUN_DIR",
     "secret": "PHEANQ_SECRET",
+    "pass_env": "PHEANQ_PASS_ENV",
 }

@@ -155,9 +155,10 @@ def pheanq(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: floa
 class PheanqProcess:
     """A long-running `pheanq COMMAND ARGS` process whose stdout and stderr lines are collected as they come."""
 
-    def __init__(self, command: str, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(self, command: str, args: Sequence[str], env: Mapping[str, str], cwd: Path,
+                 global_args: Sequence[str] = ()) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pheanq", command, *args], env=dict(env), cwd=cwd,
+            [sys.executable, "-m", "pheanq", *global_args, command, *args], env=dict(env), cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
         )
         self.stdout_lines: list[str] = []
@@ -309,8 +310,9 @@ class TenderProcess(PheanqProcess):
     """A `pheanq worker-tender` process: `lines` are its stderr (its own log, and every worker line passed
     through as ``worker <pid>: <line>``). `stop()` ends it and everything below it."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
-        super().__init__("worker-tender", args, env, cwd)
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path,
+                 global_args: Sequence[str] = ()) -> None:
+        super().__init__("worker-tender", args, env, cwd, global_args)
         self.lines = self.stderr_lines
         self.output = self.stdout_lines
 

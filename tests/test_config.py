@@ -4,18 +4,23 @@ works like any other."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shutil
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import WorkerProcess, one_error_line, pheanq, write_config
+from support import WorkerProcess, free_port, one_error_line, pheanq, write_config
 
 from pheanq import Status, TaskDescription
-from pheanq.config import Settings, load_settings
+from pheanq.config import Settings, load_settings, mask_url
 from pheanq.errors import ConfigError
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage import Store
@@ -83,16 +88,97 @@ def test_pheanq_config_names_the_file_and_the_config_flag_beats_it(tmp_path: Pat
     assert (settings.default_tube, settings.config_file) == ("from-flag-file", str(from_flag))
 
 
-def test_pheanq_toml_in_the_working_directory_is_read_unless_a_file_is_named(
+def test_pheanq_toml_in_the_working_directory_is_not_read_but_the_one_in_the_config_directory_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     write_config(tmp_path, default_tube="from-cwd")
+    (tmp_path / "xdg" / "pheanq").mkdir(parents=True)
+    (tmp_path / "home" / ".config" / "pheanq").mkdir(parents=True)
     (tmp_path / "other").mkdir()
+    in_xdg = write_config(tmp_path / "xdg" / "pheanq", default_tube="from-xdg")
+    in_home = write_config(tmp_path / "home" / ".config" / "pheanq", default_tube="from-home")
     named = write_config(tmp_path / "other", max_log_bytes=5)
     monkeypatch.chdir(tmp_path)
-    assert load_settings({}, {}).default_tube == "from-cwd"
-    settings = load_settings({}, {"PHEANQ_CONFIG": str(named)})
+    xdg = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path / "home")}
+
+    assert load_settings({}, {"HOME": str(tmp_path / "nobody")}).default_tube == "pheanq"
+    settings = load_settings({}, xdg)
+    assert (settings.default_tube, settings.config_file) == ("from-xdg", str(in_xdg))
+    # XDG_CONFIG_HOME unset, or relative (which the XDG rule says to ignore): ~/.config
+    assert load_settings({}, {"HOME": xdg["HOME"]}).config_file == str(in_home)
+    assert load_settings({}, {**xdg, "XDG_CONFIG_HOME": "xdg"}).config_file == str(in_home)
+    settings = load_settings({}, {**xdg, "PHEANQ_CONFIG": str(named)})
     assert (settings.default_tube, settings.max_log_bytes) == ("pheanq", 5)
+    assert load_settings({}, {**xdg, "PHEANQ_CONFIG": "/dev/null"}).default_tube == "pheanq"
+
+
+def test_a_worker_does_not_take_commands_from_a_pheanq_toml_in_its_working_directory(
+    sqlite_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    planted = tmp_path / "planted-ran"
+    env = make_env(sqlite_url)
+    del env["PHEANQ_CONFIG"]
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "empty-config-home"), HOME=str(tmp_path))
+    write_config(tmp_path, commands={"report": ["/usr/bin/touch", str(planted)]})  # the worker's working directory
+    service = make_service(sqlite_url)
+    task_id = service.queue_task(TaskDescription("report"))
+
+    worker = start_worker(["--stop-when-empty"], env)
+    assert worker.wait() == 0, worker.log
+    assert not planted.exists()
+    assert service.status_of(task_id) is Status.NEW  # buried: the command is not registered on this worker
+    assert "command 'report' is not registered" in worker.log
+
+
+@contextlib.contextmanager
+def _owned_by_someone_else(path: Path) -> Iterator[None]:
+    """chown `path` to a throwaway system user, removed afterwards whatever happens."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to make a second local user")
+    name = f"pheanq-cfg-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
+                   capture_output=True)
+    try:
+        shutil.chown(path, user=name)
+        yield
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("problem", ["group-writable", "world-writable", "another user's"])
+@pytest.mark.parametrize("where", ["named", "config directory"])
+def test_a_config_file_another_user_could_have_written_is_refused_with_one_line_and_exit_code_2(
+    tmp_path: Path, problem: str, where: str,
+) -> None:
+    directory = tmp_path / "other" if where == "named" else tmp_path / "xdg" / "pheanq"
+    directory.mkdir(parents=True)
+    path = write_config(directory, commands={"report": ["/usr/bin/true"]})
+    env = {"PATH": "/usr/bin:/bin", "PHEANQ_DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
+    if where == "named":
+        env["PHEANQ_CONFIG"] = str(path)
+    with contextlib.ExitStack() as stack:
+        if problem == "another user's":
+            stack.enter_context(_owned_by_someone_else(path))
+            fix = "chown"
+        else:
+            path.chmod(0o620 if problem == "group-writable" else 0o602)
+            fix = f"chmod go-w {path}"
+        result = pheanq(["status"], env, tmp_path)
+
+        line = one_error_line(result)
+        assert result.returncode == 2 and result.stdout == ""
+        assert line.startswith(f"pheanq: error: config file {path}: ") and fix in line, line
+    assert not (tmp_path / "unused.db").exists()
+
+
+def test_a_config_file_of_this_user_or_root_without_group_or_other_write_is_read(tmp_path: Path) -> None:
+    path = write_config(tmp_path, default_tube="mine")
+    path.chmod(0o644)
+    assert load_settings({}, {"PHEANQ_CONFIG": str(path)}).default_tube == "mine"
+    path.chmod(0o600)
+    assert load_settings({}, {"PHEANQ_CONFIG": str(path)}).default_tube == "mine"
 
 
 def test_configured_commands_join_the_builtin_example(tmp_path: Path) -> None:
@@ -151,6 +237,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("max_log_bytes", 1.5), ("max_log_bytes", True), ("max_log_bytes", 0),
     ("commands", "python"), ("commands", ["a"]), ("commands", {"bad name": ["x"]}), ("commands", {"a\n": ["x"]}),
     ("commands", {"a": []}), ("commands", {"a": "python"}), ("commands", {"a": [1]}), ("commands", {"a": [""]}),
+    ("pass_env", "A B"), ("pass_env", "A,1B"), ("pass_env", ["A=B"]), ("pass_env", [1]), ("pass_env", 5),
 ]
 
 
@@ -176,12 +263,44 @@ def _toml_entry(key: str, value: Any) -> str:
 ENV_NAMES = {"database_url": "PHEANQ_DATABASE_URL", "beanstalkd": "PHEANQ_BEANSTALKD", "default_tube": "PHEANQ_TUBE",
              "log_worker_output_on_failure": "PHEANQ_LOG_WORKER_OUTPUT_ON_FAILURE",
              "log_worker_output_on_success": "PHEANQ_LOG_WORKER_OUTPUT_ON_SUCCESS",
-             "max_log_bytes": "PHEANQ_MAX_LOG_BYTES"}
+             "max_log_bytes": "PHEANQ_MAX_LOG_BYTES", "pass_env": "PHEANQ_PASS_ENV"}
 
 
 @pytest.mark.parametrize(("key", "value"), [(k, v) for k, v in BAD_VALUES if k in ENV_NAMES and isinstance(v, str)])
 def test_a_bad_value_in_the_environment_is_a_config_error_naming_its_key(key: str, value: str) -> None:
     assert _error({}, {ENV_NAMES[key]: value}).startswith(key)
+
+
+MASKED_URLS = [
+    ("postgresql://app:hunter2@db/app", "postgresql://app:***@db/app"),
+    ("postgresql://app@db/app?password=hunter2&application_name=w", "postgresql://app@db/app?application_name=w&password=***"),
+    ("mysql://app@db/app?passwd=hunter2", "mysql://app@db/app?passwd=***"),
+    ("postgresql://app:hunter2@db/app?sslpassword=hunter2&sslmode=require",
+     "postgresql://app:***@db/app?sslmode=require&sslpassword=***"),
+    ("postgresql://app:hunter2@db:abc/app?PassWord=hunter2", "postgresql://app:***@db:abc/app?PassWord=***"),
+    ("sqlite:///var/lib/app/pheanq.db", "sqlite:///var/lib/app/pheanq.db"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), MASKED_URLS)
+def test_a_database_urls_password_and_credential_parameters_are_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_a_bad_database_url_is_named_in_the_error_without_its_credentials() -> None:
+    message = _error({"database_url": "postgresql://app:hunter2@db:abc/app?password=hunter3"},
+                     {"PHEANQ_CONFIG": "/dev/null"})
+    assert message.startswith("database_url: ") and "app:***@db" in message and "password=***" in message
+    assert "hunter2" not in message and "hunter3" not in message
+
+
+def test_an_unreachable_database_is_reported_without_the_credentials_of_its_url(tmp_path: Path) -> None:
+    url = f"postgresql://app:hunter2@127.0.0.1:{free_port()}/app?password=hunter3&connect_timeout=5"
+    result = pheanq(["status"], {"PATH": "/usr/bin:/bin", "PHEANQ_DATABASE_URL": url, "PHEANQ_CONFIG": "/dev/null"},
+                    tmp_path)
+    line = one_error_line(result)
+    assert "is unreachable" in line and "app:***@127.0.0.1" in line and "password=***" in line
+    assert "hunter2" not in result.stderr + result.stdout and "hunter3" not in result.stderr + result.stdout
 
 
 def test_a_database_driver_that_is_not_installed_is_a_config_error(tmp_path: Path) -> None:

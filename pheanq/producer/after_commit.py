@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from pheanq.config import mask_url
 from pheanq.errors import InvalidInput, PheanqError
 
 if TYPE_CHECKING:
@@ -90,5 +91,5 @@ def _check_same_database(dispatch: Dispatcher, connection: Any) -> None:
         return url.get_backend_name(), url.host, url.port, database
 
     if where(mine) != where(theirs):
-        raise InvalidInput(f"queue_task(session=...): the session uses {theirs.render_as_string(hide_password=True)}"
+        raise InvalidInput(f"queue_task(session=...): the session uses {mask_url(theirs.render_as_string())}"
                            f" but pheanq's database is {dispatch.store.safe_url}; both must be the same database")

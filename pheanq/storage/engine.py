@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from pheanq.config import mask_url
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
 from pheanq.storage.tables import metadata, task_table
 
@@ -34,7 +35,7 @@ class Database:
 
     @property
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return mask_url(self.url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,8 +89,7 @@ def create_engine(url: str) -> Engine:
             return engine
         return sa.create_engine(parsed, pool_pre_ping=True, connect_args=_BOUNDED_WAITS.get(backend, {}))
     except (NoSuchModuleError, ImportError) as error:
-        safe = make_url(url).render_as_string(hide_password=True)
-        raise ConfigError(f"database_url: {safe}: the driver {parsed.drivername!r} is not available "
+        raise ConfigError(f"database_url: {mask_url(url)}: the driver {parsed.drivername!r} is not available "
                           f"({error})") from None
 
 

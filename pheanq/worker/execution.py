@@ -17,6 +17,7 @@ from pheanq.dispatch import WorkPackage
 from pheanq.status import Status
 from pheanq.worker.child import ChildResult, run_child
 from pheanq.worker.holds import CANCELLED, timed_out, with_time_limit
+from pheanq.worker.task_env import task_environment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
             f"worker (known: {known}); add it to [commands] in pheanq.toml"))
     result = run_child(
         build_argv(prefix, description),
-        env={**os.environ, "PHEANQ_TASK_ID": str(package.task_id)},
+        env=task_environment(os.environ, settings, package.task_id),
         max_output=settings.max_log_bytes,
         keep_running=with_time_limit(package.row.timeout, keep_running),
         on_start=on_start,

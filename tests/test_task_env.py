@@ -1,0 +1,115 @@
+"""A task's command runs without pheanq's secret or its database's credentials in its environment.
+
+A real worker runs `env` as a task on every database, with the secret and a database URL with a password in its
+own environment: the task's log (which keeps the output) holds neither, and a variable named in `pass_env` does
+reach the task. Unit tests cover which variables are kept out and why.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from support import TenderProcess, WorkerProcess, wait_for, write_config
+
+from pheanq import Status, TaskDescription
+from pheanq.config import load_settings
+from pheanq.producer.service import TaskQueueService
+from pheanq.worker.task_env import task_environment
+
+SECRET = "a secret of more than sixteen characters"
+
+MakeService = Callable[..., TaskQueueService]
+MakeEnv = Callable[..., dict[str, str]]
+StartWorker = Callable[..., WorkerProcess]
+
+
+def test_a_task_that_prints_its_environment_shows_no_secret_nor_database_password_but_a_passed_variable(
+    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    worker_url = db_url
+    if make_url(db_url).get_backend_name() == "postgresql":
+        # The test server trusts local connections, so a password in the URL is sent, and does no harm.
+        worker_url = make_url(db_url).set(password=password).render_as_string(hide_password=False)
+    write_config(tmp_path, commands={"printenv": ["/usr/bin/env"]}, log_worker_output_on_success=True)
+    service = make_service(db_url, secret=SECRET)
+    task_id = service.queue_task(TaskDescription("printenv"))
+
+    env = make_env(worker_url, PHEANQ_SECRET=SECRET, PHEANQ_PASS_ENV="APP_TOKEN, PGPASSWORD",
+                   APP_TOKEN="passed-through-token", PGPASSWORD=f"pg-{password}", MYSQL_PWD=f"my-{password}",
+                   DATABASE_URL=worker_url, COPY_OF_SECRET=SECRET)
+    worker = start_worker(["--stop-when-empty"], env)
+    assert worker.wait() == 0, worker.log
+
+    row = service.find_task(task_id)
+    assert row.status is Status.DONE, row.log
+    assert row.log is not None and f"PHEANQ_TASK_ID={task_id}" in row.log
+    assert SECRET not in row.log
+    assert "PHEANQ_" not in row.log.replace(f"PHEANQ_TASK_ID={task_id}", "")
+    assert f"my-{password}" not in row.log
+    if worker_url != db_url:  # a copy of the URL with its password (DATABASE_URL) is kept out too
+        assert worker_url not in row.log
+    assert password not in row.log.replace(f"PGPASSWORD=pg-{password}", "")
+    # Named in pass_env, these reach the task although one of them is a driver's password variable.
+    assert "APP_TOKEN=passed-through-token" in row.log
+    assert f"PGPASSWORD=pg-{password}" in row.log
+
+
+def test_the_database_url_a_tender_is_given_on_its_command_line_reaches_its_workers_but_not_their_tasks(
+    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
+) -> None:
+    password = f"pw-{secrets.token_hex(8)}"
+    tender_url = make_url(db_url)
+    if tender_url.get_backend_name() == "postgresql":  # the test server trusts local connections
+        tender_url = tender_url.set(password=password)
+    elif tender_url.get_backend_name() == "sqlite":  # the driver ignores a query parameter it does not know
+        tender_url = tender_url.update_query_dict({"password": password})
+    url = tender_url.render_as_string(hide_password=False)
+    write_config(tmp_path, commands={"printenv": ["/usr/bin/env"]}, log_worker_output_on_success=True)
+    env = make_env(db_url, PHEANQ_RUN_DIR=str(tmp_path / "run"))
+    del env["PHEANQ_DATABASE_URL"]
+    service = make_service(db_url)
+    task_id = service.queue_task(TaskDescription("printenv"))
+
+    tender = TenderProcess(["--min-workers", "1", "--spare-workers", "0", "--max-workers", "1"], env, tmp_path,
+                           global_args=["--database-url", url])
+    try:
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 30, f"task {task_id} done; log:\n{tender.log}")
+    finally:
+        tender.stop()
+    log = service.find_task(task_id).log
+    assert log is not None and f"PHEANQ_TASK_ID={task_id}" in log
+    assert "PHEANQ_DATABASE_URL" not in log and url not in log
+    assert password not in log
+
+
+def test_pheanqs_own_variables_and_driver_passwords_are_kept_out_and_the_task_id_is_set() -> None:
+    settings = load_settings({}, environ={"PHEANQ_CONFIG": "/dev/null"})
+    environ = {"PATH": "/usr/bin", "HOME": "/home/app", "PHEANQ_SECRET": SECRET, "PHEANQ_TUBE": "t",
+               "PHEANQ_TASK_ID": "999", "PGPASSWORD": "x", "MYSQL_PWD": "y", "LANG": "C.UTF-8"}
+    assert task_environment(environ, settings, 7) == {"PATH": "/usr/bin", "HOME": "/home/app", "LANG": "C.UTF-8",
+                                                      "PHEANQ_TASK_ID": "7"}
+
+
+def test_a_variable_holding_the_secret_or_the_urls_credentials_is_kept_out_but_a_common_word_is_not() -> None:
+    url = "postgresql://app:postgres@db/app?sslpassword=k3y-phrase&application_name=w"
+    settings = load_settings({"database_url": url, "secret": SECRET}, environ={"PHEANQ_CONFIG": "/dev/null"})
+    environ = {"DATABASE_URL": url, "COPY": f"x{SECRET}y", "KEY_URL": "postgresql://db/app?sslpassword=k3y-phrase",
+               "PATH": "/usr/lib/postgres/bin:/usr/bin", "NAME": "app"}
+    assert task_environment(environ, settings, 1) == {"PATH": "/usr/lib/postgres/bin:/usr/bin", "NAME": "app",
+                                                      "PHEANQ_TASK_ID": "1"}
+
+
+def test_pass_env_lets_named_variables_through_from_the_toml_file_or_the_environment(tmp_path: Path) -> None:
+    path = write_config(tmp_path, pass_env=["PHEANQ_DATABASE_URL", "PGPASSWORD"])
+    environ = {"PHEANQ_CONFIG": str(path), "PHEANQ_DATABASE_URL": "sqlite:///x.db", "PGPASSWORD": "p",
+               "PHEANQ_SECRET": SECRET}
+    settings = load_settings({}, environ)
+    assert settings.pass_env == ("PHEANQ_DATABASE_URL", "PGPASSWORD")
+    assert task_environment(environ, settings, 3) == {"PHEANQ_DATABASE_URL": "sqlite:///x.db", "PGPASSWORD": "p",
+                                                      "PHEANQ_TASK_ID": "3"}
+    from_env = load_settings({}, {"PHEANQ_CONFIG": "/dev/null", "PHEANQ_PASS_ENV": " A_B, C ,"})
+    assert from_env.pass_env == ("A_B", "C")
