@@ -322,7 +322,10 @@ class Dispatcher:
                      job.id, task_id, claim.row.worker, renewed, wait)
             self.beanstalkd.release(job.id, claim.row.priority, wait)
             return None
-        if claim.outcome is not ClaimOutcome.CLAIMED:
+        if claim.outcome is ClaimOutcome.OWN_CLAIM:
+            log.info("job %d: task %d was claimed by this worker already (attempt %d), though the claim's answer "
+                     "was lost; that attempt goes on", job.id, task_id, claim.row.attempts)
+        elif claim.outcome is not ClaimOutcome.CLAIMED:
             log.info("deleting job %d without running it: task %d is %s%s", job.id, task_id,
                      claim.row.status, f" under job {claim.row.job_id}"
                      if claim.outcome is ClaimOutcome.HELD_ELSEWHERE else "")

@@ -2,13 +2,18 @@
 exactly once when the database returns.
 
 The outage is real: the worker reaches the real PostgreSQL / MariaDB through a loopback proxy whose line
-the test cuts (every connection dropped, new ones refused) and restores on the same port.
+the test cuts (every connection dropped, new ones refused) and restores on the same port, or which drops the
+server's answer to one COMMIT (the transaction is committed; the worker never learns it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,7 +81,7 @@ def test_a_result_is_kept_through_a_database_outage_and_recorded_once_it_returns
     assert worker.wait() == 0, worker.log
 
 
-def test_a_job_reserved_while_the_database_is_down_is_handed_back_and_runs_once_it_returns(
+def test_a_job_reserved_while_the_database_is_down_is_claimed_and_runs_once_it_returns(
     server_url: str, proxied: tuple[str, TcpProxy], tmp_path: Path,
     make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
     start_worker: Callable[..., WorkerProcess],
@@ -122,5 +127,77 @@ def test_a_command_outlives_a_database_outage_longer_than_its_lease_while_its_jo
     assert (row.attempts, row.exit_code) == (1, 0)
     assert marker.read_text() == "ran\n"
     assert "interrupted" not in (row.log or "")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
+
+
+class CommitAnswerCutter(TcpProxy):
+    """A proxy that, once, forwards the COMMIT of a transaction that sent `marker`, drops the server's answer to
+    it and closes that connection: the transaction is committed, and the client sees its connection die."""
+
+    def __init__(self, target: tuple[str, int], marker: bytes) -> None:
+        super().__init__(target)
+        self.marker = marker
+        self.cut_at: float | None = None
+        self._armed: set[socket.socket] = set()      # client sides that sent the marker
+        self._dropping: set[socket.socket] = set()   # server sides whose next answer is dropped
+        self._once = threading.Lock()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:  # type: ignore[override]
+        from_server = source.getpeername() == self.target
+        try:
+            while data := source.recv(65536):
+                if from_server and source in self._dropping:
+                    self.cut_at = time.monotonic()  # the answer to the COMMIT: dropped
+                    break
+                if not from_server and self.cut_at is None:
+                    if self.marker in data:
+                        self._armed.add(source)
+                    elif source in self._armed and b"COMMIT" in data and self._once.acquire(blocking=False):
+                        self._dropping.add(sink)  # before the COMMIT goes on, so its answer is caught
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_the_same_attempt(
+    server_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The issue: the claim's COMMIT reached the server and its answer did not come back. The row was `working`
+    under the worker, which dropped the job; every later delivery, to that worker too, was put off as held
+    under a live lease until the lease went stale (~32 s), and the task ended with `attempts` 2, one run, and
+    no log entry for attempt 1."""
+    url = make_url(server_url)
+    # Only the claim's UPDATE compares the row's nonce: the cut falls on a claim's COMMIT, and on no other.
+    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), b"coalesce(pheanq_task.nonce")
+    proxy.restore()
+    try:
+        marker = _slow_command(tmp_path, 0)
+        service = make_service(server_url)
+        worker = start_worker([], make_env(url.set(host="127.0.0.1", port=proxy.port)
+                                           .render_as_string(hide_password=False)))
+        worker.wait_line("READY")
+        task_id = service.queue_task(TaskDescription("slow"))
+
+        wait_for(lambda: proxy.cut_at is not None, 20, "the claim's COMMIT to be answered, and the answer dropped")
+        assert proxy.cut_at is not None
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 15, "the task to run (a lease goes stale in ~32 s)",
+                 interval=0.05)
+        took = time.monotonic() - proxy.cut_at
+        print(f"the task was done {took:.2f} s after the claim's answer was lost")
+        assert took < 10
+    finally:
+        proxy.cut()
+    row = service.find_task(task_id)
+    assert marker.read_text() == "ran\n"
+    assert (row.status, row.attempts, row.exit_code) == (Status.DONE, 1, 0)
+    assert row.log is not None
+    assert row.log.count("--- attempt ") == 1 and "--- attempt 1 " in row.log, row.log
+    assert f"task {task_id} was claimed by this worker already (attempt 1)" in worker.log
+    assert "is still held by" not in worker.log
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.log

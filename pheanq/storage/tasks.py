@@ -67,6 +67,7 @@ def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
 
 class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"
+    OWN_CLAIM = "own claim"        # claimed by this worker under this job already (the claim's answer was lost)
     MISSING = "missing"            # no row with that id
     FINISHED = "finished"          # done, failed: the job is a leftover
     HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
@@ -236,8 +237,10 @@ class TaskStatements:
         one of `commands` (those the worker may run) is claimed: otherwise the row is left untouched
         (OTHER_ROW, OTHER_TUBE, UNREGISTERED), whatever the job says.
 
-        A `working` row under this very job was held by a worker that lost its reservation. It is
-        taken over only once that holder's lease is stale (it died, or it was cut off and has stopped
+        A `working` row under this very job and this worker is this worker's own claim whose answer it lost:
+        it is taken up as it is (OWN_CLAIM), the same attempt. A `working` row under this very job was
+        otherwise held by a worker that lost its reservation. It is taken over only once that holder's lease
+        is stale (it died, or it was cut off and has stopped
         its child); while the lease is renewed, the answer is HELD_ALIVE and the job must wait.
         """
         c = task_table.c
@@ -255,7 +258,19 @@ class TaskStatements:
                     return Claim(refused, row)
                 if row.status in CLAIMABLE and is_early(row.run_at, now):
                     return Claim(ClaimOutcome.EARLY, row)
-                if row.status is Status.WORKING and row.job_id == job_id:
+                if row.status is Status.WORKING and row.job_id == job_id and row.worker == worker:
+                    # This worker's own claim, committed although its answer was lost (the connection died after
+                    # the COMMIT): a worker holds one task at a time and holds none while it claims, so nothing
+                    # runs it. The same attempt is taken up, so `attempts` and the log agree.
+                    renewed = conn.execute(
+                        task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                                  c.attempts == row.attempts, c.worker == worker, c.job_id == job_id)
+                        .values(started=now, modified=now, heartbeat=now)
+                    ).rowcount
+                    row = select_task(conn, task_id)
+                    if renewed == 1 and row is not None:
+                        return Claim(ClaimOutcome.OWN_CLAIM, row)
+                elif row.status is Status.WORKING and row.job_id == job_id:
                     if not is_stale(row, now):
                         return Claim(ClaimOutcome.HELD_ALIVE, row)
                     # The same row, unchanged since it was read stale: nobody renewed the lease in between.

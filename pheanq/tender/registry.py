@@ -131,7 +131,12 @@ def stop_tenders(run_dir: Path, tube: str, timeout: float) -> StopOutcome:
 
 
 def _gone(record: TenderRecord) -> bool:
-    return process_ended(record.pid) or record.identity is None or not record.identity.is_alive()
+    """The tender's process ended (or its pid now names a later process). Not `is_alive()`: a process that is
+    exiting has no command line any more, yet it still runs."""
+    if process_ended(record.pid) or record.identity is None:
+        return True
+    now = ProcessIdentity.of(record.pid)
+    return now is None or abs(now.started - record.identity.started) >= 0.005
 
 
 def _live_records(run_dir: Path) -> list[TenderRecord]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pheanq.beanstalkd import ReservedJob
 from pheanq.body import decode_body
 from pheanq.dispatch import Dispatcher, WorkPackage
-from pheanq.errors import MalformedBody, StoreUnavailable
+from pheanq.errors import MalformedBody, TubeUnavailable
 from pheanq.status import Status
 
 
@@ -18,6 +18,9 @@ class TaskClaims:
 
     def __init__(self, dispatch: Dispatcher) -> None:
         self.dispatch = dispatch
+        # A reserved job whose claim failed with the database: the claim may have been committed all the same
+        # (only its answer was lost), so the job is kept and its claim tried again before any other.
+        self._unresolved: tuple[ReservedJob, list[str]] | None = None
 
     def reserve_task(self, tubes: str | Iterable[str], timeout: int = 1,
                      still_wanted: Callable[[], bool] = lambda: True) -> WorkPackage | None:
@@ -31,6 +34,10 @@ class TaskClaims:
         """
         watched = [tubes] if isinstance(tubes, str) else list(tubes)
         beanstalkd = self.dispatch.beanstalkd
+        if self._unresolved is not None:
+            package = self.resolve_claim()
+            if package is not None:
+                return package
         while True:
             job = beanstalkd.reserve(watched, timeout)
             if job is None:
@@ -38,14 +45,37 @@ class TaskClaims:
             if not still_wanted():
                 beanstalkd.close()  # beanstalkd releases a reserved job, with its own priority, on disconnect
                 return None
-            try:
-                package = self._claim(job, watched)
-            except StoreUnavailable:
-                # Dropping the connection hands the job back to beanstalkd with its own priority.
-                beanstalkd.close()
-                raise
+            self._unresolved = (job, watched)
+            package = self.resolve_claim()
             if package is not None:
                 return package
+
+    def resolve_claim(self) -> WorkPackage | None:
+        """Claim the task of the job whose claim is unresolved (the database failed during it), if any.
+
+        Trying again is safe: a claim of this worker's that was committed is taken up as it is, the same
+        attempt (see pheanq.storage.tasks.claim_task); one that was not is made now. While the database is
+        away (StoreUnavailable), the job stays reserved and the claim unresolved.
+        """
+        if self._unresolved is None:
+            return None
+        job, watched = self._unresolved
+        try:
+            package = self._claim(job, watched)
+        except TubeUnavailable:
+            # beanstalkd failed only after the claim was decided: no claim stands, and the reservation went
+            # with the connection.
+            self._unresolved = None
+            raise
+        self._unresolved = None
+        return package
+
+    def drop_unresolved(self) -> None:
+        """Give up an unresolved claim's job (the worker stops while the database is away): beanstalkd gets it
+        back when the connection closes. A claim that was committed is taken over once its lease is stale."""
+        if self._unresolved is not None:
+            self._unresolved = None
+            self.dispatch.beanstalkd.close()
 
     def mark_done(self, package: WorkPackage, log_text: str | None, exit_code: int = 0) -> bool:
         return self.dispatch.finish(package, Status.DONE, exit_code, log_text)

@@ -112,8 +112,21 @@ class TaskWorker:
             self._work(package)
             self.tasks_run += 1
             self._state.say(StateLine(Line.READY))
+        self._settle_unresolved_claim()
         log.info("worker %s stops after %d task(s)", self.name, self.tasks_run)
         return EXIT_INTERRUPTED if self.interrupted else 0
+
+    def _settle_unresolved_claim(self) -> None:
+        """At the stop: a job whose claim the database left unresolved is claimed (or found claimed) and handed
+        back, so its task does not wait out a lease; with the database still away it is dropped."""
+        try:
+            package = self.claims.resolve_claim()
+        except (StoreUnavailable, TubeUnavailable) as error:
+            log.warning("a job's claim is not resolved (%s); the job goes back to its tube", error)
+            self.claims.drop_unresolved()
+            return
+        if package is not None:
+            self._hand_back(package)
 
     def _work(self, package: WorkPackage) -> None:
         log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
