@@ -41,6 +41,12 @@ def not_retried(why: str, number: int, max_attempts: int) -> str:
     return f"--- not retried: {why} (attempt {number} of {max_attempts})\n"
 
 
+def regenerated(first: int, last: int, now: dt.datetime) -> str:
+    """A failed task was regenerated: its retry policy allows attempts `first` to `last` from here."""
+    allowed = f"attempt {first}" if first == last else f"attempts {first} to {last}"
+    return f"--- regenerated: {allowed} may run (a fresh allowance of its retry policy) {at(now)}\n"
+
+
 def cancelled(by: str, now: dt.datetime, batch: int | None = None) -> str:
     within = "" if batch is None else f" with batch {batch}"
     return f"--- cancelled{within} by {by} {at(now)}\n"

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from pheanq import retry, tasklog
 from pheanq.clock import utc_now
 from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
 from pheanq.lease import stale_after
@@ -307,18 +308,26 @@ class TaskStatements:
     def restart_task(self, task_id: int) -> TaskRow | None:
         """Move a task to `restarted` for regeneration; None when its status does not allow it.
 
-        The task takes its unique key back (WrongStatus when another task holds it now) and counts as
-        pending in its batch again (WrongStatus when the batch has finished)."""
+        The task takes its unique key back (WrongStatus when another task holds it now), counts as
+        pending in its batch again (WrongStatus when the batch has finished), and gets a fresh allowance of
+        its retry policy, counted from its next attempt (the log says which attempts may run)."""
         c, b = task_table.c, batch_table.c
+        now = utc_now()
         try:
             with self.database.transaction() as conn:
                 changed = conn.execute(
                     task_table.update()
                     .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
                     .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
-                            started=None, finished=None, run_at=None, modified=utc_now(), unique_live=c.unique_key)
+                            started=None, finished=None, run_at=None, modified=now, unique_live=c.unique_key)
                 ).rowcount
                 row = select_task(conn, task_id) if changed == 1 else None
+                if row is not None:
+                    policy = retry.regenerated(row.retry, row.attempts)
+                    conn.execute(task_table.update().where(c.id == task_id).values(
+                        retry=policy, log=sa.func.coalesce(c.log, "") + tasklog.regenerated(
+                            *retry.allowed_attempts(policy), now)))
+                    row = select_task(conn, task_id)
                 if row is not None and row.batch_id is not None and conn.execute(
                     batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
                     .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
