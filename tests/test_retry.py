@@ -187,6 +187,24 @@ def test_a_regenerated_task_whose_retries_were_used_up_gets_its_attempts_again_a
     assert " of 2)" not in after
 
 
+def test_stop_when_empty_leaves_a_task_in_its_backoff_and_stop_when_drained_waits_for_it(
+    sqlite_url: str, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+    flaky: Callable[..., TaskDescription],
+) -> None:
+    service = make_service(sqlite_url)
+    policy = Retry(max_attempts=2, backoff="fixed", delay=2, jitter=False)
+    left = service.queue_task(flaky(1), retry=policy)
+    empty = start_worker(["--stop-when-empty"], make_env(sqlite_url))
+    assert empty.wait(30) == 0, empty.log
+    assert service.status_of(left) is Status.RETRYING     # as documented: its job is delayed, not ready
+    own = service.queue_task(flaky(1, 4), retry=policy)   # fails under the draining worker, which waits for it
+    drained = start_worker(["--stop-when-drained"], make_env(sqlite_url))
+    assert drained.wait(30) == 0, drained.log
+    assert [(service.find_task(task).status, service.find_task(task).attempts) for task in (left, own)] == \
+        [(Status.DONE, 2), (Status.DONE, 2)]
+    assert "no job of pheanq is ready or delayed; stopping (--stop-when-drained)" in drained.log
+
+
 def test_add_example_task_takes_a_retry_policy_and_show_prints_it(
     sqlite_url: str, tmp_path: Path, make_env: MakeEnv, make_service: MakeService,
 ) -> None:
