@@ -27,7 +27,8 @@ _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_UR
 
 @cli.command("task-worker")
 @use_tube_option("Tube(s) to take tasks from, comma-separated.")
-@click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting.")
+@click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting (tasks in a "
+              "retry's backoff or delayed are left behind: see --stop-when-drained).")
 @click.option("--stop-when-drained", is_flag=True,
               help="Exit when no job is ready and none is delayed (a retry's backoff, a delay) in the tubes.")
 @click.option("--max-tasks", type=click.IntRange(min=1), metavar="N", help="Exit after N tasks.")
