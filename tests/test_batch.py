@@ -227,6 +227,8 @@ def test_a_batch_whose_catch_ran_never_runs_then_even_when_a_regenerate_makes_ev
     claims(service).mark_failed(package, None, 1)
     assert batch.progress().callbacks["catch"] is not None
     service.regenerate_task(failing)                 # the batch still runs: allowed, and the work gets done
+    assert f"batch {batch.id} already ran its 'catch' callback, so it will not run 'then'" in \
+        (service.find_task(failing).log or "")
     assert sorted(run_all(service)) == ["bad", "catch", "finally", "good"]
     progress = batch.progress()
     assert (progress.state, progress.done, progress.failed) == ("finished", 2, 0)

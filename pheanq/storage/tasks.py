@@ -322,18 +322,22 @@ class TaskStatements:
                             started=None, finished=None, run_at=None, modified=now, unique_live=c.unique_key)
                 ).rowcount
                 row = select_task(conn, task_id) if changed == 1 else None
-                if row is not None:
-                    policy = retry.regenerated(row.retry, row.attempts)
-                    conn.execute(task_table.update().where(c.id == task_id).values(
-                        retry=policy, log=sa.func.coalesce(c.log, "") + tasklog.regenerated(
-                            *retry.allowed_attempts(policy), now)))
-                    row = select_task(conn, task_id)
-                if row is not None and row.batch_id is not None and conn.execute(
-                    batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
-                    .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
-                ).rowcount == 0:
-                    raise WrongStatus(f"task {task_id} belongs to batch {row.batch_id}, which has finished")
-                return row
+                if row is None:
+                    return None
+                caught_by = None
+                if row.batch_id is not None:
+                    if conn.execute(
+                        batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
+                        .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
+                    ).rowcount == 0:
+                        raise WrongStatus(f"task {task_id} belongs to batch {row.batch_id}, which has finished")
+                    caught_by = conn.execute(sa.select(b.catch_id).where(b.id == row.batch_id)).scalar_one()
+                policy = retry.regenerated(row.retry, row.attempts)
+                entry = tasklog.regenerated(*retry.allowed_attempts(policy), now,
+                                            None if caught_by is None else row.batch_id)
+                conn.execute(task_table.update().where(c.id == task_id)
+                             .values(retry=policy, log=sa.func.coalesce(c.log, "") + entry))
+                return select_task(conn, task_id)
         except IntegrityError:
             raise WrongStatus(f"task {task_id}: another task holds its unique key now") from None
 
