@@ -3,6 +3,10 @@
 A failed attempt with attempts left moves the task to `retrying`; its `run_at` is set to the end of the
 backoff delay and its job is released with that delay, so the schedule machinery (claims that come early,
 the reconciler's re-puts) carries the wait. The policy is stored on the row as JSON.
+
+A regenerate gives the task a fresh allowance: its policy counts again from the next attempt, and the row's
+JSON notes how many attempts came before (`counted_after`). Attempt numbers keep counting every claim, so
+after a regenerate of a task of 2 attempts that used both, the log says `attempt 3 of 4`, then `4 of 4`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pheanq.errors import InvalidInput
 from pheanq.limits import MAX_ATTEMPTS, MAX_SECONDS, check_whole_number
 
 BACKOFFS = ("fixed", "exponential")
+# The key of the row's retry JSON that says how many attempts came before the current allowance.
+COUNTED_AFTER = "counted_after"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Retry:
         if not text:
             return cls()
         values = json.loads(text)
+        values.pop(COUNTED_AFTER, None)
         values["non_retryable"] = frozenset(values.get("non_retryable", ()))
         return cls(**values)
 
@@ -97,14 +104,43 @@ class NextStep:
 
 
 def after_failure(policy_json: str | None, attempt: int, exit_code: int | None) -> NextStep:
-    policy = Retry.from_json(policy_json)
-    if policy.retries_after(attempt, exit_code):
-        wait = policy.delay_after(attempt)
-        return NextStep(wait, tasklog.retrying(wait, attempt + 1, policy.max_attempts))
+    """What follows failed attempt number `attempt` (counted over the task's life) under the row's retry JSON."""
+    policy, before = Retry.from_json(policy_json), counted_after(policy_json)
+    in_allowance, last = attempt - before, before + policy.max_attempts
+    if policy.retries_after(in_allowance, exit_code):
+        wait = policy.delay_after(in_allowance)
+        return NextStep(wait, tasklog.retrying(wait, attempt + 1, last))
     if policy.max_attempts == 1:
         return NextStep(None, "")
-    why = "attempts used up" if attempt >= policy.max_attempts else f"exit code {exit_code} is not retried"
-    return NextStep(None, tasklog.not_retried(why, attempt, policy.max_attempts))
+    why = "attempts used up" if in_allowance >= policy.max_attempts else f"exit code {exit_code} is not retried"
+    return NextStep(None, tasklog.not_retried(why, attempt, last))
+
+
+def counted_after(policy_json: str | None) -> int:
+    """How many attempts came before the task's current allowance: 0, or those made before its last regenerate."""
+    return int(json.loads(policy_json).get(COUNTED_AFTER, 0)) if policy_json else 0
+
+
+def regenerated(policy_json: str | None, attempts: int) -> str:
+    """The retry JSON of a task regenerated after `attempts` attempts: its policy, counted from the next one."""
+    values = json.loads(policy_json) if policy_json else {}
+    values[COUNTED_AFTER] = attempts
+    return json.dumps(values, sort_keys=True)
+
+
+def allowed_attempts(policy_json: str | None) -> tuple[int, int]:
+    """The first and the last attempt number the task's current allowance lets run."""
+    before = counted_after(policy_json)
+    return before + 1, before + Retry.from_json(policy_json).max_attempts
+
+
+def describe_retry(policy_json: str | None) -> str:
+    """The row's retry policy in words, with the attempts it still allows after a regenerate."""
+    text = Retry.from_json(policy_json).describe()
+    if counted_after(policy_json):
+        first, last = allowed_attempts(policy_json)
+        text += f"; regenerated: attempts {first} to {last}" if last > first else f"; regenerated: attempt {first}"
+    return text
 
 
 def parse_exit_codes(text: str) -> frozenset[int]:

@@ -41,6 +41,15 @@ def not_retried(why: str, number: int, max_attempts: int) -> str:
     return f"--- not retried: {why} (attempt {number} of {max_attempts})\n"
 
 
+def regenerated(first: int, last: int, now: dt.datetime, failed_batch: int | None = None) -> str:
+    """A failed task was regenerated: its retry policy allows attempts `first` to `last` from here;
+    `failed_batch`: its batch, when that batch's `catch` already ran (and so its `then` never will)."""
+    allowed = f"attempt {first}" if first == last else f"attempts {first} to {last}"
+    batch = "" if failed_batch is None else \
+        f"; batch {failed_batch} already ran its 'catch' callback, so it will not run 'then'"
+    return f"--- regenerated: {allowed} may run (a fresh allowance of its retry policy){batch} {at(now)}\n"
+
+
 def cancelled(by: str, now: dt.datetime, batch: int | None = None) -> str:
     within = "" if batch is None else f" with batch {batch}"
     return f"--- cancelled{within} by {by} {at(now)}\n"

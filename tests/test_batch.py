@@ -215,6 +215,42 @@ def test_regenerating_a_failed_task_counts_it_pending_again_until_its_batch_has_
     assert service.status_of(failing) is Status.FAILED
 
 
+def test_a_batch_whose_catch_ran_never_runs_then_even_when_a_regenerate_makes_every_task_done(
+    db_url: str, make_service: MakeService,
+) -> None:
+    service = make_service(db_url)
+    with with_callbacks(service) as batch:
+        failing = batch.add(TaskDescription("work", ["bad"]))
+        batch.add(TaskDescription("work", ["good"]))
+    package = claims(service).reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == failing
+    claims(service).mark_failed(package, None, 1)
+    assert batch.progress().callbacks["catch"] is not None
+    service.regenerate_task(failing)                 # the batch still runs: allowed, and the work gets done
+    assert f"batch {batch.id} already ran its 'catch' callback, so it will not run 'then'" in \
+        (service.find_task(failing).log or "")
+    assert sorted(run_all(service)) == ["bad", "catch", "finally", "good"]
+    progress = batch.progress()
+    assert (progress.state, progress.done, progress.failed) == ("finished", 2, 0)
+    assert progress.callbacks["then"] is None        # `catch` ran: the batch failed, and gets no `then`
+    assert progress.callbacks["finally"] is not None
+
+
+def test_a_batch_without_catch_runs_then_once_a_regenerate_makes_every_task_done(
+    db_url: str, make_service: MakeService,
+) -> None:
+    service = make_service(db_url)
+    with service.create_batch(then=TaskDescription("work", ["then"])) as batch:
+        failing = batch.add(TaskDescription("work", ["bad"]))
+        batch.add(TaskDescription("work", ["good"]))
+    package = claims(service).reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == failing
+    claims(service).mark_failed(package, None, 1)
+    service.regenerate_task(failing)
+    assert sorted(run_all(service)) == ["bad", "good", "then"]
+    assert batch.progress().callbacks["then"] is not None
+
+
 def test_task_cleanup_during_a_batch_keeps_its_tasks_and_then_still_runs(
     db_url: str, make_service: MakeService,
 ) -> None:

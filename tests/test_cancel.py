@@ -4,6 +4,7 @@ left alone; `pheanq cancel` reports each id and exits 1 when one could not be ca
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from support import WorkerProcess, claims, pheanq, wait_for, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
+from pheanq.worker.child import STOP_GRACE_SECONDS
+from pheanq.worker.holds import CANCEL_CHECK_SECONDS
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -22,6 +25,10 @@ StartWorker = Callable[..., WorkerProcess]
 
 # Prints its pid, then sleeps SECONDS.
 SLEEPER = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(float(sys.argv[1]))"  # the task's work
+# Ignores SIGTERM, says so by creating the file it is given, then sleeps a minute.
+STUBBORN = "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+           "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+WORKFLOWS_PAGE = Path(__file__).parent.parent / "docs" / "workflows.rst"
 
 
 def test_a_queued_task_is_cancelled_and_its_job_leaves_the_tube(db_url: str, make_service: MakeService) -> None:
@@ -78,6 +85,38 @@ def test_a_running_task_is_stopped_by_its_worker_within_seconds(
     # The worker goes on with the next task.
     wait_for(lambda: service.status_of(follower) is Status.DONE, 20, "the next task")
     worker.stop()
+
+
+def test_a_cancelled_command_that_ignores_sigterm_is_killed_when_the_docs_say(
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+) -> None:
+    stated = re.search(r"one that ignores SIGTERM is killed ([0-9.]+) s later: it is gone within about ([0-9.]+) s",
+                       " ".join(WORKFLOWS_PAGE.read_text().split()))
+    assert stated is not None, "docs/workflows.rst says how long a cancelled command that ignores SIGTERM lives"
+    grace, bound = float(stated[1]), float(stated[2])
+    assert grace == STOP_GRACE_SECONDS and bound >= CANCEL_CHECK_SECONDS + STOP_GRACE_SECONDS
+    write_config(tmp_path, commands={"stubborn": [sys.executable, "-c", STUBBORN]})
+    service = make_service(sqlite_url)
+    ignoring = tmp_path / "ignoring-sigterm"
+    task_id = service.queue_task(TaskDescription("stubborn", [str(ignoring)]))
+    worker = start_worker([], make_env(sqlite_url))
+    wait_for(ignoring.exists, 20, "the command to start and ignore SIGTERM")
+    pid = int(next(line for line in worker.stdout_lines if line.startswith("CHILD ")).split()[1])
+    asked = time.monotonic()
+    assert service.cancel_task(task_id, by="bob").cancelled
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             bound + 5, "the cancelled command to be killed")
+    took = time.monotonic() - asked
+    assert grace <= took <= bound + 1.0, f"the command lived {took:.1f}s after the cancel"
+    wait_for(lambda: "the task was cancelled" in (service.find_task(task_id).log or ""), 10, "the stopped attempt")
+    worker.stop()
+
+
+def test_the_docs_give_one_grace_between_sigterm_and_sigkill() -> None:
+    docs = " ".join(" ".join(page.read_text().split()) for page in WORKFLOWS_PAGE.parent.glob("*.rst"))
+    graces = {float(found[0] or found[1]) for found in re.findall(r"SIGKILL (?:([0-9.]+) s later|after ([0-9.]+) s)",
+                                                                  docs)}
+    assert graces == {STOP_GRACE_SECONDS}
 
 
 def test_pheanq_cancel_reports_each_id_and_exits_1_when_one_was_not_cancelled(

@@ -14,7 +14,7 @@ from support import TenderProcess, WorkerProcess, kill_worker_once_its_command_e
 from pheanq import InvalidInput, Retry, Status, TaskDescription
 from pheanq.clock import utc_now
 from pheanq.producer.service import TaskQueueService
-from pheanq.retry import after_failure
+from pheanq.retry import NextStep, after_failure, describe_retry, regenerated
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -155,6 +155,54 @@ def test_a_retrying_task_waits_out_its_backoff_in_beanstalkd_then_runs_again(
     row = service.find_task(task_id)
     assert row.started is not None and (row.started - failed_at).total_seconds() >= 2.0
     worker.stop()
+
+
+def test_a_regenerate_gives_a_fresh_allowance_counted_from_the_next_attempt() -> None:
+    policy = regenerated(Retry(max_attempts=2, backoff="fixed", delay=5, jitter=False).to_json(), 2)
+    assert Retry.from_json(policy) == Retry(max_attempts=2, backoff="fixed", delay=5, jitter=False)
+    assert after_failure(policy, 3, 1) == NextStep(5, "--- retrying in 5s (attempt 4 of 4)\n")
+    assert after_failure(policy, 4, 1) == NextStep(None, "--- not retried: attempts used up (attempt 4 of 4)\n")
+    assert describe_retry(policy).endswith("; regenerated: attempts 3 to 4")
+    assert after_failure(regenerated(None, 1), 2, 1) == NextStep(None, "")   # one attempt: nothing to say
+
+
+def test_a_regenerated_task_whose_retries_were_used_up_gets_its_attempts_again_and_says_so(
+    db_url: str, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+    flaky: Callable[[int], TaskDescription],
+) -> None:
+    service = make_service(db_url)
+    task_id = service.queue_task(flaky(10), retry=Retry(max_attempts=2, backoff="fixed", delay=0))
+    assert start_worker(["--stop-when-empty"], make_env(db_url)).wait(30) == 0
+    assert (service.find_task(task_id).status, service.find_task(task_id).attempts) == (Status.FAILED, 2)
+    service.regenerate_task(task_id)
+    worker = start_worker(["--stop-when-empty"], make_env(db_url))
+    assert worker.wait(30) == 0, worker.log
+    row = service.find_task(task_id)
+    assert (row.status, row.attempts, row.exit_code) == (Status.FAILED, 4, 3), row.log
+    assert row.log is not None
+    after = row.log[row.log.index("--- regenerated: attempts 3 to 4 may run"):]
+    assert "--- attempt 3 on" in after and "--- attempt 4 on" in after
+    assert "--- retrying in 0s (attempt 4 of 4)" in after
+    assert "--- not retried: attempts used up (attempt 4 of 4)" in after
+    assert " of 2)" not in after
+
+
+def test_stop_when_empty_leaves_a_task_in_its_backoff_and_stop_when_drained_waits_for_it(
+    sqlite_url: str, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+    flaky: Callable[..., TaskDescription],
+) -> None:
+    service = make_service(sqlite_url)
+    policy = Retry(max_attempts=2, backoff="fixed", delay=2, jitter=False)
+    left = service.queue_task(flaky(1), retry=policy)
+    empty = start_worker(["--stop-when-empty"], make_env(sqlite_url))
+    assert empty.wait(30) == 0, empty.log
+    assert service.status_of(left) is Status.RETRYING     # as documented: its job is delayed, not ready
+    own = service.queue_task(flaky(1, 4), retry=policy)   # fails under the draining worker, which waits for it
+    drained = start_worker(["--stop-when-drained"], make_env(sqlite_url))
+    assert drained.wait(30) == 0, drained.log
+    assert [(service.find_task(task).status, service.find_task(task).attempts) for task in (left, own)] == \
+        [(Status.DONE, 2), (Status.DONE, 2)]
+    assert "no job of pheanq is ready or delayed; stopping (--stop-when-drained)" in drained.log
 
 
 def test_add_example_task_takes_a_retry_policy_and_show_prints_it(

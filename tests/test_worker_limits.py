@@ -102,6 +102,7 @@ def test_one_worker_per_single_id_even_after_the_previous_one_was_killed(
 @pytest.mark.parametrize(("args", "names"), [
     (["--single-id", "a/b"], "--single-id 'a/b' is not valid"),
     (["--pid-dir", "/tmp"], "--pid-dir needs --single-id"),
+    (["--stop-when-empty", "--stop-when-drained"], "--stop-when-empty and --stop-when-drained exclude each other"),
     (["--cycles-limit", "0"], "--cycles-limit"),
     (["--cycle-delay", "-1"], "--cycle-delay"),
     (["--time-limit", "0"], "--time-limit"),

@@ -27,7 +27,10 @@ _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_UR
 
 @cli.command("task-worker")
 @use_tube_option("Tube(s) to take tasks from, comma-separated.")
-@click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting.")
+@click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting (tasks in a "
+              "retry's backoff or delayed are left behind: see --stop-when-drained).")
+@click.option("--stop-when-drained", is_flag=True,
+              help="Exit when no job is ready and none is delayed (a retry's backoff, a delay) in the tubes.")
 @click.option("--max-tasks", type=click.IntRange(min=1), metavar="N", help="Exit after N tasks.")
 @click.option("--cycles-limit", type=click.IntRange(min=1), metavar="N",
               help="Exit after checking the tube N times (a check counts whether a job came or not).")
@@ -40,10 +43,12 @@ _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_UR
 @click.option("--single-id", metavar="ID", help="Run only if no other worker with this id runs (from cron).")
 @click.option("--pid-dir", metavar="DIR", help="Where --single-id keeps its lock files. [default: run_dir]")
 @pass_context
-def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, max_tasks: int | None,
-                cycles_limit: int | None, cycle_delay: float, memory_limit: float | None, time_limit: float | None,
-                single_id: str | None, pid_dir: str | None) -> None:
+def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, stop_when_drained: bool,
+                max_tasks: int | None, cycles_limit: int | None, cycle_delay: float, memory_limit: float | None,
+                time_limit: float | None, single_id: str | None, pid_dir: str | None) -> None:
     """Run tasks from the tube until stopped (SIGTERM: finish the task, then exit)."""
+    if stop_when_empty and stop_when_drained:
+        raise click.UsageError("--stop-when-empty and --stop-when-drained exclude each other: give one")
     if pid_dir is not None and single_id is None:
         raise click.UsageError("--pid-dir needs --single-id")
     if single_id is not None:
@@ -57,7 +62,8 @@ def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, m
     with contextlib.suppress(StoreUnavailable):
         context.service.store.database.check_schema()
     worker = TaskWorker(context.dispatch, context.tubes(use_tube), stop_when_empty=stop_when_empty,
-                    max_tasks=max_tasks, limits=WorkerLimits(cycles_limit, cycle_delay, memory_limit, time_limit))
+                        stop_when_drained=stop_when_drained, max_tasks=max_tasks,
+                        limits=WorkerLimits(cycles_limit, cycle_delay, memory_limit, time_limit))
     sys.exit(worker.run())
 
 

@@ -13,7 +13,7 @@ from pheanq.dispatch import Dispatcher
 from pheanq.errors import InvalidInput, TubeUnavailable
 from pheanq.ops.buried import BuriedList
 from pheanq.ops.terminal import one_line, visible
-from pheanq.retry import Retry
+from pheanq.retry import describe_retry
 from pheanq.status import Status
 from pheanq.storage.tables import TaskRow, WorkerRow
 
@@ -119,7 +119,7 @@ def task_report(row: TaskRow) -> dict[str, Any]:
         "attempts": row.attempts, "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
         "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
         "heartbeat": _time(row.heartbeat), "run_at": _time(row.run_at), "data": row.data, "log": row.log,
-        "retry": Retry.from_json(row.retry).describe(), "unique_key": row.unique_key, "batch": row.batch_id,
+        "retry": describe_retry(row.retry), "unique_key": row.unique_key, "batch": row.batch_id,
         "callback_of": row.callback_of, "waiting_for": row.waiting_for if row.status is Status.WAITING else None,
     }
 

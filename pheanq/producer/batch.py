@@ -6,7 +6,8 @@
 
 A batch is open until `close()` (the `with` block closes it); then it finishes once each of its tasks has
 ended. `then` is queued when every task is done, `catch` at the first task that fails (or ends
-`upstream_failed`), `finally` when the batch finishes, whatever happened. Progress is counted by the
+`upstream_failed`), `finally` when the batch finishes, whatever happened. A batch whose `catch` was queued
+never gets `then`, even when regenerated tasks make every task done later. Progress is counted by the
 database from an index, so a batch of any size is reported without reading its rows.
 """
 

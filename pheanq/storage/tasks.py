@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from pheanq import retry, tasklog
 from pheanq.body import new_nonce
 from pheanq.clock import utc_now
 from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
@@ -333,24 +334,36 @@ class TaskStatements:
     def restart_task(self, task_id: int) -> TaskRow | None:
         """Move a task to `restarted` for regeneration; None when its status does not allow it.
 
-        The task takes its unique key back (WrongStatus when another task holds it now) and counts as
-        pending in its batch again (WrongStatus when the batch has finished)."""
+        The task takes its unique key back (WrongStatus when another task holds it now), counts as
+        pending in its batch again (WrongStatus when the batch has finished), and gets a fresh allowance of
+        its retry policy, counted from its next attempt (the log says which attempts may run)."""
         c, b = task_table.c, batch_table.c
+        now = utc_now()
         try:
             with self.database.transaction() as conn:
                 changed = conn.execute(
                     task_table.update()
                     .where(c.id == task_id, c.status.in_([s.value for s in sources_of(Status.RESTARTED)]))
                     .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
-                            started=None, finished=None, run_at=None, modified=utc_now(), unique_live=c.unique_key)
+                            started=None, finished=None, run_at=None, modified=now, unique_live=c.unique_key)
                 ).rowcount
                 row = select_task(conn, task_id) if changed == 1 else None
-                if row is not None and row.batch_id is not None and conn.execute(
-                    batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
-                    .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
-                ).rowcount == 0:
-                    raise WrongStatus(f"task {task_id} belongs to batch {row.batch_id}, which has finished")
-                return row
+                if row is None:
+                    return None
+                caught_by = None
+                if row.batch_id is not None:
+                    if conn.execute(
+                        batch_table.update().where(b.id == row.batch_id, b.finished.is_(None))
+                        .values(unfinished=b.unfinished + 1, failures=b.failures - 1)
+                    ).rowcount == 0:
+                        raise WrongStatus(f"task {task_id} belongs to batch {row.batch_id}, which has finished")
+                    caught_by = conn.execute(sa.select(b.catch_id).where(b.id == row.batch_id)).scalar_one()
+                policy = retry.regenerated(row.retry, row.attempts)
+                entry = tasklog.regenerated(*retry.allowed_attempts(policy), now,
+                                            None if caught_by is None else row.batch_id)
+                conn.execute(task_table.update().where(c.id == task_id)
+                             .values(retry=policy, log=sa.func.coalesce(c.log, "") + entry))
+                return select_task(conn, task_id)
         except IntegrityError:
             raise WrongStatus(f"task {task_id}: another task holds its unique key now") from None
 

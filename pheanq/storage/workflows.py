@@ -287,7 +287,9 @@ class Ends:
         batch = _lock_batch(conn, batch_id)
         assert batch is not None
         # The counter, not the rows: a read of the rows could see an older snapshot, and task-cleanup deletes them.
-        if batch.then_task is not None and batch.done == batch.total:
+        # A batch whose `catch` was queued has failed for good: a regenerate that makes every task done later
+        # does not also run `then` (one batch gets one of the two).
+        if batch.then_task is not None and batch.done == batch.total and batch.catch_id is None:
             self._queue_callback(conn, batch, "then")
         if batch.finally_task is not None:
             self._queue_callback(conn, batch, "finally")

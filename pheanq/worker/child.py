@@ -22,7 +22,8 @@ from typing import IO
 
 import psutil
 
-# How long a child asked to stop with SIGTERM gets before SIGKILL.
+# How long a child asked to stop with SIGTERM gets before SIGKILL: time to clean up. The docs state it wherever
+# a command is stopped (a cancel, a time limit, SIGINT); tests/test_cancel.py holds them to it.
 STOP_GRACE_SECONDS = 3.0
 # The command starts only once `on_start` has told the supervisor its pid: this gate waits for a line on its
 # stdin, then execs the argv as it is, with stdin from /dev/null. Without it, a command could end, and its

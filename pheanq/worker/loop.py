@@ -25,6 +25,7 @@ from pheanq.errors import StoreUnavailable, TubeUnavailable
 from pheanq.status import Status
 from pheanq.worker.claims import TaskClaims
 from pheanq.worker.cron import WorkerLimits
+from pheanq.worker.drain import jobs_to_come
 from pheanq.worker.execution import Outcome, execute
 from pheanq.worker.holds import CancelWatch, LeaseHold, lease_interval
 from pheanq.worker.paused import PausedTubes
@@ -56,12 +57,14 @@ class TaskWorker:
     """One `pheanq task-worker` process: runs tasks from its tubes, one at a time, until stopped."""
 
     def __init__(self, dispatch: Dispatcher, tubes: Sequence[str], *, stop_when_empty: bool = False,
-                 max_tasks: int | None = None, limits: WorkerLimits | None = None, out: TextIO = sys.stdout) -> None:
+                 stop_when_drained: bool = False, max_tasks: int | None = None, limits: WorkerLimits | None = None,
+                 out: TextIO = sys.stdout) -> None:
         self.dispatch = dispatch
         self.claims = TaskClaims(dispatch)
         self.name = dispatch.worker_name
         self.tubes = list(tubes)
         self.stop_when_empty = stop_when_empty
+        self.stop_when_drained = stop_when_drained
         self.max_tasks = max_tasks
         self.limits = limits or WorkerLimits()
         self.cycles = 0
@@ -89,16 +92,17 @@ class TaskWorker:
             if tubes is None:
                 continue  # the database is away: _retrying waited out a backoff step
             if not tubes:
-                if self.stop_when_empty:
-                    log.info("every tube is paused; stopping (--stop-when-empty)")
+                if self.stop_when_empty or self.stop_when_drained:
+                    log.info("every tube is paused; stopping (%s)", self._stop_option())
                     break
                 self._pause(RESERVE_TIMEOUT)  # every tube is paused: look again in a moment
                 continue
             package = self._retrying(functools.partial(self.claims.reserve_task, tubes, RESERVE_TIMEOUT,
                                                        still_wanted=lambda: not self._stopping()))
             if package is None:
-                if self.stop_when_empty and not self._stopping():
-                    log.info("no job is ready; stopping (--stop-when-empty)")
+                reason = self._reason_to_stop_idle(tubes)
+                if reason is not None:
+                    log.info("%s; stopping (%s)", reason, self._stop_option())
                     break
                 if self.limits.cycle_delay:
                     self._pause(self.limits.cycle_delay)
@@ -127,6 +131,19 @@ class TaskWorker:
             return
         if package is not None:
             self._hand_back(package)
+
+    def _reason_to_stop_idle(self, tubes: Sequence[str]) -> str | None:
+        """After a check that found no job: why the worker stops now, or None to check again."""
+        if self._stopping():
+            return None
+        if self.stop_when_empty:
+            return "no job is ready"
+        if self.stop_when_drained and self._retrying(lambda: jobs_to_come(self.dispatch.beanstalkd, tubes)) == 0:
+            return f"no job of {','.join(tubes)} is ready or delayed"
+        return None
+
+    def _stop_option(self) -> str:
+        return "--stop-when-empty" if self.stop_when_empty else "--stop-when-drained"
 
     def _work(self, package: WorkPackage) -> None:
         log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
