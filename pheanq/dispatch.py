@@ -49,7 +49,7 @@ from pheanq.run_at import put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
 from pheanq.storage.tables import BuriedRow, TaskRow
-from pheanq.storage.tasks import ClaimOutcome, Inserted
+from pheanq.storage.tasks import ClaimOutcome, Inserted, Moved
 from pheanq.storage.workflows import Cancelled
 
 log = logging.getLogger("pheanq.dispatch")
@@ -205,7 +205,10 @@ class Dispatcher:
         """Put a new job for a task whose job is gone (a `working` one is marked `stalled` first); the new
         job id, or None when the task moved on meanwhile (then no job is left behind)."""
         if row.status is Status.WORKING:
-            if not self.store.tasks.stall_task(row.id, row.attempts, tasklog.stalled(row.attempts, row.worker)):
+            moved = self.store.tasks.stall_task(row.id, row.attempts, tasklog.stalled(row.attempts, row.worker))
+            if moved is None or moved.status is not Status.STALLED:
+                if moved is not None:  # a cancel was requested while it ran: it ended instead
+                    self._ended_instead(row.id, row.job_id, moved)
                 return None
             status = Status.STALLED
         else:
@@ -269,10 +272,11 @@ class Dispatcher:
         self.send_released(settled.released)
         return True
 
-    def cancel_page(self, task_ids: list[int], entry: str) -> list[Cancelled]:
-        """Cancel the tasks in one transaction; delete the jobs of those not running (a running one's worker
-        deletes its own) and send what their ends released."""
-        page = self.store.workflows.cancel_tasks(task_ids, entry)
+    def cancel_page(self, task_ids: list[int], by: str, batch: int | None = None) -> list[Cancelled]:
+        """Cancel the tasks in one transaction (a running one's cancel is requested: its worker ends it); delete
+        the jobs of those not running (a running one's worker deletes its own) and send what their ends
+        released."""
+        page = self.store.workflows.cancel_tasks(task_ids, by, batch)
         for result in page.results:
             if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
                 self._delete_job(result.row.id, result.row.job_id, "cancelled")
@@ -322,6 +326,11 @@ class Dispatcher:
                      job.id, task_id, claim.row.worker, renewed, wait)
             self.beanstalkd.release(job.id, claim.row.priority, wait)
             return None
+        if claim.outcome is ClaimOutcome.CANCEL_REQUESTED:
+            log.info("job %d: task %d was cancelled while attempt %d ran, and its worker is gone; it ends cancelled",
+                     job.id, task_id, claim.row.attempts)
+            self.end_requested_cancel(job, claim.row)
+            return None
         if claim.outcome is ClaimOutcome.OWN_CLAIM:
             log.info("job %d: task %d was claimed by this worker already (attempt %d), though the claim's answer "
                      "was lost; that attempt goes on", job.id, task_id, claim.row.attempts)
@@ -355,45 +364,31 @@ class Dispatcher:
 
     def finish(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
                reserved: bool = True) -> bool:
-        """Record the attempt's end (`done` or `failed`), delete its job, and send what the end released;
-        False when the attempt no longer owns the task (its result is not recorded). With `reserved` (the
-        caller holds the job), the job is deleted even then: it is this attempt's reservation."""
-        task_id, number = attempt.row.id, attempt.row.attempts
-        settled = self.store.tasks.finish_task(task_id, number, status, exit_code, log_text)
-        if settled is None:
-            log.warning("task %d: attempt %d no longer owns the task (taken over); its result (%s) is not "
-                        "recorded", task_id, number, status)
-        if reserved:
-            job_id = attempt.job_id
-        else:
-            # Not held by the caller: the job is the one the row names now (the reconciler may have sent the
-            # task again, as a stalled one, between the caller's read and this end).
-            row = self.store.tasks.find_task(task_id) if settled is not None else None
-            job_id = None if row is None else row.job_id
-        if job_id is not None:
-            # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
-            self._delete_job(task_id, job_id, f"recorded as {status}")
-        if settled is None:
-            return False
-        self.send_released(settled.released)
-        return True
+        """Record the attempt's end (`done`, `failed` or `cancelled`), delete its job, and send what the end
+        released; False when the attempt no longer owns the task (its result is not recorded, its log entry
+        is). With `reserved` (the caller holds the job), the job is deleted even then: it is this attempt's
+        reservation. A `failed` end of an attempt that a cancel was requested for is `cancelled`."""
+        return self._end(attempt, status, exit_code, log_text, reserved) is not None
 
     def fail(self, attempt: Attempt, exit_code: int | None, log_text: str | None,
              reserved: bool = True) -> Status | None:
         """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
-        attempt, else `failed`; returns which, or None when the attempt no longer owns the task. With
-        `reserved` (the caller holds the job), the job is released with that delay; else whoever reserves
-        it next finds the task early and delays it."""
+        attempt, else `failed` (`cancelled` when a cancel was requested while it ran); returns which, or None
+        when the attempt no longer owns the task. With `reserved` (the caller holds the job), the job is
+        released with that delay; else whoever reserves it next finds the task early and delays it."""
         task_id, number = attempt.row.id, attempt.row.attempts
         step = after_failure(attempt.row.retry, number, exit_code)
         entry = (log_text or "") + step.note or None
         if step.wait is None:
-            return Status.FAILED if self.finish(attempt, Status.FAILED, exit_code, entry, reserved) else None
-        if not self.store.tasks.retry_task(task_id, number, exit_code, entry or "",
-                                           utc_now() + dt.timedelta(seconds=step.wait)):
-            if reserved:
-                self._delete_job_of_lost_attempt(attempt)
+            return self._end(attempt, Status.FAILED, exit_code, entry, reserved)
+        moved = self.store.tasks.retry_task(task_id, number, exit_code, entry or "",
+                                            utc_now() + dt.timedelta(seconds=step.wait))
+        if moved is None:
+            self._lost_attempt(attempt, entry, reserved)
             return None
+        if moved.status is not Status.RETRYING:
+            self._ended_instead(task_id, attempt.job_id if reserved else self._job_named(task_id), moved)
+            return moved.status
         if reserved and attempt.job_id is not None and \
                 not self.beanstalkd.release(attempt.job_id, attempt.row.priority, step.wait):
             # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
@@ -402,33 +397,43 @@ class Dispatcher:
         return Status.RETRYING
 
     def release(self, attempt: Attempt, log_text: str) -> bool:
-        """Give a claimed task back: the row returns to `new` and the job to its tube."""
-        recorded = self.store.tasks.release_task(attempt.row.id, attempt.row.attempts, log_text)
-        if not recorded:
-            self._delete_job_of_lost_attempt(attempt)
+        """Give a claimed task back: the row returns to `new` and the job to its tube (a task whose cancel
+        was requested ends `cancelled` instead, and its job is deleted)."""
+        moved = self.store.tasks.release_task(attempt.row.id, attempt.row.attempts, log_text)
+        if moved is None:
+            self._lost_attempt(attempt, log_text, reserved=True)
+        elif moved.status is not Status.NEW:
+            self._ended_instead(attempt.row.id, attempt.job_id, moved)
         elif attempt.job_id is not None and not self.beanstalkd.release(attempt.job_id, attempt.row.priority):
             # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
             self.beanstalkd.kick_job(attempt.job_id)
-        return recorded
+        return moved is not None
 
     def stall(self, attempt: Attempt, log_text: str) -> bool:
-        """The attempt's worker died while its command ran: `stalled`, and its job ready to run again at once;
-        False when the attempt was already settled."""
-        if not self.store.tasks.stall_task(attempt.row.id, attempt.row.attempts, log_text):
+        """The attempt's worker died while its command ran: `stalled`, and its job ready to run again at once
+        (`cancelled`, its job deleted, when a cancel was requested while it ran); False when the attempt was
+        already settled."""
+        moved = self.store.tasks.stall_task(attempt.row.id, attempt.row.attempts, log_text)
+        if moved is None:
             return False
-        row = self.store.tasks.find_task(attempt.row.id)
-        if row is not None and row.job_id is not None:
+        job_id = self._job_named(attempt.row.id)
+        if moved.status is not Status.STALLED:
+            self._ended_instead(attempt.row.id, job_id, moved)
+        elif job_id is not None:
             # Another worker may have found the lease still fresh and delayed the job: make it ready now.
-            self.beanstalkd.kick_job(row.job_id)
+            self.beanstalkd.kick_job(job_id)
         return True
 
-    def drop_cancelled(self, attempt: Attempt, log_text: str) -> bool:
-        """The worker stopped the command of a task cancelled while it ran: note how the attempt ended and
-        delete the job."""
-        self.store.tasks.append_log(attempt.row.id, Status.CANCELLED, log_text)
-        if attempt.job_id is not None:
-            self.beanstalkd.delete(attempt.job_id)
-        return True
+    def end_cancelled(self, attempt: Attempt, exit_code: int | None, log_text: str) -> bool:
+        """The worker stopped the command of a task whose cancel was requested while it ran: the task ends
+        `cancelled`, with the attempt's entry and exit code."""
+        return self._end(attempt, Status.CANCELLED, exit_code, log_text, reserved=True) is not None
+
+    def end_requested_cancel(self, job: ReservedJob, row: TaskRow) -> None:
+        """A job came back for a task whose holder died after a cancel was requested: it ends `cancelled`."""
+        attempt = WorkPackage(job.id, row, decode_data(row.data))
+        entry = tasklog.holder_gone(row.attempts, row.worker) + tasklog.ended_by_cancel(row.attempts)
+        self._end(attempt, Status.CANCELLED, None, entry, reserved=True)
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -460,6 +465,49 @@ class Dispatcher:
                         self.beanstalkd.delete(job_id)
         except (StoreUnavailable, TubeUnavailable) as error:
             log.warning("tasks left pending were not all sent (%s); the reconciler will send them", error)
+
+    def _end(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
+             reserved: bool) -> Status | None:
+        """Record an attempt's end; the status it ended in, or None when the attempt no longer owns the task."""
+        task_id, number = attempt.row.id, attempt.row.attempts
+        moved = self.store.tasks.finish_task(task_id, number, status, exit_code, log_text)
+        if moved is None:
+            self._lost_attempt(attempt, log_text, reserved)
+            return None
+        # Not held by the caller: the job is the one the row names now (the reconciler may have sent the task
+        # again, as a stalled one, between the caller's read and this end).
+        job_id = attempt.job_id if reserved else self._job_named(task_id)
+        if job_id is not None:
+            # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
+            self._delete_job(task_id, job_id, f"recorded as {moved.status}")
+        self.send_released(moved.settled.released)
+        return moved.status
+
+    def _ended_instead(self, task_id: int, job_id: int | None, moved: Moved) -> None:
+        """A move ended the task instead (a cancel was requested while its attempt ran): delete its job and send
+        what the end released."""
+        log.info("task %d: ended %s: a cancel was requested while it ran", task_id, moved.status)
+        if job_id is not None:
+            self._delete_job(task_id, job_id, f"recorded as {moved.status}")
+        self.send_released(moved.settled.released)
+
+    def _job_named(self, task_id: int) -> int | None:
+        row = self.store.tasks.find_task(task_id)
+        return None if row is None else row.job_id
+
+    def _lost_attempt(self, attempt: Attempt, log_text: str | None, reserved: bool) -> None:
+        """The attempt no longer owns its task (its holder's lease went stale and another attempt took it over,
+        or a tender settled it): its result is not recorded, but its log entry is, and a job it holds is
+        deleted."""
+        task_id, number = attempt.row.id, attempt.row.attempts
+        row = self.store.tasks.find_task(task_id)
+        now = "gone" if row is None else f"{row.status}, at attempt {row.attempts}"
+        log.warning("task %d: attempt %d no longer holds the task (it is %s); its end is added to the task's log, "
+                    "its status is not changed", task_id, number, now)
+        if row is not None and log_text:
+            self.store.tasks.append_attempt_log(task_id, log_text)
+        if reserved:
+            self._delete_job_of_lost_attempt(attempt)
 
     def _delete_job_of_lost_attempt(self, attempt: Attempt) -> None:
         """The attempt no longer owns its task (cancelled, settled by a tender, taken over): delete the job

@@ -33,6 +33,11 @@ def stalled(number: int, worker: str | None) -> str:
            "renewing its lease; the task is sent again\n"
 
 
+def holder_gone(number: int, worker: str | None) -> str:
+    """A worker found an attempt's job back in its tube and its holder silent."""
+    return f"--- attempt {number}: its worker ({worker}) stopped renewing its lease\n"
+
+
 def retrying(wait: int, next_attempt: int, max_attempts: int) -> str:
     return f"--- retrying in {wait}s (attempt {next_attempt} of {max_attempts})\n"
 
@@ -53,6 +58,22 @@ def regenerated(first: int, last: int, now: dt.datetime, failed_batch: int | Non
 def cancelled(by: str, now: dt.datetime, batch: int | None = None) -> str:
     within = "" if batch is None else f" with batch {batch}"
     return f"--- cancelled{within} by {by} {at(now)}\n"
+
+
+def cancel_requested(by: str, now: dt.datetime, worker: str | None, batch: int | None = None) -> str:
+    """A cancel of a `working` task: its worker stops the command and ends the task."""
+    within = "" if batch is None else f" with batch {batch}"
+    return f"--- cancel requested{within} by {by} while {worker or 'a worker'} runs it {at(now)}\n"
+
+
+# After the attempt's entry, when a cancel was requested while the attempt ran.
+CANCEL_CAME_TOO_LATE = "--- the cancel came after the command had completed: the work was done, and the task is done\n"
+
+
+def ended_by_cancel(number: int) -> str:
+    """After the entry of attempt `number`, which a cancel requested while it ran ends instead of what it
+    would have led to (a retry, a stall, a hand-back, a failure)."""
+    return f"--- cancelled: a cancel was requested while attempt {number} ran; no other attempt follows\n"
 
 
 def not_run(parent: int, ending: str, now: dt.datetime) -> str:

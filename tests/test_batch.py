@@ -184,7 +184,10 @@ def test_a_batch_of_10000_tasks_is_planned_lazily_and_reported_while_workers_run
     assert running.done + running.failed + running.cancelled + running.pending == 10_000
     assert 0 < running.pending < 10_000
     assert [p.done for p in seen] == sorted(p.done for p in seen)   # progress only goes forward
-    assert batch.cancel() + batch.progress().done == 10_000
+    # Tasks running at the cancel are asked to stop and end cancelled, or done when their command completes first.
+    done_before = batch.progress().done
+    asked = batch.cancel()
+    assert 10_000 - batch.progress().done <= asked <= 10_000 - done_before
     wait_for(lambda: batch.progress().callbacks["finally"] is not None, 20, "the batch to finish")
     finally_id = batch.progress().callbacks["finally"]
     assert finally_id is not None

@@ -1,4 +1,5 @@
-"""A task row's identity: a nonce its jobs carry, and ids that SQLite never hands out twice.
+"""A task row's identity: a nonce its jobs carry, and ids that SQLite never hands out twice; who asked to cancel
+a running task.
 
 Revision ID: 0008
 Revises: 0007
@@ -24,6 +25,7 @@ def upgrade() -> None:
     recreate = "always" if sqlite else "auto"
     with op.batch_alter_table("pheanq_task", recreate=recreate, table_kwargs={"sqlite_autoincrement": True}) as task:
         task.add_column(sa.Column("nonce", sa.String(32), nullable=True))
+        task.add_column(sa.Column("cancel_requested_by", sa.String(255), nullable=True))
     if sqlite:
         with op.batch_alter_table("pheanq_batch", recreate="always", table_kwargs={"sqlite_autoincrement": True}):
             pass
@@ -31,4 +33,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("pheanq_task") as task:
+        task.drop_column("cancel_requested_by")
         task.drop_column("nonce")

@@ -1,10 +1,12 @@
 """Cancelling tasks: `pheanq cancel ID…`, `cancel_task`, `cancel_batch`.
 
 A task that has not started is moved to `cancelled` and its job deleted (a job reserved by a worker at
-that moment is deleted by the worker, whose claim finds the task cancelled). A running task is moved to
-`cancelled` at once; its worker reads the task's status every second while the command runs and stops
-the command when it sees the cancel (pheanq.worker.holds). Either way the log says who cancelled it and
-when, and the task's end releases or fails what waits on it like any other end.
+that moment is deleted by the worker, whose claim finds the task cancelled). For a running task the cancel
+is requested: its worker reads the task's row every second while the command runs, stops the command when
+it sees the request (pheanq.worker.holds) and ends the task `cancelled`, its attempt's entry and exit code
+kept. A command that completed before it could be stopped did the work: the task ends `done`, and the log
+says the cancel came too late. Either way the log says who cancelled it and when, and the task's end
+releases or fails what waits on it like any other end.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import dataclasses
 import getpass
 import socket
 
-from pheanq import tasklog
-from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import InvalidInput, NotFound
 from pheanq.limits import MAX_NAME, PAGE_SIZE
@@ -49,7 +49,7 @@ def who_cancels() -> str:
 
 def cancel_task(dispatch: Dispatcher, task_id: int, by: str | None = None) -> CancelResult:
     """Cancel one task that has not ended; NotFound when it does not exist."""
-    found = dispatch.cancel_page([task_id], tasklog.cancelled(canceller(by), utc_now()))
+    found = dispatch.cancel_page([task_id], canceller(by))
     if not found:
         raise NotFound(f"task {task_id} does not exist")
     row = found[0].row
@@ -58,7 +58,8 @@ def cancel_task(dispatch: Dispatcher, task_id: int, by: str | None = None) -> Ca
                                                         "nothing to cancel")
     if row.status is Status.WORKING:
         return CancelResult(task_id, True, row.status,
-                            f"task {task_id} cancelled; its worker ({row.worker}) stops the running command")
+                            f"task {task_id}: cancel requested; its worker ({row.worker}) stops the running command "
+                            "and ends the task cancelled (done, if the command completes first)")
     return CancelResult(task_id, True, row.status, f"task {task_id} cancelled (it was {row.status})")
 
 
@@ -72,6 +73,5 @@ def cancel_batch(dispatch: Dispatcher, batch_id: int, by: str | None = None) -> 
     after_id = 0
     while ids := dispatch.store.workflows.batch_task_ids(batch_id, after_id, PAGE_SIZE, sorted(PENDING)):
         after_id = ids[-1]
-        entry = tasklog.cancelled(by, utc_now(), batch=batch_id)
-        cancelled += sum(result.took for result in dispatch.cancel_page(ids, entry))
+        cancelled += sum(result.took for result in dispatch.cancel_page(ids, by, batch_id))
     return cancelled

@@ -61,6 +61,9 @@ task_table = sa.Table(
     # Random, fixed at insert; every job of the task carries it, so a job names this row and no later one with the
     # same id. NULL in rows from before revision 0008 (their jobs carry none).
     sa.Column("nonce", sa.String(32), nullable=True, default=new_nonce),
+    # Who asked to cancel the task while it was `working`: its worker stops the command and ends the task
+    # (`cancelled`, or `done` when the command had already completed); no other attempt follows.
+    sa.Column("cancel_requested_by", sa.String(255), nullable=True),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
@@ -206,6 +209,7 @@ class TaskRow:
     batch_id: int | None = None
     callback_of: int | None = None
     nonce: str | None = None
+    cancel_requested_by: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,14 +61,21 @@ def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
     values: dict[str, Any] = {name: sa.bindparam(f"new_{name}") for name in names}
     if "log" in values:
         values["log"] = sa.func.coalesce(_c.log, "") + values["log"]
-    return (task_table.update()
-            .where(_c.id == sa.bindparam("task"), _c.status.in_(sources), _c.attempts == sa.bindparam("attempt"))
+        if target is Status.DONE:
+            values["log"] = values["log"] + sa.case((_c.cancel_requested_by.is_(None), ""),
+                                                    else_=tasklog.CANCEL_CAME_TOO_LATE)
+    where = [_c.id == sa.bindparam("task"), _c.status.in_(sources), _c.attempts == sa.bindparam("attempt")]
+    if target not in (Status.DONE, Status.CANCELLED):
+        # A cancel requested while the attempt ran ends the task instead (see TaskStatements._move_settled).
+        where.append(_c.cancel_requested_by.is_(None))
+    return (task_table.update().where(*where)
             .values(status=target.value, modified=sa.bindparam("modified_at"), **values))
 
 
 class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"
     OWN_CLAIM = "own claim"        # claimed by this worker under this job already (the claim's answer was lost)
+    CANCEL_REQUESTED = "cancel"    # held under a stale lease with a cancel requested: it ends, it does not run
     MISSING = "missing"            # no row with that id
     FINISHED = "finished"          # done, failed: the job is a leftover
     HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
@@ -77,6 +84,14 @@ class ClaimOutcome(enum.Enum):
     OTHER_TUBE = "other tube"      # the row's tube is not one the worker takes from: the job was moved or forged
     OTHER_ROW = "other row"        # the row's nonce is not the job's: the job is an earlier task's, or forged
     UNREGISTERED = "unregistered"  # the row's command is not one the worker may run
+
+
+@dataclasses.dataclass(frozen=True)
+class Moved:
+    """Where the move of an attempt took its task, and what that set in motion."""
+
+    status: Status
+    settled: Settled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +289,8 @@ class TaskStatements:
                 elif row.status is Status.WORKING and row.job_id == job_id:
                     if not is_stale(row, now):
                         return Claim(ClaimOutcome.HELD_ALIVE, row)
+                    if row.cancel_requested_by is not None:
+                        return Claim(ClaimOutcome.CANCEL_REQUESTED, row)
                     # The same row, unchanged since it was read stale: nobody renewed the lease in between.
                     changed = conn.execute(
                         task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
@@ -298,15 +315,15 @@ class TaskStatements:
                 .values(heartbeat=utc_now())
             ).rowcount == 1
 
-    def stall_task(self, task_id: int, attempt: int, log: str) -> bool:
-        """`working` → `stalled` for an attempt whose worker is gone; False when the attempt no longer
+    def stall_task(self, task_id: int, attempt: int, log: str) -> Moved | None:
+        """`working` → `stalled` for an attempt whose worker is gone; None when the attempt no longer
         holds the task (it finished, or someone else already acted)."""
-        return self._move(task_id, attempt, Status.STALLED, log=log, worker=None)
+        return self._move_settled(task_id, attempt, Status.STALLED, log=log, worker=None)
 
     def finish_task(self, task_id: int, attempt: int, status: Status, exit_code: int | None,
-                    log: str | None) -> Settled | None:
-        """Record the end of an attempt, and what it sets in motion (see pheanq.storage.workflows); None when the
-        attempt no longer owns the task.
+                    log: str | None) -> Moved | None:
+        """Record the end of an attempt (`done`, `failed` or `cancelled`), and what it sets in motion (see
+        pheanq.storage.workflows); None when the attempt no longer owns the task.
 
         A `stalled` task still belongs to its last attempt until another worker claims it, so a result
         that arrives late (after a database outage) is kept rather than run again."""
@@ -314,15 +331,22 @@ class TaskStatements:
         return self._move_settled(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
 
     def retry_task(self, task_id: int, attempt: int, exit_code: int | None, log: str,
-                   run_at: dt.datetime) -> bool:
-        """A failed attempt with attempts left: `retrying` until `run_at`; False when the attempt no longer
+                   run_at: dt.datetime) -> Moved | None:
+        """A failed attempt with attempts left: `retrying` until `run_at`; None when the attempt no longer
         owns the task."""
-        return self._move(task_id, attempt, Status.RETRYING, exit_code=exit_code, log=log, run_at=run_at,
-                          worker=None)
+        return self._move_settled(task_id, attempt, Status.RETRYING, exit_code=exit_code, log=log, run_at=run_at,
+                                  worker=None)
 
-    def release_task(self, task_id: int, attempt: int, log: str) -> bool:
+    def release_task(self, task_id: int, attempt: int, log: str) -> Moved | None:
         """Hand a claimed task back (`working` → `new`) so another worker runs it."""
-        return self._move(task_id, attempt, Status.NEW, log=log, worker=None)
+        return self._move_settled(task_id, attempt, Status.NEW, log=log, worker=None)
+
+    def append_attempt_log(self, task_id: int, entry: str) -> None:
+        """Add the entry of an attempt that no longer holds the task to its log, whatever the task's status:
+        every attempt that started keeps its entry."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            conn.execute(task_table.update().where(c.id == task_id).values(log=sa.func.coalesce(c.log, "") + entry))
 
     def append_log(self, task_id: int, status: Status, entry: str) -> None:
         """Add to the log of a task while it is still in `status`."""
@@ -415,28 +439,41 @@ class TaskStatements:
                 .values(job_id=new_job_id)
             ).rowcount == 1
 
-    def _move(self, task_id: int, attempt: int, target: Status, **values: Any) -> bool:
-        return self._move_settled(task_id, attempt, target, **values) is not None
-
-    def _move_settled(self, task_id: int, attempt: int, target: Status, **values: Any) -> Settled | None:
+    def _move_settled(self, task_id: int, attempt: int, target: Status, **values: Any) -> Moved | None:
         """Move an attempt's task (`working` or `stalled`) to `target`; None when the attempt no longer
-        owns it. A move to an end runs what that end sets in motion in the same transaction."""
+        owns it. A move to an end runs what that end sets in motion in the same transaction.
+
+        A cancel requested while the attempt ran turns every move but `done` into `cancelled`: no other
+        attempt follows it (a retry, a hand-back, a stalled task run again). `done` stays `done`: the command
+        completed before it could be stopped, and its log says the cancel came too late."""
         if values.get("log") is None:
             values.pop("log", None)  # no entry: the log so far stays
-        if target in FINAL:
-            values["unique_live"] = None  # an ended task frees its unique key
+        now = utc_now()
         with self.database.transaction() as conn:
-            if conn.execute(
-                _move_statement(target, tuple(sorted(values))),
-                {"task": task_id, "attempt": attempt, "modified_at": utc_now(),
-                 **{f"new_{name}": value for name, value in values.items()}},
-            ).rowcount != 1:
+            moved = self._move_row(conn, task_id, attempt, target, values, now)
+            if moved is None and target not in (Status.DONE, Status.CANCELLED):
+                ending = {"log": values.get("log", "") + tasklog.ended_by_cancel(attempt), "finished": now,
+                          "exit_code": values.get("exit_code")}
+                moved = self._move_row(conn, task_id, attempt, Status.CANCELLED, ending, now)
+            if moved is None:
                 return None
             ends = Ends()
-            if target in FINAL:
+            if moved in FINAL:
                 batch_id, has_dependants = conn.execute(_END_FACTS, {"task": task_id}).one()
-                ends.ended(conn, task_id, target, batch_id, None if has_dependants else [])
-            return ends.close(conn)
+                ends.ended(conn, task_id, moved, batch_id, None if has_dependants else [])
+            return Moved(moved, ends.close(conn))
+
+    @staticmethod
+    def _move_row(conn: Connection, task_id: int, attempt: int, target: Status, values: dict[str, Any],
+                  now: dt.datetime) -> Status | None:
+        if target in FINAL:
+            values = {**values, "unique_live": None}  # an ended task frees its unique key
+        changed = conn.execute(
+            _move_statement(target, tuple(sorted(values))),
+            {"task": task_id, "attempt": attempt, "modified_at": now,
+             **{f"new_{name}": value for name, value in values.items()}},
+        ).rowcount
+        return target if changed == 1 else None
 
 
 def _inserted_id(result: Any) -> int:

@@ -109,9 +109,13 @@ class WorkflowStatements:
         with self.database.transaction() as conn:
             return list(conn.execute(query).scalars())
 
-    def cancel_tasks(self, task_ids: list[int], entry: str) -> CancelPage:
+    def cancel_tasks(self, task_ids: list[int], by: str, batch: int | None = None) -> CancelPage:
         """Cancel, in one transaction, each of the tasks that has not ended (one that has, or that ends
-        while this runs, is left as it is); a task that does not exist is left out of the answer."""
+        while this runs, is left as it is); a task that does not exist is left out of the answer.
+
+        A `working` task is not ended here: the cancel is requested (`cancel_requested_by`), and its worker
+        stops the command and ends the task (see TaskStatements._move_settled), so the attempt keeps its log
+        entry and exit code, and work that completed before the stop is recorded as done."""
         c, d = task_table.c, dependency_table.c
         now = utc_now()
         ends = Ends()
@@ -121,26 +125,39 @@ class WorkflowStatements:
             before = {row.id: row for row in (task_row(found) for found in conn.execute(
                 sa.select(task_table).where(c.id.in_(task_ids)).order_by(c.id).with_for_update()).mappings())}
             cancellable = sorted(task_id for task_id, row in before.items()
-                                 if row.status in sources_of(Status.CANCELLED))
+                                 if row.status in sources_of(Status.CANCELLED) and row.status is not Status.WORKING)
+            running = sorted(task_id for task_id, row in before.items() if row.status is Status.WORKING)
             took: list[int] = []
             if cancellable:
-                still = c.status.in_([status.value for status in sources_of(Status.CANCELLED)])
+                still = c.status.in_([status.value for status in sources_of(Status.CANCELLED)
+                                      if status is not Status.WORKING])
                 conn.execute(task_table.update().where(c.id.in_(cancellable), still)
                              .values(status=Status.CANCELLED.value, finished=now, modified=now, unique_live=None,
-                                     log=sa.func.coalesce(c.log, "") + entry))
+                                     log=sa.func.coalesce(c.log, "") + tasklog.cancelled(by, now, batch)))
                 # SQLite takes no row locks and reads before its first write outside the transaction: a task may
-                # have ended between the read and the write. What this UPDATE changed is read back after it.
+                # have changed between the read and the write. What this UPDATE changed is read back after it.
                 took = sorted(conn.execute(sa.select(c.id).where(c.id.in_(cancellable), c.modified == now,
                                                                  c.status == Status.CANCELLED.value)).scalars())
-                for task_id in set(cancellable) - set(took):
-                    before[task_id] = select_task(conn, task_id) or before[task_id]
+            requested = []
+            for task_id in running:
+                row = before[task_id]
+                if row.cancel_requested_by is not None or conn.execute(
+                    task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                              c.attempts == row.attempts, c.cancel_requested_by.is_(None))
+                    .values(cancel_requested_by=by, modified=now, log=sa.func.coalesce(c.log, "")
+                            + tasklog.cancel_requested(by, now, row.worker, batch))
+                ).rowcount == 1:
+                    requested.append(task_id)
+            for task_id in set(cancellable + running) - set(took + requested):
+                before[task_id] = select_task(conn, task_id) or before[task_id]
             parents = set(conn.execute(sa.select(d.parent_id).where(d.parent_id.in_(took),
                                                                     d.satisfied == sa.false())).scalars())
             for task_id in took:
                 ends.ended(conn, task_id, Status.CANCELLED, before[task_id].batch_id,
                            None if task_id in parents else [])
             settled = ends.close(conn)
-        return CancelPage([Cancelled(task_id in took, before[task_id]) for task_id in task_ids if task_id in before],
+        done = set(took + requested)
+        return CancelPage([Cancelled(task_id in done, before[task_id]) for task_id in task_ids if task_id in before],
                           settled)
 
     def batch_task_ids(self, batch_id: int, after_id: int, limit: int, statuses: Sequence[Status]) -> list[int]:

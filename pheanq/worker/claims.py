@@ -89,9 +89,10 @@ class TaskClaims:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""
         return self.dispatch.release(package, log_text)
 
-    def drop_cancelled(self, package: WorkPackage, log_text: str) -> bool:
-        """The command of a task cancelled while it ran was stopped: note how, and delete the job."""
-        return self.dispatch.drop_cancelled(package, log_text)
+    def end_cancelled(self, package: WorkPackage, exit_code: int | None, log_text: str) -> bool:
+        """The command of a task whose cancel was requested while it ran was stopped: the task ends
+        `cancelled`, with the attempt's entry and exit code."""
+        return self.dispatch.end_cancelled(package, exit_code, log_text)
 
     def touch(self, package: WorkPackage) -> bool:
         """Renew the job's reservation; False when this worker no longer holds it."""

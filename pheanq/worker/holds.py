@@ -108,7 +108,7 @@ class CancelWatch:
             row = self.claims.dispatch.store.tasks.find_task(self.package.task_id)
         except StoreUnavailable:
             return None  # the lease logic deals with outages
-        self.cancelled = row is not None and row.status is Status.CANCELLED
+        self.cancelled = row is not None and (row.cancel_requested_by is not None or row.status is Status.CANCELLED)
         return CANCELLED if self.cancelled else None
 
 

@@ -155,7 +155,7 @@ class TaskWorker:
                           on_exit=lambda code: self._state.say(StateLine(Line.EXITED, code)))
         log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
         if outcome.status is Status.CANCELLED:
-            self._record(lambda: self.claims.drop_cancelled(package, outcome.log), package)
+            self._record(lambda: self.claims.end_cancelled(package, outcome.exit_code, outcome.log), package)
         elif outcome.status is Status.NEW:
             self._record(lambda: self.claims.release_task(package, outcome.log), package)
         else:
