@@ -17,7 +17,7 @@ from typing import Any
 
 import greenstalk
 import sqlalchemy as sa
-from support import Beanstalkd, WorkerProcess, pheanq, wait_for
+from support import Beanstalkd, WorkerProcess, one_error_line, pheanq, wait_for
 
 from pheanq.limits import BODY_PREVIEW_BYTES, LISTING_PAGE, MAX_BURIED_REASON, MAX_BURIED_RECORDS, body_preview
 from pheanq.producer.service import TaskQueueService
@@ -171,3 +171,15 @@ def test_a_record_replaces_the_earlier_one_of_its_job_and_the_oldest_beyond_the_
     record(8, "newest")  # the oldest record goes: job 7's (job 6's was written after it)
     assert [row.job_id for row in admin.list_buried("127.0.0.1:1", TUBE)] == [6, 8]
     assert [row.job_id for row in admin.list_buried("127.0.0.1:2", TUBE)] == [1]
+
+
+def test_a_page_size_out_of_its_bounds_or_a_negative_after_is_a_one_line_error(
+    sqlite_url: str, tmp_path: Path, make_env: MakeEnv,
+) -> None:
+    env = make_env(sqlite_url)
+    for args, named in ((["--limit", "0"], "--limit"), (["--limit", str(MAX_BURIED_RECORDS + 1)], "--limit"),
+                        (["--after", "-1"], "--after")):
+        result = pheanq(["buried", *args], env, tmp_path)
+        assert result.returncode == 2, result
+        line = one_error_line(result)
+        assert named in line and "is not in the range" in line, line
