@@ -55,8 +55,12 @@ class AdminStatements:
         records beyond the newest `keep` (of every server and tube)."""
         c = buried_table.c
         with self.database.transaction() as conn:
-            conn.execute(buried_table.delete().where(c.beanstalkd == row.beanstalkd, c.tube == row.tube,
-                                                     c.job_id == row.job_id))
+            # Found first, then deleted by primary key: a DELETE by the job's columns would lock a gap of their
+            # index on MySQL, where another worker burying a neighbouring job inserts (a deadlock).
+            earlier = conn.execute(sa.select(c.id).where(c.beanstalkd == row.beanstalkd, c.tube == row.tube,
+                                                         c.job_id == row.job_id)).scalars().all()
+            if earlier:
+                conn.execute(buried_table.delete().where(c.id.in_(earlier)))
             conn.execute(buried_table.insert().values(**dataclasses.asdict(row)))
             # Two statements: MySQL cannot delete from a table that a subquery of the same statement reads.
             oldest_kept = conn.execute(sa.select(c.id).order_by(c.id.desc()).offset(keep - 1).limit(1)).scalar()
