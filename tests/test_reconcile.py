@@ -270,3 +270,22 @@ def test_a_tender_reconciles_at_once_when_beanstalkd_restarts_without_binlog_and
                  "the lost buried job's record forgotten")
     finally:
         tender.stop()
+
+
+def test_a_tender_that_starts_after_beanstalkd_lost_its_jobs_sends_them_again_at_its_first_look(
+    sqlite_url: str, tmp_path: Path, beanstalkd: Beanstalkd, make_env: Callable[..., dict[str, str]],
+    make_service: Callable[..., TaskQueueService],
+) -> None:
+    service = make_service(sqlite_url)
+    write_config(tmp_path, commands={"work": ["/bin/true"]})
+    task_id = service.queue_task(TaskDescription("work", []))
+    beanstalkd.stop()
+    beanstalkd.start()  # no binlog: the job is gone, and no tender saw the server before
+    # The default --reconcile-interval (30 s) and --min-age (20 s).
+    tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0"],
+                           {**make_env(sqlite_url), "PHEANQ_RUN_DIR": str(tmp_path / "run")}, tmp_path)
+    try:
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 10,
+                 f"the lost task done; log:\n{tender.log[-3000:]}")
+    finally:
+        tender.stop()

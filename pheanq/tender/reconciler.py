@@ -2,11 +2,12 @@
 
 A beanstalkd that restarts without a binlog has lost every job it held, and waiting a whole interval (and
 `min_age` on top) for the next pass leaves the workers idle meanwhile. So between passes the thread asks
-beanstalkd every WATCH_SECONDS which run of the server it is talking to (its id, pid, uptime and job counter,
-see ServerIdentity); when that changed, it reconciles the tubes at once, checking the tasks whose job id was
-recorded whatever their age (`reconcile(after_restart=True)`: their put is done, so a missing job was lost
-with the server, while a task still without a job id may be mid-put and waits out `min_age` as always).
-Each pass also forgets the records of buried jobs that beanstalkd no longer holds.
+beanstalkd every WATCH_SECONDS which run of the server it is talking to (its id, pid, uptime and job
+counter, see ServerIdentity); when that changed, and at its first look, it reconciles the tubes at once,
+checking the tasks whose job id was recorded whatever their age (`reconcile(after_restart=True)`: their put
+is done, so a missing job was lost with the server, while a task still without a job id may be mid-put and
+waits out `min_age` as always). Each pass also forgets the records of buried jobs that beanstalkd no longer
+holds.
 """
 
 from __future__ import annotations
@@ -86,8 +87,11 @@ class PeriodicReconciler:
             self._unreachable = True
             return
         if self._server is None:
-            log.info("watching beanstalkd at %s for a restart (pid %d, up %ds)", dispatch.beanstalkd.server,
-                     server.pid, server.uptime)
+            # What the server held before this first look is unknown (it may have restarted just before the
+            # tender did, or while it was unreachable since the tender started): check at once, as after a restart.
+            log.info("watching beanstalkd at %s for a restart (pid %d, up %ds); reconciling now",
+                     dispatch.beanstalkd.server, server.pid, server.uptime)
+            self._after_restart = set(self.tubes)
         elif server.restarted_since(self._server):
             log.warning("beanstalkd at %s restarted (pid %d, up %ds; before: pid %d, up %ds): the jobs it held may "
                         "be lost; reconciling now", dispatch.beanstalkd.server, server.pid, server.uptime,
