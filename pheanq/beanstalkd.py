@@ -44,6 +44,21 @@ class JobInfo:
     body: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerIdentity:
+    """What tells one run of a beanstalkd server from the next (its stats): a restart gives it a new `id`
+    (beanstalkd 1.10 and later) and usually a new pid, and starts its uptime and its job counter again."""
+    instance: str
+    pid: int
+    uptime: int
+    total_jobs: int
+
+    def restarted_since(self, earlier: ServerIdentity) -> bool:
+        """This is another run of the server than `earlier` (seen before it): what it held then may be gone."""
+        return (self.instance != earlier.instance or self.pid != earlier.pid or self.uptime < earlier.uptime
+                or self.total_jobs < earlier.total_jobs)
+
+
 class BeanstalkdConnection:
     def __init__(self, address: tuple[str, int], connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  io_timeout: float = DEFAULT_IO_TIMEOUT) -> None:
@@ -164,6 +179,12 @@ class BeanstalkdConnection:
             return dict(self._call(lambda client: client.stats_tube(tube)))
         except greenstalk.NotFoundError:
             return None
+
+    def identity(self) -> ServerIdentity:
+        """Which run of the server this is (stats): compare two with `restarted_since`."""
+        stats = self._call(lambda client: client.stats())
+        return ServerIdentity(str(stats.get("id", "")), int(stats["pid"]), int(stats["uptime"]),
+                              int(stats["total-jobs"]))
 
     def tubes(self) -> list[str]:
         return self._call(lambda client: client.tubes())

@@ -43,7 +43,7 @@ from pheanq.errors import (
     WrongStatus,
 )
 from pheanq.lease import stale_after
-from pheanq.limits import BODY_PREVIEW_BYTES, MAX_BURIED_REASON
+from pheanq.limits import MAX_BURIED_REASON, MAX_BURIED_RECORDS, body_preview
 from pheanq.retry import after_failure
 from pheanq.run_at import put_delay
 from pheanq.status import Status
@@ -356,9 +356,9 @@ class Dispatcher:
         if info is None:
             return
         try:
-            self.store.admin.record_buried(BuriedRow(
-                self.beanstalkd.server, info.tube, job.id, reason[:MAX_BURIED_REASON],
-                job.body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd"), utc_now()))
+            self.store.admin.record_buried(BuriedRow(self.beanstalkd.server, info.tube, job.id,
+                                                     reason[:MAX_BURIED_REASON], body_preview(job.body), utc_now()),
+                                           keep=MAX_BURIED_RECORDS)
         except StoreUnavailable as error:
             log.warning("job %d: buried, but its reason was not recorded: %s", job.id, error)
 

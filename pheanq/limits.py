@@ -23,9 +23,15 @@ MAX_UNIQUE_KEY = 191
 # A batch's name, who cancelled: the table's VARCHAR(255).
 MAX_NAME = 255
 MAX_ATTEMPTS = 1000
-# How much of a buried job's body, and of the reason it was buried, `pheanq buried` keeps and shows.
-BODY_PREVIEW_BYTES = 2000
-MAX_BURIED_REASON = 1000
+# What `pheanq_buried` keeps of a job a worker buried: the reason (characters) and the start of the body
+# (bytes, kept as at most as many characters); and how many such records at most, the oldest dropped beyond
+# that. Whatever floods a tube with junk, the table holds at most 1,000 records of at most 1,000 characters
+# each (about 1 MB of text); a buried job whose record was dropped is still counted by `pheanq buried`.
+BODY_PREVIEW_BYTES = 500
+MAX_BURIED_REASON = 500
+MAX_BURIED_RECORDS = 1000
+# What a listing prints at once unless told otherwise (its --limit): one screenful or so.
+LISTING_PAGE = 50
 # Rows one statement or one transaction takes at most: a batch's chunk, a page of cancels or of the
 # reconciler, the ids in one IN (...) list.
 PAGE_SIZE = 500
@@ -35,6 +41,11 @@ def check_whole_number(name: str, value: object, low: int, high: int) -> None:
     """InvalidInput naming `name` unless `value` is an int (not a bool) from `low` to `high`."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def body_preview(body: bytes) -> str:
+    """The start of a job's body as text that any database stores (undecodable bytes and NUL replaced)."""
+    return body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 def pages(items: list[int], size: int = PAGE_SIZE) -> list[list[int]]:

@@ -271,7 +271,7 @@ def test_an_empty_or_unknown_tube_has_no_buried_job(
 ) -> None:
     env = make_env(sqlite_url)
     assert listing(env, tmp_path) == f"tube {TUBE}: no buried job\n"
-    assert listing_json(env, tmp_path) == {"tube": TUBE, "total": 0, "unlisted": 0, "jobs": []}
+    assert listing_json(env, tmp_path) == {"tube": TUBE, "total": 0, "unlisted": 0, "next_after": None, "jobs": []}
 
 
 # --- kick and delete --------------------------------------------------------------------------------------------

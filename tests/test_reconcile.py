@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -11,9 +12,10 @@ from pathlib import Path
 import greenstalk
 import pytest
 import sqlalchemy as sa
-from support import Beanstalkd, TenderProcess, pheanq, wait_for, write_config
+from support import Beanstalkd, TenderProcess, claims, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription, TaskPendingWarning
+from pheanq.beanstalkd import ServerIdentity
 from pheanq.ops.reconcile import LOCK_NAME, reconcile
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.tables import task_table
@@ -198,5 +200,92 @@ def test_a_worker_tender_reconciles_its_tube_on_its_own(
         go.touch()
         wait_for(lambda: service.status_of(task_id) is Status.DONE, 20,
                  f"the re-sent task done; log:\n{tender.log[-3000:]}")
+    finally:
+        tender.stop()
+
+
+def test_after_a_restart_a_young_task_whose_put_was_done_is_sent_again_but_one_that_may_be_mid_put_waits(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    service = make_service(db_url)
+    sent = service.queue_task(TASK)  # put, and its job id recorded: lost in the restart
+    beanstalkd.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TaskPendingWarning)
+        pending = service.queue_task(TASK)  # no job id: as far as anyone can tell, its put may be in flight
+    beanstalkd.start()
+    assert service.find_task(pending).job_id is None
+
+    assert reconcile(service.dispatch, min_age=60).checked == 0  # a plain pass leaves both young ones alone
+    report = reconcile(service.dispatch, min_age=60, after_restart=True)
+    assert (report.checked, report.alive, report.sent_again) == (1, 0, 1)
+    assert live_jobs_of(beanstalkd) == {sent: 1}
+    assert service.find_task(pending).job_id is None
+
+
+def test_a_server_identity_tells_a_restarted_beanstalkd_from_the_same_one() -> None:
+    seen = ServerIdentity("a1", 100, 50, 7)
+    assert not ServerIdentity("a1", 100, 52, 9).restarted_since(seen)
+    assert ServerIdentity("b2", 100, 52, 9).restarted_since(seen)   # a new id (beanstalkd 1.10 and later)
+    assert ServerIdentity("", 101, 52, 9).restarted_since(ServerIdentity("", 100, 50, 7))   # a new pid
+    assert ServerIdentity("", 100, 3, 9).restarted_since(ServerIdentity("", 100, 50, 7))    # uptime went back
+    assert ServerIdentity("", 100, 52, 1).restarted_since(ServerIdentity("", 100, 50, 7))   # its counter too
+
+
+def test_a_tender_reconciles_at_once_when_beanstalkd_restarts_without_binlog_and_work_resumes_within_2s(
+    db_url: str, tmp_path: Path, beanstalkd: Beanstalkd, make_env: Callable[..., dict[str, str]],
+    make_service: Callable[..., TaskQueueService],
+) -> None:
+    service = make_service(db_url)
+    write_config(tmp_path, commands={"work": ["/bin/true"]})
+    # A junk job buried with its reason recorded, which the restart loses: the tender forgets its record.
+    with greenstalk.Client(beanstalkd.address, encoding=None, use="pheanq") as client:
+        client.put(b"junk")
+    assert claims(service).reserve_task("pheanq", timeout=0) is None
+    assert len(service.store.admin.list_buried(service.beanstalkd.server, "pheanq")) == 1
+    # The tender's worker waits for `go` before it starts, so that the tasks' jobs wait in beanstalkd.
+    go = tmp_path / "go"
+    worker = f"sh -c 'until [ -e {go} ]; do sleep 0.02; done; exec {sys.executable} -m pheanq task-worker \"$@\"' w"
+    # The default --reconcile-interval (30 s) and --min-age (20 s): only the restart explains a quick return.
+    tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0",
+                            "--worker-command", worker],
+                           {**make_env(db_url), "PHEANQ_RUN_DIR": str(tmp_path / "run")}, tmp_path)
+    try:
+        task_ids = [service.queue_task(TaskDescription("work", [n])) for n in range(3)]
+        wait_for(lambda: "watching beanstalkd at" in tender.log, 15, f"the tender's watch; log:\n{tender.log}")
+        beanstalkd.stop(signal.SIGKILL)  # in memory: every job is gone
+        go.touch()
+        # The worker finds beanstalkd away and keeps trying: an outage of a few tries, not of a fixed time.
+        wait_for(lambda: tender.log.count("is unreachable") >= 4, 15, f"the worker's tries; log:\n{tender.log}")
+        back = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # just before: the figure is an upper bound
+        beanstalkd.start()
+        wait_for(lambda: all(service.status_of(task_id) is Status.DONE for task_id in task_ids), 20,
+                 f"the lost tasks done; log:\n{tender.log[-3000:]}")
+        starts = [service.find_task(task_id).started for task_id in task_ids]
+        took = min((started - back).total_seconds() for started in starts if started is not None)
+        print(f"\nthe first lost task started {took:.2f}s after beanstalkd came back")
+        assert took < 2.0, tender.log[-3000:]
+        assert "restarted" in tender.log and "reconciling now" in tender.log
+        wait_for(lambda: service.store.admin.list_buried(service.beanstalkd.server, "pheanq") == [], 5,
+                 "the lost buried job's record forgotten")
+    finally:
+        tender.stop()
+
+
+def test_a_tender_that_starts_after_beanstalkd_lost_its_jobs_sends_them_again_at_its_first_look(
+    sqlite_url: str, tmp_path: Path, beanstalkd: Beanstalkd, make_env: Callable[..., dict[str, str]],
+    make_service: Callable[..., TaskQueueService],
+) -> None:
+    service = make_service(sqlite_url)
+    write_config(tmp_path, commands={"work": ["/bin/true"]})
+    task_id = service.queue_task(TaskDescription("work", []))
+    beanstalkd.stop()
+    beanstalkd.start()  # no binlog: the job is gone, and no tender saw the server before
+    # The default --reconcile-interval (30 s) and --min-age (20 s).
+    tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0"],
+                           {**make_env(sqlite_url), "PHEANQ_RUN_DIR": str(tmp_path / "run")}, tmp_path)
+    try:
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 10,
+                 f"the lost task done; log:\n{tender.log[-3000:]}")
     finally:
         tender.stop()

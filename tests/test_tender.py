@@ -730,6 +730,7 @@ def test_every_worker_line_is_passed_through_prefixed_with_the_worker_s_pid(
     for task_id in ids:
         owner = worker_of(tender, task_id)
         assert any(f"task {task_id} (work): attempt 1 starts" in line for line in tender.worker_lines(owner))
-    unprefixed = [line for line in tender.lines
-                  if not line.startswith("worker ") and f" pheanq.tender[{tender.pid}] " not in line]
+    # The tender's own lines: its loop's (pheanq.tender) and its reconciler thread's (pheanq.reconcile).
+    unprefixed = [line for line in tender.lines if not line.startswith("worker ")
+                  and f" pheanq.tender[{tender.pid}] " not in line and f" pheanq.reconcile[{tender.pid}] " not in line]
     assert not unprefixed, unprefixed

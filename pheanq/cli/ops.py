@@ -7,6 +7,7 @@ import json
 import click
 
 from pheanq.cli.app import Context, cli, pass_context, use_tube_option
+from pheanq.limits import LISTING_PAGE, MAX_BURIED_RECORDS
 from pheanq.ops.buried import delete_buried, kick_buried, list_buried
 from pheanq.ops.pause import FOREVER_SECONDS, pause_tube, resume_tube
 from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS, reconcile
@@ -73,16 +74,20 @@ def resume(context: Context, use_tube: str | None) -> None:
 
 @cli.group("buried", invoke_without_command=True)
 @use_tube_option("The tube whose buried jobs to list.")
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_BURIED_RECORDS), default=LISTING_PAGE,
+              show_default=True, metavar="N", help="List at most N jobs (one page).")
+@click.option("--after", type=click.IntRange(min=0), default=0, metavar="JOB_ID",
+              help="List the jobs after this job id: the next page.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
-def buried(ctx: click.Context, use_tube: str | None, as_json: bool) -> None:
-    """List the jobs workers buried (refused to run), with the reason; `kick` or `delete` them."""
+def buried(ctx: click.Context, use_tube: str | None, limit: int, after: int, as_json: bool) -> None:
+    """List the jobs workers buried (refused to run), with the reason, a page at a time; `kick` or `delete` them."""
     context: Context = ctx.obj
     ctx.meta["pheanq.buried_tube"] = use_tube
     if ctx.invoked_subcommand is not None:
         return
-    listing = list_buried(context.dispatch, context.tube(use_tube))
-    click.echo(json.dumps(listing.to_json(), indent=2) if as_json else format_buried(listing))
+    listing = list_buried(context.dispatch, context.tube(use_tube), after, limit)
+    click.echo(json.dumps(listing.to_json(), indent=2) if as_json else format_buried(listing, limit))
 
 
 @buried.command("kick")

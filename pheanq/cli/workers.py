@@ -12,8 +12,9 @@ import click
 
 from pheanq.cli.app import Context, cli, pass_context, use_tube_option
 from pheanq.errors import PheanqError, StoreUnavailable
-from pheanq.ops.reconcile import DEFAULT_INTERVAL_SECONDS
+from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS
 from pheanq.tender.pool import PoolLimits
+from pheanq.tender.reconciler import DEFAULT_INTERVAL_SECONDS
 from pheanq.tender.registry import stop_tenders
 from pheanq.tender.tender import Tender, TenderOptions
 from pheanq.worker.cron import SingleInstance, WorkerLimits
@@ -87,12 +88,16 @@ def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, s
 @click.option("--allow-second-tender", is_flag=True, help="Run even if a tender for the tube runs here already.")
 @click.option("--reconcile-interval", type=click.FloatRange(min=0), default=DEFAULT_INTERVAL_SECONDS,
               show_default=True, metavar="SECONDS",
-              help="Run the reconciler for the tube(s) this often (one at a time across machines); 0: never.")
+              help="Run the reconciler for the tube(s) this often (one at a time across machines), and at once when "
+              "beanstalkd restarted; 0: never.")
+@click.option("--min-age", type=click.FloatRange(min=0), default=DEFAULT_MIN_AGE_SECONDS, show_default=True,
+              metavar="SECONDS", help="The reconciler leaves waiting tasks changed more recently than this alone "
+              "(their put may be in flight), as `pheanq reconcile --min-age`.")
 @pass_context
 def worker_tender(context: Context, use_tube: str | None, worker_command: str | None, min_workers: int,
                   spare_workers: int, max_workers: int, max_worker_age: float, max_worker_buffer: int,
                   max_worker_memory: float | None, max_worker_tasks: int | None, shutdown_timeout: float,
-                  allow_second_tender: bool, reconcile_interval: float) -> None:
+                  allow_second_tender: bool, reconcile_interval: float, min_age: float) -> None:
     """Keep a pool of task-workers alive for the tube (SIGTERM: drain and stop; SIGHUP: replace them)."""
     command = DEFAULT_WORKER_COMMAND if worker_command is None else _split_command(worker_command)
     limits = PoolLimits(min_workers, spare_workers, max_workers, max_worker_age, max_worker_buffer,
@@ -104,7 +109,7 @@ def worker_tender(context: Context, use_tube: str | None, worker_command: str | 
     if "PHEANQ_CONFIG" in worker_env:
         worker_env["PHEANQ_CONFIG"] = os.path.abspath(worker_env["PHEANQ_CONFIG"])
     options = TenderOptions(context.tubes(use_tube), command, limits, shutdown_timeout, allow_second_tender,
-                            worker_env, reconcile_interval)
+                            worker_env, reconcile_interval, min_age)
     sys.exit(Tender(options, context.run_dir, context.dispatch).run())
 
 

@@ -17,12 +17,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
-from collections.abc import Callable
 
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
-from pheanq.errors import PheanqError
 from pheanq.limits import PAGE_SIZE
 from pheanq.ops.pause import reapply_pauses
 from pheanq.status import Status
@@ -35,7 +32,6 @@ LOCK_SECONDS = 300.0
 # A younger waiting task may be between its insert and its put (at most the connect and answer timeouts,
 # 5 + 10 s): leave it alone.
 DEFAULT_MIN_AGE_SECONDS = 20.0
-DEFAULT_INTERVAL_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -59,9 +55,15 @@ class ReconcileReport:
 
 
 def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = False,
-              min_age: float = DEFAULT_MIN_AGE_SECONDS, settle: bool = True) -> ReconcileReport:
+              min_age: float = DEFAULT_MIN_AGE_SECONDS, settle: bool = True,
+              after_restart: bool = False) -> ReconcileReport:
     """One pass over the table (or one tube of it); with `dry_run`, only say what would be done. With
-    `settle`, then settle waiting tasks and batches, which belong to no one tube (see settle_workflows)."""
+    `settle`, then settle waiting tasks and batches, which belong to no one tube (see settle_workflows).
+
+    `after_restart` (beanstalkd restarted since the last look): a waiting task whose job id is recorded is
+    checked whatever its age. `min_age` is there for a task whose put may be in flight, and such a task has
+    no job id yet (the producer records it after the put), so it still waits out `min_age`; a task with a
+    recorded job had its put done, and a job missing now was lost with the server."""
     report = ReconcileReport()
     holder = dispatch.worker_name
     admin = dispatch.store.admin
@@ -72,7 +74,8 @@ def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = Fal
         now = utc_now()
         after_id = 0
         while rows := dispatch.store.tasks.tasks_to_reconcile(tube, after_id, PAGE_SIZE,
-                                                              now - dt.timedelta(seconds=min_age), now):
+                                                              now - dt.timedelta(seconds=min_age), now,
+                                                              any_age_if_sent=after_restart):
             for row in rows:
                 after_id = row.id
                 report.checked += 1
@@ -126,41 +129,3 @@ def settle_workflows(dispatch: Dispatcher, changed_before: dt.datetime) -> int:
             moved += 1
             log.warning("batch %d: finished by the reconciler", batch_id)
     return moved
-
-
-class PeriodicReconciler:
-    """Runs `reconcile` every `interval` seconds on a thread of its own, with a dispatcher (connections) of
-    its own."""
-
-    def __init__(self, make_dispatcher: Callable[[], Dispatcher], tubes: list[str], interval: float) -> None:
-        self.make_dispatcher = make_dispatcher
-        self.tubes = tubes
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pheanq-reconciler", daemon=True)
-
-    def start(self) -> None:
-        if self.interval > 0:
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        dispatch: Dispatcher | None = None
-        while not self._stop.wait(self.interval):
-            try:
-                dispatch = dispatch or self.make_dispatcher()
-                for n, tube in enumerate(self.tubes):
-                    report = reconcile(dispatch, tube, settle=n == 0)  # workflows once a pass, not once a tube
-                    if report.sent_again or report.stalled or report.workflows:
-                        log.warning("reconciled tube %s: %s", tube, report.summary())
-            except PheanqError as error:
-                log.warning("reconcile skipped: %s", error)
-            except Exception as error:  # the next pass may well succeed; the tender goes on
-                log.error("reconcile failed: %s: %s", type(error).__name__, error)
-        if dispatch is not None:
-            dispatch.close()
-

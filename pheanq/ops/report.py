@@ -11,6 +11,7 @@ from pheanq.body import decode_data
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import InvalidInput, TubeUnavailable
+from pheanq.limits import LISTING_PAGE
 from pheanq.ops.buried import BuriedList
 from pheanq.ops.terminal import one_line, visible
 from pheanq.retry import describe_retry
@@ -135,7 +136,8 @@ def format_task(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_buried(listing: BuriedList) -> str:
+def format_buried(listing: BuriedList, limit: int = LISTING_PAGE) -> str:
+    """`pheanq buried`: one page of the listing (`limit` jobs), and the command that shows the next."""
     if not listing.total:
         return f"tube {listing.tube}: no buried job"
     lines = [f"tube {listing.tube}: {listing.total} buried job(s)"]
@@ -145,6 +147,10 @@ def format_buried(listing: BuriedList) -> str:
         lines.append(f"  job {job.job_id}  {when}  {reason}")
         body = job.body if len(job.body) <= 120 else job.body[:117] + "..."
         lines.append(f"      body: {one_line(body)}")
+    if listing.next_after is not None:
+        more = "" if limit == LISTING_PAGE else f" --limit {limit}"
+        lines.append(f"  ... more on the next page: pheanq buried --use-tube {shlex.quote(listing.tube)}{more} "
+                     f"--after {listing.next_after}")
     if listing.unlisted:
         lines.append(f"  ... and {listing.unlisted} more without a recorded reason (beanstalkd shows only the next "
                      "one; `pheanq buried kick --all` or `delete --all` take them too)")

@@ -50,9 +50,22 @@ class AdminStatements:
         with self.database.transaction() as conn:
             conn.execute(lock_table.delete().where(c.name == name, c.holder == holder))
 
-    def record_buried(self, row: BuriedRow) -> None:
+    def record_buried(self, row: BuriedRow, keep: int) -> None:
+        """Record why a job was buried, in place of an earlier record of the same job, and drop the oldest
+        records beyond the newest `keep` (of every server and tube)."""
+        c = buried_table.c
         with self.database.transaction() as conn:
+            # Found first, then deleted by primary key: a DELETE by the job's columns would lock a gap of their
+            # index on MySQL, where another worker burying a neighbouring job inserts (a deadlock).
+            earlier = conn.execute(sa.select(c.id).where(c.beanstalkd == row.beanstalkd, c.tube == row.tube,
+                                                         c.job_id == row.job_id)).scalars().all()
+            if earlier:
+                conn.execute(buried_table.delete().where(c.id.in_(earlier)))
             conn.execute(buried_table.insert().values(**dataclasses.asdict(row)))
+            # Two statements: MySQL cannot delete from a table that a subquery of the same statement reads.
+            oldest_kept = conn.execute(sa.select(c.id).order_by(c.id.desc()).offset(keep - 1).limit(1)).scalar()
+            if oldest_kept is not None:
+                conn.execute(buried_table.delete().where(c.id < oldest_kept))
 
     def list_buried(self, beanstalkd: str, tube: str) -> list[BuriedRow]:
         """What was recorded of the jobs buried in a tube, newest record of each job only."""

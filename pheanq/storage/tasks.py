@@ -415,13 +415,16 @@ class TaskStatements:
             ).rowcount)
 
     def tasks_to_reconcile(self, tube: str | None, after_id: int, limit: int, settled_before: dt.datetime,
-                           now: dt.datetime) -> list[TaskRow]:
+                           now: dt.datetime, any_age_if_sent: bool = False) -> list[TaskRow]:
         """The next `limit` tasks after `after_id` that should have a live job: waiting ones last changed
-        before `settled_before` (a younger one's put may be in flight), and `working` ones whose lease is
-        stale."""
+        before `settled_before` (a younger one's put may be in flight) — with `any_age_if_sent`, also younger
+        ones whose job id is recorded (their put is done) — and `working` ones whose lease is stale."""
         c = task_table.c
         beat = sa.func.coalesce(c.heartbeat, c.modified)
-        waiting = sa.and_(c.status.in_([s.value for s in CLAIMABLE]), c.modified < settled_before)
+        settled = c.modified < settled_before
+        if any_age_if_sent:
+            settled = sa.or_(settled, c.job_id.is_not(None))
+        waiting = sa.and_(c.status.in_([s.value for s in CLAIMABLE]), settled)
         held = sa.and_(c.status == Status.WORKING.value, beat < now - dt.timedelta(seconds=stale_after(0)))
         query = sa.select(task_table).where(c.id > after_id, sa.or_(waiting, held)).order_by(c.id).limit(limit)
         if tube is not None:

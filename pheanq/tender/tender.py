@@ -37,7 +37,7 @@ import psutil
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import PheanqError
-from pheanq.ops.reconcile import DEFAULT_INTERVAL_SECONDS, PeriodicReconciler
+from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS
 from pheanq.storage.tables import WorkerRow
 from pheanq.tender.pool import (
     Change,
@@ -48,6 +48,7 @@ from pheanq.tender.pool import (
     restart_delay,
     workers_to_retire,
 )
+from pheanq.tender.reconciler import DEFAULT_INTERVAL_SECONDS, PeriodicReconciler
 from pheanq.tender.recovery import Aftercare, OrphanedTask, reap_exit_code
 from pheanq.tender.registry import Registration
 from pheanq.worker.child import die_with_parent, linux_prctl
@@ -76,6 +77,7 @@ class TenderOptions:
     allow_second: bool = False
     worker_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     reconcile_interval: float = DEFAULT_INTERVAL_SECONDS
+    reconcile_min_age: float = DEFAULT_MIN_AGE_SECONDS
 
 
 class WorkerProcess:
@@ -160,7 +162,8 @@ class Tender:
         self._reporter: threading.Thread | None = None
         self._aftercare = Aftercare(dispatch) if dispatch is not None else None
         self._reconciler = PeriodicReconciler(lambda: Dispatcher(dispatch.settings), options.tubes,
-                                              options.reconcile_interval) if dispatch is not None else None
+                                              options.reconcile_interval, options.reconcile_min_age) \
+            if dispatch is not None else None
         self._started_wall = utc_now()
 
     def run(self) -> int:

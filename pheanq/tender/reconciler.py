@@ -1,0 +1,117 @@
+"""The tender's reconciler: a pass over its tubes every `interval` seconds, and at once when beanstalkd restarted.
+
+A beanstalkd that restarts without a binlog has lost every job it held, and waiting a whole interval (and
+`min_age` on top) for the next pass leaves the workers idle meanwhile. So between passes the thread asks
+beanstalkd every WATCH_SECONDS which run of the server it is talking to (its id, pid, uptime and job
+counter, see ServerIdentity); when that changed, and at its first look, it reconciles the tubes at once,
+checking the tasks whose job id was recorded whatever their age (`reconcile(after_restart=True)`: their put
+is done, so a missing job was lost with the server, while a task still without a job id may be mid-put and
+waits out `min_age` as always). Each pass also forgets the records of buried jobs that beanstalkd no longer
+holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from pheanq.beanstalkd import ServerIdentity
+from pheanq.dispatch import Dispatcher
+from pheanq.errors import PheanqError, TubeUnavailable
+from pheanq.ops.buried import prune_buried
+from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS, reconcile
+
+log = logging.getLogger("pheanq.reconcile")
+
+DEFAULT_INTERVAL_SECONDS = 30.0
+# How often the thread asks beanstalkd whether it restarted: one `stats` on a connection it keeps, and the
+# most a restart waits to be noticed.
+WATCH_SECONDS = 0.25
+
+
+class PeriodicReconciler:
+    """Runs `reconcile` every `interval` seconds, and at once after a restart of beanstalkd, on a thread of its
+    own, with a dispatcher (connections) of its own."""
+
+    def __init__(self, make_dispatcher: Callable[[], Dispatcher], tubes: list[str], interval: float,
+                 min_age: float = DEFAULT_MIN_AGE_SECONDS) -> None:
+        self.make_dispatcher = make_dispatcher
+        self.tubes = tubes
+        self.interval = interval
+        self.min_age = min_age
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pheanq-reconciler", daemon=True)
+        self._server: ServerIdentity | None = None     # the run of beanstalkd seen last
+        self._unreachable = False
+        self._after_restart: set[str] = set()          # tubes still owed a pass after a restart
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        dispatch: Dispatcher | None = None
+        next_pass = time.monotonic() + self.interval
+        while not self._stop.wait(WATCH_SECONDS):
+            try:
+                dispatch = dispatch or self.make_dispatcher()
+                self._watch(dispatch)
+                if self._unreachable:
+                    continue  # said once by _watch; a pass would only fail on every look
+                if self._after_restart:
+                    self._pass(dispatch, sorted(self._after_restart), after_restart=True)
+                if time.monotonic() >= next_pass:
+                    next_pass = time.monotonic() + self.interval
+                    self._pass(dispatch, self.tubes, after_restart=False)
+            except PheanqError as error:
+                log.warning("reconcile skipped: %s", error)
+            except Exception as error:  # the next pass may well succeed; the tender goes on
+                log.error("reconcile failed: %s: %s", type(error).__name__, error)
+        if dispatch is not None:
+            dispatch.close()
+
+    def _watch(self, dispatch: Dispatcher) -> None:
+        """Note which run of beanstalkd answers; after a restart, owe every tube a pass."""
+        try:
+            server = dispatch.beanstalkd.identity()
+        except TubeUnavailable as error:
+            if not self._unreachable:
+                log.warning("%s; watching for its return", error)
+            self._unreachable = True
+            return
+        if self._server is None:
+            # What the server held before this first look is unknown (it may have restarted just before the
+            # tender did, or while it was unreachable since the tender started): check at once, as after a restart.
+            log.info("watching beanstalkd at %s for a restart (pid %d, up %ds); reconciling now",
+                     dispatch.beanstalkd.server, server.pid, server.uptime)
+            self._after_restart = set(self.tubes)
+        elif server.restarted_since(self._server):
+            log.warning("beanstalkd at %s restarted (pid %d, up %ds; before: pid %d, up %ds): the jobs it held may "
+                        "be lost; reconciling now", dispatch.beanstalkd.server, server.pid, server.uptime,
+                        self._server.pid, self._server.uptime)
+            self._after_restart = set(self.tubes)
+        elif self._unreachable:
+            log.warning("beanstalkd at %s answers again (the same run: pid %d, up %ds)", dispatch.beanstalkd.server,
+                        server.pid, server.uptime)
+        self._server = server
+        self._unreachable = False
+
+    def _pass(self, dispatch: Dispatcher, tubes: list[str], after_restart: bool) -> None:
+        for n, tube in enumerate(tubes):
+            # Workflows once a pass, not once a tube.
+            report = reconcile(dispatch, tube, min_age=self.min_age, settle=n == 0, after_restart=after_restart)
+            if report.locked_by is not None:
+                continue  # another reconciler runs: a pass owed after a restart is tried again at the next look
+            self._after_restart.discard(tube)
+            if report.sent_again or report.stalled or report.workflows:
+                log.warning("reconciled tube %s: %s", tube, report.summary())
+            pruned = prune_buried(dispatch, tube)
+            if pruned:
+                log.info("tube %s: forgot %d record(s) of buried jobs beanstalkd no longer holds", tube, pruned)
