@@ -47,9 +47,10 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.WAITING, Status.NEW): "every task it waits for is done; its job is put into its tube",
     (Status.WAITING, Status.UPSTREAM_FAILED): "a task it waits for failed, was cancelled or could not run; "
                                               "the log names it",
-    **{(source, Status.CANCELLED): "pheanq cancel (or cancel_task, cancel_batch); a running command is "
-                                   "stopped by its worker" for source in (
-        Status.NEW, Status.WAITING, Status.RETRYING, Status.RESTARTED, Status.STALLED, Status.WORKING)},
+    **{(source, Status.CANCELLED): "pheanq cancel (or cancel_task, cancel_batch)" for source in (
+        Status.NEW, Status.WAITING, Status.RETRYING, Status.RESTARTED, Status.STALLED)},
+    (Status.WORKING, Status.CANCELLED): "its worker stopped the command after a cancel was requested, or the "
+                                        "attempt ended otherwise (failed, stalled, handed back) after one was",
 }
 
 # Statuses in which a task still has to run: a job for it may be claimed.

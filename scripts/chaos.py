@@ -70,6 +70,8 @@ TENDER_RECONCILE_INTERVAL = 5.0
 # A tender's log line when a worker start fails quickly (pheanq/tender.py): the crash-loop rule applies.
 CRASH_LOOP_MARK = "in a row); next start in"
 WORKER_DIED_MARK = re.compile(r"worker \d+ died \(")
+# A tender's reconciler pass that sent jobs again (pheanq.tender.reconciler: "reconciled tube T: ... sent again N").
+TENDER_RESENT_MARK = re.compile(r"reconciled tube \S+: .*?sent again (\d+)")
 COMPLETED_ATTEMPT = re.compile(r"^--- attempt \d+ on \S+: (done|failed)\b", re.MULTILINE)
 BEANSTALKD = "/usr/bin/beanstalkd"
 
@@ -690,8 +692,12 @@ class Lab:
         for error, times in self.raw_errors.items():
             self.problem(f"queue_task raised {error} ({times}x), not a pheanq error")
         if self.operator_reconciles:
-            outcome.figures["resent"] = self.resent
-            self.note(f"pheanq reconcile sent {self.resent} job(s) again in {self.reconciles} run(s)")
+            # The tenders' own passes re-send too: at once after a beanstalkd restart.
+            by_tenders = sum(int(n) for tender in self.tenders
+                             for n in TENDER_RESENT_MARK.findall(tender.log_text()))
+            outcome.figures["resent"] = self.resent + by_tenders
+            self.note(f"pheanq reconcile sent {self.resent} job(s) again in {self.reconciles} run(s), the tenders "
+                      f"{by_tenders}")
         died = quick = 0
         for tender in self.tenders:
             text = tender.log_text()
@@ -915,7 +921,8 @@ def hostile_bodies(lab: Lab) -> None:
                 # own arguments, once) or be deleted unrun; it must never make the task run twice.
                 if not lab.queued:
                     continue
-                body = forged_body(lab.rng.choice(lab.queued), lab.rng)
+                victim = lab.rng.choice(lab.queued)
+                body = forged_body(victim, service.find_task(victim).nonce, lab.rng)
                 forged += 1
             elif kind == "unregistered-real" and lab.queued:
                 body = pheanq_body(lab.rng.choice(lab.queued), "not-registered-" + str(lab.rng.randrange(100)))
@@ -1060,8 +1067,9 @@ def pheanq_body(task_id: int, command: str) -> bytes:
                        "description": {"command": command, "arguments": ["0"], "options": {}}}).encode()
 
 
-def forged_body(task_id: int, rng: random.Random) -> bytes:
-    return json.dumps({"pheanq": 1, "task_id": task_id, "description": {
+def forged_body(task_id: int, nonce: str | None, rng: random.Random) -> bytes:
+    """A well-formed body for a real task (its id and nonce, as a peek at its job shows), with other arguments."""
+    return json.dumps({"pheanq": 1, "task_id": task_id, "nonce": nonce, "description": {
         "command": COMMAND, "arguments": [f"{rng.uniform(0, 0.05):.3f}"], "options": {}}}).encode()
 
 

@@ -30,8 +30,8 @@ from pheanq import Status, TaskDescription
 from pheanq.dispatch import WorkPackage
 from pheanq.lease import heartbeat_interval, holder_must_stop_after, stale_after
 from pheanq.producer.service import TaskQueueService
+from pheanq.storage.claims import ClaimOutcome
 from pheanq.storage.tables import task_table
-from pheanq.storage.tasks import ClaimOutcome
 
 TUBE = "pheanq"
 MakeService = Callable[..., TaskQueueService]
@@ -119,7 +119,7 @@ def test_a_job_handed_out_again_while_its_holder_renews_the_lease_waits_and_is_n
     row = other.find_task(task_id)
     assert (row.status, row.attempts, row.worker) == (Status.WORKING, 1, holder.dispatch.worker_name)
     assert job_state(beanstalkd, package.job_id) == "delayed"
-    claim = other.store.tasks.claim_task(task_id, package.row.nonce, package.job_id, other.dispatch.worker_name,
+    claim = other.store.claims.claim_task(task_id, package.row.nonce, package.job_id, other.dispatch.worker_name,
                                          [TUBE], [package.row.command])
     assert claim.outcome is ClaimOutcome.HELD_ALIVE
 

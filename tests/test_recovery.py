@@ -42,9 +42,9 @@ def test_an_end_recorded_for_a_dead_worker_deletes_the_job_its_row_names_after_a
 
     entry = "--- attempt 1 on w: ended; its worker died, so its tender recorded the result\n"
     if exit_code == 0:
-        assert holder.dispatch.finish(dead, Status.DONE, 0, entry, reserved=False)
+        assert holder.dispatch.ends.finish(dead, Status.DONE, 0, entry, reserved=False)
     else:
-        assert holder.dispatch.fail(dead, exit_code, entry, reserved=False) is Status.FAILED
+        assert holder.dispatch.ends.fail(dead, exit_code, entry, reserved=False) is Status.FAILED
 
     assert holder.find_task(package.task_id).status is (Status.DONE if exit_code == 0 else Status.FAILED)
     assert holder.beanstalkd.inspect(second_job) is None, "the job the row named was left behind"

@@ -30,8 +30,8 @@ from pheanq.limits import MAX_PRIORITY
 from pheanq.producer.options import DEFAULT_PRIORITY, DEFAULT_TTR
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage import Store
+from pheanq.storage.claims import ClaimOutcome
 from pheanq.storage.tables import task_table
-from pheanq.storage.tasks import ClaimOutcome
 
 DESCRIPTION = TaskDescription("invoice", [42, "a b"], {"send": True, "to": "ü"})
 
@@ -168,7 +168,7 @@ def test_concurrent_claims_of_one_row_under_different_jobs_have_one_winner(
 
     def claim(index: int) -> ClaimOutcome:
         barrier.wait(5)
-        return stores[index].tasks.claim_task(task_id, nonce, 10_000 + index, f"worker-{index}", ["pheanq"],
+        return stores[index].claims.claim_task(task_id, nonce, 10_000 + index, f"worker-{index}", ["pheanq"],
                                               [DESCRIPTION.command]).outcome
 
     try:
@@ -243,7 +243,8 @@ def test_regenerate_revives_only_a_failed_task_in_the_same_row_with_a_new_job(
     row = service.find_task(task_id)
     assert (row.id, row.status, row.job_id, row.attempts) == (task_id, Status.RESTARTED, new_job, 1)
     assert (row.exit_code, row.worker, row.started, row.finished) == (None, None, None, None)
-    assert row.log == "boom\n"  # the failed attempt's log is kept
+    assert row.log is not None  # the failed attempt's log is kept, and the regenerate says what may run
+    assert row.log.startswith("boom\n--- regenerated: attempt 2 may run")
     assert [task[2] for task in service.store.tasks.count_tasks()] == [1]  # still one row
     with pytest.raises(WrongStatus, match=f"task {task_id} is restarted"):
         service.regenerate_task(task_id)

@@ -1,14 +1,16 @@
 """The storage room: the only code in pheanq that runs SQL.
 
 `Store` is one database and the statements pheanq runs on it, grouped by what they are about: a task's
-own life (`tasks`), what a task's end sets in motion (`workflows`), and everything that is not a task
-(`admin`). Each statement that changes a task's status is one compare-and-set UPDATE whose condition comes
-from `pheanq.status.TRANSITIONS`, so two workers (or a worker and a person) can never both win a task.
+own life (`tasks`), a worker's claim of it and its lease (`claims`), what a task's end sets in motion
+(`workflows`), and everything that is not a task (`admin`). Each statement that changes a task's status
+is one compare-and-set UPDATE whose condition comes from `pheanq.status.TRANSITIONS`, so two workers (or a
+worker and a person) can never both win a task.
 """
 
 from __future__ import annotations
 
 from pheanq.storage.admin import AdminStatements
+from pheanq.storage.claims import ClaimStatements
 from pheanq.storage.engine import Database
 from pheanq.storage.tasks import TaskStatements
 from pheanq.storage.workflows import WorkflowStatements
@@ -20,6 +22,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.database = Database(url)
         self.tasks = TaskStatements(self.database)
+        self.claims = ClaimStatements(self.database)
         self.workflows = WorkflowStatements(self.database)
         self.admin = AdminStatements(self.database)
 

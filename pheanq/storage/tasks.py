@@ -1,4 +1,4 @@
-"""A task's own statements: insert, claim (compare-and-set), the moves of an attempt, find, counts.
+"""A task's own statements: insert, the moves of an attempt, find, counts (its claim: pheanq.storage.claims).
 
 Each write that changes a task's status is one compare-and-set UPDATE whose
 condition comes from `status.TRANSITIONS`, so two workers (or a worker and a
@@ -10,9 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
-import enum
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,8 +23,8 @@ from pheanq.clock import utc_now
 from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
 from pheanq.lease import stale_after
 from pheanq.limits import pages
-from pheanq.run_at import EARLY_TOLERANCE, is_early
 from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
+from pheanq.storage.claims import is_stale
 from pheanq.storage.engine import Database, same
 from pheanq.storage.tables import TaskRow, batch_table, dependency_table, select_task, task_row, task_table
 from pheanq.storage.workflows import Ends, Settled
@@ -35,16 +33,6 @@ from pheanq.storage.workflows import Ends, Settled
 # building a statement with the values in it costs more than running it on SQLite.
 _c = task_table.c
 _SET_JOB_ID = task_table.update().where(_c.id == sa.bindparam("task")).values(job_id=sa.bindparam("job"))
-_CLAIM = (
-    task_table.update()
-    .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
-           sa.func.coalesce(_c.nonce, "") == sa.bindparam("job_nonce"),
-           _c.tube.in_(sa.bindparam("tubes", expanding=True)), _c.command.in_(sa.bindparam("commands", expanding=True)),
-           sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
-    .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
-            attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
-            modified=sa.bindparam("claimed_at"), heartbeat=sa.bindparam("claimed_at"))
-)
 # What an end needs to know: the task's batch, and whether a task waits for it (most have neither).
 _END_FACTS = sa.select(
     _c.batch_id,
@@ -72,32 +60,12 @@ def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
             .values(status=target.value, modified=sa.bindparam("modified_at"), **values))
 
 
-class ClaimOutcome(enum.Enum):
-    CLAIMED = "claimed"
-    OWN_CLAIM = "own claim"        # claimed by this worker under this job already (the claim's answer was lost)
-    CANCEL_REQUESTED = "cancel"    # held under a stale lease with a cancel requested: it ends, it does not run
-    MISSING = "missing"            # no row with that id
-    FINISHED = "finished"          # done, failed: the job is a leftover
-    HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
-    HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
-    EARLY = "early"                # not to run before its run_at: the job must wait
-    OTHER_TUBE = "other tube"      # the row's tube is not one the worker takes from: the job was moved or forged
-    OTHER_ROW = "other row"        # the row's nonce is not the job's: the job is an earlier task's, or forged
-    UNREGISTERED = "unregistered"  # the row's command is not one the worker may run
-
-
 @dataclasses.dataclass(frozen=True)
 class Moved:
     """Where the move of an attempt took its task, and what that set in motion."""
 
     status: Status
     settled: Settled
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    outcome: ClaimOutcome
-    row: TaskRow | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,77 +211,6 @@ class TaskStatements:
     def set_job_id(self, task_id: int, job_id: int) -> None:
         with self.database.transaction() as conn:
             conn.execute(_SET_JOB_ID, {"task": task_id, "job": job_id})
-
-    def claim_task(self, task_id: int, nonce: str | None, job_id: int, worker: str, tubes: Sequence[str],
-                   commands: Sequence[str]) -> Claim:
-        """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
-
-        Only the row the job names is claimed: its id *and* its nonce (a job without one names only a row
-        without one). Only a task of one of `tubes` (those the worker reserved the job from) whose command is
-        one of `commands` (those the worker may run) is claimed: otherwise the row is left untouched
-        (OTHER_ROW, OTHER_TUBE, UNREGISTERED), whatever the job says.
-
-        A `working` row under this very job and this worker is this worker's own claim whose answer it lost:
-        it is taken up as it is (OWN_CLAIM), the same attempt. A `working` row under this very job was
-        otherwise held by a worker that lost its reservation. It is taken over only once that holder's lease
-        is stale (it died, or it was cut off and has stopped
-        its child); while the lease is renewed, the answer is HELD_ALIVE and the job must wait.
-        """
-        c = task_table.c
-        now = utc_now()
-        claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
-                       started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
-        with self.database.transaction() as conn:
-            changed = conn.execute(_CLAIM, {"task": task_id, "job_nonce": nonce or "", "tubes": list(tubes),
-                                            "commands": list(commands), "due_before": now + EARLY_TOLERANCE,
-                                            "job": job_id, "holder": worker, "claimed_at": now}).rowcount
-            row = select_task(conn, task_id)
-            if row is not None and changed == 0:
-                refused = _refusal(row, nonce, job_id, tubes, commands)
-                if refused is not None:
-                    return Claim(refused, row)
-                if row.status in CLAIMABLE and is_early(row.run_at, now):
-                    return Claim(ClaimOutcome.EARLY, row)
-                if row.status is Status.WORKING and row.job_id == job_id and row.worker == worker:
-                    # This worker's own claim, committed although its answer was lost (the connection died after
-                    # the COMMIT): a worker holds one task at a time and holds none while it claims, so nothing
-                    # runs it. The same attempt is taken up, so `attempts` and the log agree.
-                    renewed = conn.execute(
-                        task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
-                                                  c.attempts == row.attempts, c.worker == worker, c.job_id == job_id)
-                        .values(started=now, modified=now, heartbeat=now)
-                    ).rowcount
-                    row = select_task(conn, task_id)
-                    if renewed == 1 and row is not None:
-                        return Claim(ClaimOutcome.OWN_CLAIM, row)
-                elif row.status is Status.WORKING and row.job_id == job_id:
-                    if not is_stale(row, now):
-                        return Claim(ClaimOutcome.HELD_ALIVE, row)
-                    if row.cancel_requested_by is not None:
-                        return Claim(ClaimOutcome.CANCEL_REQUESTED, row)
-                    # The same row, unchanged since it was read stale: nobody renewed the lease in between.
-                    changed = conn.execute(
-                        task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
-                                                  c.attempts == row.attempts, same(c.heartbeat, row.heartbeat))
-                        .values(**claimed)
-                    ).rowcount
-                    row = select_task(conn, task_id)
-        if row is None:
-            return Claim(ClaimOutcome.MISSING, None)
-        if changed == 1:
-            return Claim(ClaimOutcome.CLAIMED, row)
-        if row.status is Status.WORKING:
-            return Claim(ClaimOutcome.HELD_ALIVE if row.job_id == job_id else ClaimOutcome.HELD_ELSEWHERE, row)
-        return Claim(ClaimOutcome.FINISHED, row)
-
-    def renew_lease(self, task_id: int, attempt: int) -> bool:
-        """The holder's heartbeat; False when this attempt no longer holds the task."""
-        c = task_table.c
-        with self.database.transaction() as conn:
-            return conn.execute(
-                task_table.update().where(c.id == task_id, c.status == Status.WORKING.value, c.attempts == attempt)
-                .values(heartbeat=utc_now())
-            ).rowcount == 1
 
     def stall_task(self, task_id: int, attempt: int, log: str) -> Moved | None:
         """`working` → `stalled` for an attempt whose worker is gone; None when the attempt no longer
@@ -501,23 +398,3 @@ def _row_values(task: NewTask, status: Status, waiting_for: int) -> dict[str, An
                 ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
                 unique_live=task.unique_key, waiting_for=waiting_for, batch_id=task.batch_id, attempts=0,
                 created=now, modified=now, nonce=task.nonce)
-
-
-def _refusal(row: TaskRow, nonce: str | None, job_id: int, tubes: Sequence[str],
-             commands: Sequence[str]) -> ClaimOutcome | None:
-    """Why the job must not touch `row` at all, if it must not: it names another row, was moved to a tube the
-    row is not in, or would run a command this worker may not run."""
-    if row.nonce != nonce:
-        return ClaimOutcome.OTHER_ROW
-    if row.tube not in tubes:
-        return ClaimOutcome.OTHER_TUBE
-    would_run = row.status in CLAIMABLE or (row.status is Status.WORKING and row.job_id == job_id)
-    if would_run and row.command not in commands:
-        return ClaimOutcome.UNREGISTERED
-    return None
-
-
-def is_stale(row: TaskRow, now: dt.datetime) -> bool:
-    """Whether a `working` row's holder stopped renewing its lease (see pheanq.lease)."""
-    last = row.heartbeat or row.started or row.modified
-    return (now - last).total_seconds() > stale_after(row.ttr)

@@ -68,15 +68,15 @@ def recover_task(dispatch: Dispatcher, task: OrphanedTask) -> str:
     dead = DeadAttempt(held.job_id, held)
     if task.exit_code is None:
         entry = tasklog.attempt(held.attempts, task.worker, f"interrupted: {task.why}; the task goes back to its tube")
-        if not dispatch.stall(dead, entry):
+        if not dispatch.ends.stall(dead, entry):
             return f"attempt {held.attempts} already settled"
         return "stalled: its worker died while the command ran; it runs again"
     verdict = "done" if task.exit_code == 0 else f"failed: exit code {task.exit_code}"
     entry = tasklog.attempt(held.attempts, task.worker, f"{verdict}; {task.why}, so its tender recorded the result")
     if task.exit_code == 0:
-        ended = Status.DONE if dispatch.finish(dead, Status.DONE, 0, entry, reserved=False) else None
+        ended = Status.DONE if dispatch.ends.finish(dead, Status.DONE, 0, entry, reserved=False) else None
     else:
-        ended = dispatch.fail(dead, task.exit_code, entry, reserved=False)
+        ended = dispatch.ends.fail(dead, task.exit_code, entry, reserved=False)
     if ended is None:
         return f"attempt {held.attempts} already settled"
     if ended is Status.RETRYING:

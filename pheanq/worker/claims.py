@@ -54,7 +54,7 @@ class TaskClaims:
         """Claim the task of the job whose claim is unresolved (the database failed during it), if any.
 
         Trying again is safe: a claim of this worker's that was committed is taken up as it is, the same
-        attempt (see pheanq.storage.tasks.claim_task); one that was not is made now. While the database is
+        attempt (see pheanq.storage.claims.claim_task); one that was not is made now. While the database is
         away (StoreUnavailable), the job stays reserved and the claim unresolved.
         """
         if self._unresolved is None:
@@ -78,21 +78,21 @@ class TaskClaims:
             self.dispatch.beanstalkd.close()
 
     def mark_done(self, package: WorkPackage, log_text: str | None, exit_code: int = 0) -> bool:
-        return self.dispatch.finish(package, Status.DONE, exit_code, log_text)
+        return self.dispatch.ends.finish(package, Status.DONE, exit_code, log_text)
 
     def mark_failed(self, package: WorkPackage, log_text: str | None, exit_code: int | None = None) -> bool:
         """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
         attempt, else `failed`."""
-        return self.dispatch.fail(package, exit_code, log_text) is not None
+        return self.dispatch.ends.fail(package, exit_code, log_text) is not None
 
     def release_task(self, package: WorkPackage, log_text: str) -> bool:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""
-        return self.dispatch.release(package, log_text)
+        return self.dispatch.ends.release(package, log_text)
 
     def end_cancelled(self, package: WorkPackage, exit_code: int | None, log_text: str) -> bool:
         """The command of a task whose cancel was requested while it ran was stopped: the task ends
         `cancelled`, with the attempt's entry and exit code."""
-        return self.dispatch.end_cancelled(package, exit_code, log_text)
+        return self.dispatch.ends.end_cancelled(package, exit_code, log_text)
 
     def touch(self, package: WorkPackage) -> bool:
         """Renew the job's reservation; False when this worker no longer holds it."""
@@ -100,7 +100,7 @@ class TaskClaims:
 
     def renew_lease(self, package: WorkPackage) -> bool:
         """Renew the attempt's lease on its row; False when the attempt no longer holds the task."""
-        return self.dispatch.store.tasks.renew_lease(package.task_id, package.attempt)
+        return self.dispatch.store.claims.renew_lease(package.task_id, package.attempt)
 
     def _claim(self, job: ReservedJob, tubes: list[str]) -> WorkPackage | None:
         try:

@@ -1,20 +1,10 @@
-"""The only code that writes a task's row together with its job.
-
-Every change that must keep a task's row and its beanstalkd job in step is a method of `Dispatcher`:
-putting the job of a recorded task and noting its id, sending again a task whose job is gone, sending
-the tasks that a write released (dependants, batch callbacks), claiming a reserved job's task, ending an
-attempt and deleting or releasing its job, cancelling, regenerating, and burying a job that must not run.
-The order is always the row first (the truth), then the job; a job whose row write lost is deleted,
-never left behind; a row whose job could not be put stays without one, and the reconciler sends it.
-
-Other code reads the table and beanstalkd freely, and may run what touches only one of them (a lease's
-heartbeat, a touch, a pause, a buried job's record), but never writes a task's row and its job together.
+"""The dispatcher: sends the jobs of recorded tasks, claims the task of a reserved job, cancels, regenerates,
+and buries a job that must not run. Attempts end through its `ends` (pheanq.dispatch.ends).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import math
 import os
@@ -23,14 +13,14 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 from pheanq import tasklog
 from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, ReservedJob
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
-from pheanq.description import TaskDescription
+from pheanq.dispatch.ends import AttemptEnds, delete_job
+from pheanq.dispatch.jobs import PlannedJob, WorkPackage
 from pheanq.errors import (
     InvalidInput,
     MalformedBody,
@@ -44,12 +34,12 @@ from pheanq.errors import (
 )
 from pheanq.lease import stale_after
 from pheanq.limits import MAX_BURIED_REASON, MAX_BURIED_RECORDS, body_preview
-from pheanq.retry import after_failure
 from pheanq.run_at import put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
+from pheanq.storage.claims import ClaimOutcome
 from pheanq.storage.tables import BuriedRow, TaskRow
-from pheanq.storage.tasks import ClaimOutcome, Inserted, Moved
+from pheanq.storage.tasks import Inserted
 from pheanq.storage.workflows import Cancelled
 
 log = logging.getLogger("pheanq.dispatch")
@@ -62,50 +52,6 @@ SLOW_FAILURE_SECONDS = 0.5
 MAX_OWN_PENDING = 10_000
 # How long a job whose task is held under a live lease waits before it is looked at again.
 HELD_RECHECK_SECONDS = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class PlannedJob:
-    """A recorded task's job, as it is to be put into its tube."""
-
-    task_id: int
-    description: TaskDescription
-    tube: str
-    priority: int
-    run_at: dt.datetime | None
-    ttr: int
-    nonce: str | None
-
-    @classmethod
-    def of(cls, row: TaskRow) -> PlannedJob:
-        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr, row.nonce)
-
-
-class Attempt(Protocol):
-    """One attempt at a task, as whoever ends it knows it: the job it held and the row as it was claimed."""
-
-    @property
-    def job_id(self) -> int | None: ...
-
-    @property
-    def row(self) -> TaskRow: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkPackage:
-    """A claimed task: the reserved job, the row as claimed and the description to run."""
-
-    job_id: int
-    row: TaskRow
-    description: TaskDescription
-
-    @property
-    def task_id(self) -> int:
-        return self.row.id
-
-    @property
-    def attempt(self) -> int:
-        return self.row.attempts
 
 
 class Dispatcher:
@@ -121,6 +67,7 @@ class Dispatcher:
         self._beanstalkd_down_reason = ""
         self._own_pending: list[PlannedJob] = []
         self._pending_lock = threading.Lock()
+        self.ends = AttemptEnds(self.store, self.beanstalkd, self.send_released)
 
     def close(self) -> None:
         self.beanstalkd.close()
@@ -208,7 +155,7 @@ class Dispatcher:
             moved = self.store.tasks.stall_task(row.id, row.attempts, tasklog.stalled(row.attempts, row.worker))
             if moved is None or moved.status is not Status.STALLED:
                 if moved is not None:  # a cancel was requested while it ran: it ended instead
-                    self._ended_instead(row.id, row.job_id, moved)
+                    self.ends.ended_instead(row.id, row.job_id, moved)
                 return None
             status = Status.STALLED
         else:
@@ -279,7 +226,7 @@ class Dispatcher:
         page = self.store.workflows.cancel_tasks(task_ids, by, batch)
         for result in page.results:
             if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
-                self._delete_job(result.row.id, result.row.job_id, "cancelled")
+                delete_job(self.beanstalkd, result.row.id, result.row.job_id, "cancelled")
         self.send_released(page.settled.released)
         return page.results
 
@@ -292,7 +239,7 @@ class Dispatcher:
         its task ended or runs under another job."""
         task_id = body.task_id
         registry = self.settings.registry()
-        claim = self.store.tasks.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, list(registry))
+        claim = self.store.claims.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, list(registry))
         if claim.outcome is ClaimOutcome.MISSING:
             self.bury(job, f"task {task_id} has no row in the table")
             return None
@@ -329,7 +276,7 @@ class Dispatcher:
         if claim.outcome is ClaimOutcome.CANCEL_REQUESTED:
             log.info("job %d: task %d was cancelled while attempt %d ran, and its worker is gone; it ends cancelled",
                      job.id, task_id, claim.row.attempts)
-            self.end_requested_cancel(job, claim.row)
+            self.ends.end_requested_cancel(job, claim.row)
             return None
         if claim.outcome is ClaimOutcome.OWN_CLAIM:
             log.info("job %d: task %d was claimed by this worker already (attempt %d), though the claim's answer "
@@ -343,7 +290,7 @@ class Dispatcher:
         try:
             stored = decode_data(claim.row.data)
         except InvalidInput as error:
-            self.finish(WorkPackage(job.id, claim.row, body.description), Status.FAILED, None,
+            self.ends.finish(WorkPackage(job.id, claim.row, body.description), Status.FAILED, None,
                         f"pheanq: the stored description cannot be read: {error}\n")
             return None
         return WorkPackage(job.id, claim.row, stored)
@@ -361,79 +308,6 @@ class Dispatcher:
                                            keep=MAX_BURIED_RECORDS)
         except StoreUnavailable as error:
             log.warning("job %d: buried, but its reason was not recorded: %s", job.id, error)
-
-    def finish(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
-               reserved: bool = True) -> bool:
-        """Record the attempt's end (`done`, `failed` or `cancelled`), delete its job, and send what the end
-        released; False when the attempt no longer owns the task (its result is not recorded, its log entry
-        is). With `reserved` (the caller holds the job), the job is deleted even then: it is this attempt's
-        reservation. A `failed` end of an attempt that a cancel was requested for is `cancelled`."""
-        return self._end(attempt, status, exit_code, log_text, reserved) is not None
-
-    def fail(self, attempt: Attempt, exit_code: int | None, log_text: str | None,
-             reserved: bool = True) -> Status | None:
-        """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
-        attempt, else `failed` (`cancelled` when a cancel was requested while it ran); returns which, or None
-        when the attempt no longer owns the task. With `reserved` (the caller holds the job), the job is
-        released with that delay; else whoever reserves it next finds the task early and delays it."""
-        task_id, number = attempt.row.id, attempt.row.attempts
-        step = after_failure(attempt.row.retry, number, exit_code)
-        entry = (log_text or "") + step.note or None
-        if step.wait is None:
-            return self._end(attempt, Status.FAILED, exit_code, entry, reserved)
-        moved = self.store.tasks.retry_task(task_id, number, exit_code, entry or "",
-                                            utc_now() + dt.timedelta(seconds=step.wait))
-        if moved is None:
-            self._lost_attempt(attempt, entry, reserved)
-            return None
-        if moved.status is not Status.RETRYING:
-            self._ended_instead(task_id, attempt.job_id if reserved else self._job_named(task_id), moved)
-            return moved.status
-        if reserved and attempt.job_id is not None and \
-                not self.beanstalkd.release(attempt.job_id, attempt.row.priority, step.wait):
-            # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
-            log.warning("task %d: retrying, but its job %d was not reserved by this worker any more",
-                        task_id, attempt.job_id)
-        return Status.RETRYING
-
-    def release(self, attempt: Attempt, log_text: str) -> bool:
-        """Give a claimed task back: the row returns to `new` and the job to its tube (a task whose cancel
-        was requested ends `cancelled` instead, and its job is deleted)."""
-        moved = self.store.tasks.release_task(attempt.row.id, attempt.row.attempts, log_text)
-        if moved is None:
-            self._lost_attempt(attempt, log_text, reserved=True)
-        elif moved.status is not Status.NEW:
-            self._ended_instead(attempt.row.id, attempt.job_id, moved)
-        elif attempt.job_id is not None and not self.beanstalkd.release(attempt.job_id, attempt.row.priority):
-            # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
-            self.beanstalkd.kick_job(attempt.job_id)
-        return moved is not None
-
-    def stall(self, attempt: Attempt, log_text: str) -> bool:
-        """The attempt's worker died while its command ran: `stalled`, and its job ready to run again at once
-        (`cancelled`, its job deleted, when a cancel was requested while it ran); False when the attempt was
-        already settled."""
-        moved = self.store.tasks.stall_task(attempt.row.id, attempt.row.attempts, log_text)
-        if moved is None:
-            return False
-        job_id = self._job_named(attempt.row.id)
-        if moved.status is not Status.STALLED:
-            self._ended_instead(attempt.row.id, job_id, moved)
-        elif job_id is not None:
-            # Another worker may have found the lease still fresh and delayed the job: make it ready now.
-            self.beanstalkd.kick_job(job_id)
-        return True
-
-    def end_cancelled(self, attempt: Attempt, exit_code: int | None, log_text: str) -> bool:
-        """The worker stopped the command of a task whose cancel was requested while it ran: the task ends
-        `cancelled`, with the attempt's entry and exit code."""
-        return self._end(attempt, Status.CANCELLED, exit_code, log_text, reserved=True) is not None
-
-    def end_requested_cancel(self, job: ReservedJob, row: TaskRow) -> None:
-        """A job came back for a task whose holder died after a cancel was requested: it ends `cancelled`."""
-        attempt = WorkPackage(job.id, row, decode_data(row.data))
-        entry = tasklog.holder_gone(row.attempts, row.worker) + tasklog.ended_by_cancel(row.attempts)
-        self._end(attempt, Status.CANCELLED, None, entry, reserved=True)
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -465,71 +339,6 @@ class Dispatcher:
                         self.beanstalkd.delete(job_id)
         except (StoreUnavailable, TubeUnavailable) as error:
             log.warning("tasks left pending were not all sent (%s); the reconciler will send them", error)
-
-    def _end(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
-             reserved: bool) -> Status | None:
-        """Record an attempt's end; the status it ended in, or None when the attempt no longer owns the task."""
-        task_id, number = attempt.row.id, attempt.row.attempts
-        moved = self.store.tasks.finish_task(task_id, number, status, exit_code, log_text)
-        if moved is None:
-            self._lost_attempt(attempt, log_text, reserved)
-            return None
-        # Not held by the caller: the job is the one the row names now (the reconciler may have sent the task
-        # again, as a stalled one, between the caller's read and this end).
-        job_id = attempt.job_id if reserved else self._job_named(task_id)
-        if job_id is not None:
-            # The row is final; if the job comes back, the claim finds it finished and deletes it unrun.
-            self._delete_job(task_id, job_id, f"recorded as {moved.status}")
-        self.send_released(moved.settled.released)
-        return moved.status
-
-    def _ended_instead(self, task_id: int, job_id: int | None, moved: Moved) -> None:
-        """A move ended the task instead (a cancel was requested while its attempt ran): delete its job and send
-        what the end released."""
-        log.info("task %d: ended %s: a cancel was requested while it ran", task_id, moved.status)
-        if job_id is not None:
-            self._delete_job(task_id, job_id, f"recorded as {moved.status}")
-        self.send_released(moved.settled.released)
-
-    def _job_named(self, task_id: int) -> int | None:
-        row = self.store.tasks.find_task(task_id)
-        return None if row is None else row.job_id
-
-    def _lost_attempt(self, attempt: Attempt, log_text: str | None, reserved: bool) -> None:
-        """The attempt no longer owns its task (its holder's lease went stale and another attempt took it over,
-        or a tender settled it): its result is not recorded, but its log entry is, and a job it holds is
-        deleted."""
-        task_id, number = attempt.row.id, attempt.row.attempts
-        row = self.store.tasks.find_task(task_id)
-        now = "gone" if row is None else f"{row.status}, at attempt {row.attempts}"
-        log.warning("task %d: attempt %d no longer holds the task (it is %s); its end is added to the task's log, "
-                    "its status is not changed", task_id, number, now)
-        if row is not None and log_text:
-            self.store.tasks.append_attempt_log(task_id, log_text)
-        if reserved:
-            self._delete_job_of_lost_attempt(attempt)
-
-    def _delete_job_of_lost_attempt(self, attempt: Attempt) -> None:
-        """The attempt no longer owns its task (cancelled, settled by a tender, taken over): delete the job
-        rather than leave it reserved until its TTR. A job reserved by whoever took the task over is theirs,
-        and beanstalkd refuses to delete it."""
-        if attempt.job_id is None:
-            return
-        log.info("task %d: attempt %d no longer owns the task; its job %d is deleted", attempt.row.id,
-                 attempt.row.attempts, attempt.job_id)
-        self.beanstalkd.delete(attempt.job_id)
-
-    def _delete_job(self, task_id: int, job_id: int, why: str) -> None:
-        """Delete the job of a task whose row has ended; if beanstalkd cannot be told, the claim of the job
-        finds the task ended and deletes it unrun."""
-        try:
-            try:
-                self.beanstalkd.delete(job_id)
-            except TubeUnavailable:
-                self.beanstalkd.delete(job_id)  # once more on a new connection: the old one may just have broken
-        except TubeUnavailable as error:
-            log.warning("task %d: %s, but its job %d was not deleted: %s", task_id, why, job_id, error)
-
 
 def _seconds_until_stale(row: TaskRow) -> int:
     last = row.heartbeat or row.modified

@@ -1,0 +1,153 @@
+"""A worker's claim of a task, compare-and-set, and the lease it then renews.
+
+A claim names its row by id and nonce, and moves it to `working` only for a job reserved from the row's own
+tube, for a command the worker may run, when the task is due and nobody holds it (or its holder's lease is
+stale). Every other answer says why not, so the dispatcher can bury, delay or delete the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from pheanq.clock import utc_now
+from pheanq.lease import stale_after
+from pheanq.run_at import EARLY_TOLERANCE, is_early
+from pheanq.status import CLAIMABLE, Status
+from pheanq.storage.engine import Database, same
+from pheanq.storage.tables import TaskRow, select_task, task_table
+
+_c = task_table.c
+_CLAIM = (
+    task_table.update()
+    .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
+           sa.func.coalesce(_c.nonce, "") == sa.bindparam("job_nonce"),
+           _c.tube.in_(sa.bindparam("tubes", expanding=True)),
+           _c.command.in_(sa.bindparam("commands", expanding=True)),
+           sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
+    .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
+            attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
+            modified=sa.bindparam("claimed_at"), heartbeat=sa.bindparam("claimed_at"))
+)
+
+
+class ClaimOutcome(enum.Enum):
+    CLAIMED = "claimed"
+    OWN_CLAIM = "own claim"        # claimed by this worker under this job already (the claim's answer was lost)
+    CANCEL_REQUESTED = "cancel"    # held under a stale lease with a cancel requested: it ends, it does not run
+    MISSING = "missing"            # no row with that id
+    FINISHED = "finished"          # done, failed: the job is a leftover
+    HELD_ELSEWHERE = "held"        # working under another job: this job is a duplicate
+    HELD_ALIVE = "alive"           # working under this job, and its holder still renews its lease
+    EARLY = "early"                # not to run before its run_at: the job must wait
+    OTHER_TUBE = "other tube"      # the row's tube is not one the worker takes from: the job was moved or forged
+    OTHER_ROW = "other row"        # the row's nonce is not the job's: the job is an earlier task's, or forged
+    UNREGISTERED = "unregistered"  # the row's command is not one the worker may run
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    row: TaskRow | None
+
+
+class ClaimStatements:
+    """The statements of a worker's claim and of the lease it holds."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def claim_task(self, task_id: int, nonce: str | None, job_id: int, worker: str, tubes: Sequence[str],
+                   commands: Sequence[str]) -> Claim:
+        """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
+
+        Only the row the job names is claimed: its id *and* its nonce (a job without one names only a row
+        without one). Only a task of one of `tubes` (those the worker reserved the job from) whose command is
+        one of `commands` (those the worker may run) is claimed: otherwise the row is left untouched
+        (OTHER_ROW, OTHER_TUBE, UNREGISTERED), whatever the job says.
+
+        A `working` row under this very job and this worker is this worker's own claim whose answer it lost:
+        it is taken up as it is (OWN_CLAIM), the same attempt. A `working` row under this very job was
+        otherwise held by a worker that lost its reservation. It is taken over only once that holder's lease
+        is stale (it died, or it was cut off and has stopped
+        its child); while the lease is renewed, the answer is HELD_ALIVE and the job must wait.
+        """
+        c = task_table.c
+        now = utc_now()
+        claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
+                       started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
+        with self.database.transaction() as conn:
+            changed = conn.execute(_CLAIM, {"task": task_id, "job_nonce": nonce or "", "tubes": list(tubes),
+                                            "commands": list(commands), "due_before": now + EARLY_TOLERANCE,
+                                            "job": job_id, "holder": worker, "claimed_at": now}).rowcount
+            row = select_task(conn, task_id)
+            if row is not None and changed == 0:
+                refused = _refusal(row, nonce, job_id, tubes, commands)
+                if refused is not None:
+                    return Claim(refused, row)
+                if row.status in CLAIMABLE and is_early(row.run_at, now):
+                    return Claim(ClaimOutcome.EARLY, row)
+                if row.status is Status.WORKING and row.job_id == job_id and row.worker == worker:
+                    # This worker's own claim, committed although its answer was lost (the connection died after
+                    # the COMMIT): a worker holds one task at a time and holds none while it claims, so nothing
+                    # runs it. The same attempt is taken up, so `attempts` and the log agree.
+                    renewed = conn.execute(
+                        task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                                  c.attempts == row.attempts, c.worker == worker, c.job_id == job_id)
+                        .values(started=now, modified=now, heartbeat=now)
+                    ).rowcount
+                    row = select_task(conn, task_id)
+                    if renewed == 1 and row is not None:
+                        return Claim(ClaimOutcome.OWN_CLAIM, row)
+                elif row.status is Status.WORKING and row.job_id == job_id:
+                    if not is_stale(row, now):
+                        return Claim(ClaimOutcome.HELD_ALIVE, row)
+                    if row.cancel_requested_by is not None:
+                        return Claim(ClaimOutcome.CANCEL_REQUESTED, row)
+                    # The same row, unchanged since it was read stale: nobody renewed the lease in between.
+                    changed = conn.execute(
+                        task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
+                                                  c.attempts == row.attempts, same(c.heartbeat, row.heartbeat))
+                        .values(**claimed)
+                    ).rowcount
+                    row = select_task(conn, task_id)
+        if row is None:
+            return Claim(ClaimOutcome.MISSING, None)
+        if changed == 1:
+            return Claim(ClaimOutcome.CLAIMED, row)
+        if row.status is Status.WORKING:
+            return Claim(ClaimOutcome.HELD_ALIVE if row.job_id == job_id else ClaimOutcome.HELD_ELSEWHERE, row)
+        return Claim(ClaimOutcome.FINISHED, row)
+
+    def renew_lease(self, task_id: int, attempt: int) -> bool:
+        """The holder's heartbeat; False when this attempt no longer holds the task."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            return conn.execute(
+                task_table.update().where(c.id == task_id, c.status == Status.WORKING.value, c.attempts == attempt)
+                .values(heartbeat=utc_now())
+            ).rowcount == 1
+
+
+def _refusal(row: TaskRow, nonce: str | None, job_id: int, tubes: Sequence[str],
+             commands: Sequence[str]) -> ClaimOutcome | None:
+    """Why the job must not touch `row` at all, if it must not: it names another row, was moved to a tube the
+    row is not in, or would run a command this worker may not run."""
+    if row.nonce != nonce:
+        return ClaimOutcome.OTHER_ROW
+    if row.tube not in tubes:
+        return ClaimOutcome.OTHER_TUBE
+    would_run = row.status in CLAIMABLE or (row.status is Status.WORKING and row.job_id == job_id)
+    if would_run and row.command not in commands:
+        return ClaimOutcome.UNREGISTERED
+    return None
+
+
+def is_stale(row: TaskRow, now: dt.datetime) -> bool:
+    """Whether a `working` row's holder stopped renewing its lease (see pheanq.lease)."""
+    last = row.heartbeat or row.started or row.modified
+    return (now - last).total_seconds() > stale_after(row.ttr)
