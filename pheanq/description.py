@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pheanq.errors import InvalidInput
+from pheanq.limits import MAX_INT_DIGITS
 
 Argument = str | int
 OptionValue = str | int | bool
@@ -21,6 +22,7 @@ OptionValue = str | int | bool
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9_:.-]+\Z")
 # An option name never starts with "-": "--" is added in front of it.
 OPTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+_TOO_BIG = 10**MAX_INT_DIGITS
 
 
 class TaskDescription:
@@ -172,13 +174,12 @@ def _check_text(what: str, value: str) -> None:
 
 
 def _check_whole(what: str, value: int) -> None:
-    """An int becomes text on the command line and in the JSON body: one Python cannot write out (more digits
-    than its conversion limit, 4300 by default) is refused here, not with a bare ValueError at queue time."""
-    try:
-        str(value)
-    except ValueError:
-        raise InvalidInput(f"{what} is a whole number with more digits than Python writes out as text "
-                           "(sys.get_int_max_str_digits()); pass it as a str") from None
+    """An int becomes text on the command line and in the JSON body, which every worker must read back: one
+    of more than MAX_INT_DIGITS digits (Python's default conversion limit) is refused here, whatever limit this
+    process set itself, not with a bare ValueError at queue time nor as a body no worker can read."""
+    if not -_TOO_BIG < value < _TOO_BIG:
+        raise InvalidInput(f"{what} is a whole number of more than {MAX_INT_DIGITS} digits, more than a worker "
+                           "reads back as text; pass it as a str")
 
 
 def _shown(value: Any) -> str:

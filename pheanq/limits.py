@@ -18,6 +18,8 @@ MAX_PRIORITY = MAX_BEANSTALKD_SECONDS = 2**32 - 1
 MAX_SECONDS = 2**31 - 1
 # beanstalkd's default max-job-size (-z); a larger job body would be refused by the server.
 MAX_BODY_BYTES = 65535
+# Digits of an int argument or option: Python's default int-to-text limit, which every worker reading a body has.
+MAX_INT_DIGITS = 4300
 # A unique key: the longest text MySQL/MariaDB can index in utf8mb4 (191 characters of 4 bytes: at most 767 bytes).
 MAX_UNIQUE_KEY = 191
 # A batch's name, who cancelled: the table's VARCHAR(255).

@@ -14,7 +14,10 @@ import re
 OUTPUT_MARK = "| "
 # `---` at the start of the output or of any line, by every line boundary `str.splitlines` knows: a script
 # that splits the log on `\r` or U+2028 must not find an entry there either.
-_ENTRY_LOOKALIKE = re.compile("(^|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])---")
+_ENTRY_LOOKALIKE = re.compile("(^|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])"
+                              # Characters a terminal shows as nothing, which text output keeps (joiners) or
+                              # which a script reading the log may skip: `\u200d---` must be marked too.
+                              "([\u00ad\u200b-\u200f\u2060-\u2064\ufeff]*)---")
 
 
 def attempt(number: int, worker: str, verdict: str, output: str | None = None) -> str:
@@ -23,7 +26,8 @@ def attempt(number: int, worker: str, verdict: str, output: str | None = None) -
     if not output:
         return header
     # PostgreSQL refuses NUL in text (and the worker would fail on every try): show it as U+FFFD instead.
-    output = _ENTRY_LOOKALIKE.sub(lambda match: f"{match[1]}{OUTPUT_MARK}---", output.replace("\x00", "\ufffd"))
+    output = _ENTRY_LOOKALIKE.sub(lambda match: f"{match[1]}{match[2]}{OUTPUT_MARK}---",
+                                  output.replace("\x00", "\ufffd"))
     return header + output + ("" if output.endswith("\n") else "\n")
 
 

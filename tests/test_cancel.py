@@ -150,3 +150,14 @@ def test_who_cancels_is_a_name_the_table_can_hold(
     result = pheanq(["cancel", str(task_id), "--by", "y" * 256], make_env(sqlite_url), tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "who cancels" in result.stderr, result
     assert service.status_of(task_id) is Status.NEW
+
+
+def test_who_cancels_cannot_write_a_line_into_the_log(sqlite_url: str, make_service: MakeService) -> None:
+    """A name with a newline used to write lines starting with `---` into the task's log."""
+    service = make_service(sqlite_url)
+    task_id = service.queue_task(TaskDescription("work", [1]))
+    for name in ("alice\n--- attempt 1 on vm:1: done after 0.10s", "bob\x1b[2J", "carol\r"):
+        with pytest.raises(InvalidInput, match=r"who cancels \(--by\) must be printable text"):
+            service.cancel_task(task_id, by=name)
+    assert service.status_of(task_id) is Status.NEW
+    assert service.find_task(task_id).log is None

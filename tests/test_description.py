@@ -5,6 +5,7 @@ good bodies and rejects every malformed one as MalformedBody."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from pheanq.body import decode_body, decode_data, encode_body, encode_data
 from pheanq.description import TaskDescription, build_argv
 from pheanq.errors import InvalidInput, MalformedBody
-from pheanq.limits import MAX_BODY_BYTES
+from pheanq.limits import MAX_BODY_BYTES, MAX_INT_DIGITS
 
 
 def test_arguments_of_every_kind_become_argv_items_unquoted() -> None:
@@ -202,3 +203,19 @@ def test_a_whole_number_too_long_to_write_out_is_refused_as_invalid_input_naming
     with pytest.raises(InvalidInput, match=f"^{what} is a whole number with more digits"):
         TaskDescription("cmd", arguments, options)
     assert TaskDescription("cmd", [10**4000]).arguments == [10**4000]  # below the limit it is a plain argument
+
+
+def test_an_int_of_more_digits_than_a_worker_reads_is_refused_whatever_limit_the_producer_set() -> None:
+    """A producer that raised its own int-to-text limit (or turned it off) used to make a body every worker
+    buried as "not JSON", and whose row stopped the reconciler."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(InvalidInput, match=f"argument 0 is a whole number of more than {MAX_INT_DIGITS} digits"):
+            TaskDescription("cmd", [10**MAX_INT_DIGITS])
+        with pytest.raises(InvalidInput, match="option 'n' is a whole number of more than"):
+            TaskDescription("cmd", [], {"n": -(10**MAX_INT_DIGITS)})
+        widest = 10**MAX_INT_DIGITS - 1  # MAX_INT_DIGITS nines: what every worker still reads
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert decode_body(encode_body(1, TaskDescription("cmd", [widest]))).description.arguments == [widest]

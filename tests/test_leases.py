@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from support import (
     kill_worker_once_its_command_exited,
     register_work_script,
     wait_for,
+    write_config,
 )
 
 from pheanq import Status, TaskDescription
@@ -241,3 +243,29 @@ def test_a_command_that_completed_before_its_worker_was_killed_is_recorded_by_th
     assert "its tender recorded the result" in (row.log or ""), row.log
     wait_for(lambda: jobs_in(beanstalkd) == 0, 20, "the job to be gone")
     assert (counts(runs, "start", task_id), counts(runs, "done", task_id)) == (1, 1)
+
+
+def test_an_attempt_whose_lease_a_claim_takes_over_keeps_a_log_entry(
+    db_url: str, tmp_path: Path, make_service: MakeService, make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A worker not under a tender dies with kill -9; beanstalkd hands the job out again, and the next worker's
+    claim takes the stale lease over. The task used to end with `attempts` 2 and no word of attempt 1."""
+    flag = tmp_path / "first-ran"
+    write_config(tmp_path, commands={"once": ["sh", "-c", f"if [ -e {flag} ]; then exit 0; fi; touch {flag}; "
+                                                          "exec sleep 15"]})
+    service = make_service(db_url)
+    task_id = service.queue_task(TaskDescription("once"), ttr=1)
+    first = start_worker([], make_env(db_url))
+    first.wait_line(f"BUSY {task_id}")
+    wait_for(flag.exists, 10, "the first attempt's command to start")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = start_worker(["--stop-when-drained"], make_env(db_url))
+    assert second.wait(60) == 0, second.log
+    row = service.find_task(task_id)
+    assert (row.status, row.attempts) == (Status.DONE, 2), second.log
+    assert row.log is not None
+    holder = f"{socket.gethostname()}:{first.process.pid}"
+    assert f"--- attempt 1: its worker ({holder}) stopped renewing its lease" in row.log, row.log
+    assert row.log.index("--- attempt 1:") < row.log.index("--- attempt 2 on ")

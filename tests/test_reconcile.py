@@ -289,3 +289,27 @@ def test_a_tender_that_starts_after_beanstalkd_lost_its_jobs_sends_them_again_at
                  f"the lost task done; log:\n{tender.log[-3000:]}")
     finally:
         tender.stop()
+
+
+def test_a_task_whose_stored_description_cannot_be_read_does_not_stop_the_reconciler(
+    db_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]],
+) -> None:
+    """A row pheanq cannot read back (written by hand, or by a producer that got past its checks) used to stop
+    every pass at that row: no later task of the table was sent again, however long beanstalkd had lost
+    their jobs."""
+    service = make_service(db_url)
+    broken = service.queue_task(TaskDescription("work", ["broken"]))
+    lost = service.queue_task(TaskDescription("work", ["lost"]))
+    for task_id in (broken, lost):
+        job_id = service.find_task(task_id).job_id
+        assert job_id is not None
+        service.beanstalkd.delete(job_id)  # beanstalkd lost both jobs
+    with service.store.database.transaction() as conn:
+        conn.execute(task_table.update().where(task_table.c.id == broken).values(data="{not json"))
+    lost_job = service.find_task(lost).job_id
+
+    result = pheanq(["reconcile", "--min-age", "0"], make_env(db_url), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 task(s) not sent: their stored description cannot be read" in result.stdout
+    assert service.find_task(lost).job_id not in (None, lost_job)

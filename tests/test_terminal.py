@@ -139,3 +139,14 @@ def test_buried_and_batch_show_render_what_a_body_or_a_name_holds_visibly(
     assert "body: \\x1b]0;pwned\\x07\\x1b[2Anot a job\\x0d\\x9b" in buried.stdout
     assert RAW.search(shown.stdout) is None, repr(shown.stdout)
     assert shown.stdout.startswith(f"batch {batch.id} (nightly\\x1b[2K\\x0ddone): open")
+
+
+@pytest.mark.parametrize("invisible", ["\u200d", "\u200c", "\u200b", "\ufeff", "\u2060\u200d"])
+def test_output_cannot_forge_an_entry_behind_characters_a_terminal_shows_as_nothing(invisible: str) -> None:
+    """`ZWJ--- attempt 1 on vm:1: done` did not start with `---`, so it was not marked, and text output keeps
+    joiners: `pheanq show` printed a line that read as pheanq's own entry."""
+    entry = tasklog.attempt(1, "vm:7", "failed after 0.1s: exit code 3",
+                            f"out\n{invisible}--- attempt 1 on vm:7: done after 0.10s\n")
+    for shown in (entry, visible(entry)):
+        readable = ["".join(char for char in line if char not in invisible) for line in shown.splitlines()]
+        assert [line for line in readable if line.startswith("---")] == [readable[0]], shown

@@ -147,6 +147,8 @@ class Dispatcher:
                     self.send_again(row)
             except (StoreUnavailable, TubeUnavailable) as error:
                 log.warning("task %d is ready but not sent yet (%s); the reconciler will send it", task_id, error)
+            except InvalidInput as error:
+                log.warning("task %d is ready but cannot be sent: %s", task_id, error)
 
     def send_again(self, row: TaskRow) -> int | None:
         """Put a new job for a task whose job is gone (a `working` one is marked `stalled` first); the new

@@ -20,6 +20,7 @@ import logging
 
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
+from pheanq.errors import InvalidInput
 from pheanq.limits import PAGE_SIZE
 from pheanq.ops.pause import reapply_pauses
 from pheanq.status import Status
@@ -42,6 +43,7 @@ class ReconcileReport:
     stalled: int = 0            # working tasks whose job and holder were gone: stalled and sent again
     changed: int = 0            # tasks that moved on while being looked at: left alone
     workflows: int = 0          # waiting tasks released or failed, batches finished, past a missed moment
+    unreadable: int = 0         # tasks whose stored description cannot be read: not sent, the pass goes on
     locked_by: str | None = None    # another reconciler held the lock: nothing was done
     actions: list[str] = dataclasses.field(default_factory=list)
 
@@ -51,7 +53,9 @@ class ReconcileReport:
         verb = "would send again" if dry_run else "sent again"
         return (f"checked {self.checked} task(s) that must have a job: {self.alive} had one, {verb} "
                 f"{self.sent_again + self.stalled} ({self.stalled} of them stalled), {self.changed} moved on meanwhile"
-                + (f"; settled {self.workflows} waiting task(s) and batch(es)" if self.workflows else ""))
+                + (f"; settled {self.workflows} waiting task(s) and batch(es)" if self.workflows else "")
+                + (f"; {self.unreadable} task(s) not sent: their stored description cannot be read (see the log)"
+                   if self.unreadable else ""))
 
 
 def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = False,
@@ -89,7 +93,14 @@ def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = Fal
                     report.stalled += was_working
                     report.sent_again += not was_working
                     continue
-                job_id = dispatch.send_again(row)
+                try:
+                    job_id = dispatch.send_again(row)
+                except InvalidInput as error:
+                    # Written by something else than pheanq (or an older one): it must not stop the pass.
+                    report.unreadable += 1
+                    report.actions.append(f"task {row.id} ({row.status}): not sent: {error}; cancel it")
+                    log.warning("%s", report.actions[-1])
+                    continue
                 if job_id is None:
                     report.changed += 1
                     continue

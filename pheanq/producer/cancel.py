@@ -35,6 +35,10 @@ def canceller(by: str | None) -> str:
         return who_cancels()
     if not isinstance(by, str) or not 0 < len(by) <= MAX_NAME:
         raise InvalidInput(f"who cancels (--by) must be a text of 1 to {MAX_NAME} characters, not {by!r}")
+    if not by.isprintable():
+        # It goes into the task's log: a newline would start a line that reads as one of pheanq's entries.
+        raise InvalidInput(f"who cancels (--by) must be printable text, without a newline or control "
+                           f"character: {by!r}")
     return by
 
 

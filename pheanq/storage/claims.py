@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from pheanq import tasklog
 from pheanq.clock import utc_now
 from pheanq.lease import stale_after
 from pheanq.run_at import EARLY_TOLERANCE, is_early
@@ -112,7 +113,8 @@ class ClaimStatements:
                     changed = conn.execute(
                         task_table.update().where(c.id == task_id, c.status == Status.WORKING.value,
                                                   c.attempts == row.attempts, same(c.heartbeat, row.heartbeat))
-                        .values(**claimed)
+                        .values(**claimed, log=sa.func.coalesce(c.log, "")
+                                + tasklog.holder_gone(row.attempts, row.worker))
                     ).rowcount
                     row = select_task(conn, task_id)
         if row is None:
