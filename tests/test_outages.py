@@ -23,6 +23,7 @@ from support import TcpProxy, WorkerProcess, server_database_urls, wait_for, wri
 
 from pheanq import Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
+from pheanq.retry import Retry
 from pheanq.storage import Store
 from pheanq.storage.tables import task_table
 
@@ -199,5 +200,79 @@ def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_
     assert row.log.count("--- attempt ") == 1 and "--- attempt 1 " in row.log, row.log
     assert f"task {task_id} was claimed by this worker already (attempt 1)" in worker.log
     assert "is still held by" not in worker.log
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
+
+
+def _through(proxy: TcpProxy, server_url: str) -> str:
+    return make_url(server_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+
+
+def test_a_retry_whose_write_answer_is_lost_runs_after_its_backoff(
+    server_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Issue 11, item 9's sibling at an attempt's end: the first attempt fails with a retry left, and the COMMIT
+    of `working -> retrying` reaches the server while its answer is dropped. The worker wrote again, found the
+    row no longer `working`, said the attempt no longer owned the task and deleted the job: the task waited in
+    `retrying`, with no job, for the reconciler, instead of running after its 1 s backoff."""
+    url = make_url(server_url)
+    marker = "CUT-THE-RETRYS-ANSWER"   # in the failed attempt's output, so in the write of `retrying` alone
+    flag = tmp_path / "second"
+    script = f"if [ -e {flag} ]; then exit 0; fi; touch {flag}; echo {marker}; exit 1"
+    write_config(tmp_path, commands={"flaky": ["sh", "-c", script]}, log_worker_output_on_failure=True)
+    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker.encode())
+    proxy.restore()
+    try:
+        service = make_service(server_url)
+        worker = start_worker([], make_env(_through(proxy, server_url)))
+        worker.wait_line("READY")
+        task_id = service.queue_task(TaskDescription("flaky"),
+                                     retry=Retry(max_attempts=3, backoff="fixed", delay=1, jitter=False))
+        wait_for(lambda: proxy.cut_at is not None, 20, "the retry's COMMIT to be answered, and the answer dropped")
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 15,
+                 f"the retry to run after its 1 s backoff; log:\n{worker.log}", interval=0.1)
+    finally:
+        proxy.cut()
+    row = service.find_task(task_id)
+    assert (row.attempts, row.exit_code) == (2, 0)
+    log = row.log or ""
+    assert log.count("--- attempt 1 ") == 1 and log.count("--- attempt 2 ") == 1, log
+    assert log.count("--- retrying in 1s (attempt 2 of 3)") == 1, log
+    assert "no longer" not in worker.log
+    assert f"task {task_id}: attempt 1 was recorded retrying, though the database's answer was lost" in worker.log
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
+
+
+def test_a_chain_step_whose_finish_answer_is_lost_sends_its_dependant(
+    server_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The chain's first step is done; the COMMIT that records it (and releases the second step to `new`)
+    reaches the server, its answer is dropped. The write again found the row settled and said the attempt no
+    longer held the task, so the worker never put the second step's job: it waited, `new` with no job, for the
+    reconciler."""
+    url = make_url(server_url)
+    marker = "CUT-THE-FIRST-STEPS-ANSWER"
+    write_config(tmp_path, commands={"say": ["echo"]}, log_worker_output_on_success=True)
+    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker.encode())
+    proxy.restore()
+    try:
+        service = make_service(server_url)
+        worker = start_worker([], make_env(_through(proxy, server_url)))
+        worker.wait_line("READY")
+        first, second = service.queue_chain(TaskDescription("say", [marker]).then(TaskDescription("say", ["two"])))
+        wait_for(lambda: proxy.cut_at is not None, 20, "the finish's COMMIT to be answered, and the answer dropped")
+        wait_for(lambda: service.status_of(second) is Status.DONE, 15,
+                 f"the second step to run; log:\n{worker.log}", interval=0.1)
+    finally:
+        proxy.cut()
+    row = service.find_task(first)
+    assert (row.status, row.attempts, row.exit_code) == (Status.DONE, 1, 0)
+    assert (row.log or "").count("--- attempt 1 ") == 1, row.log   # recorded once, not again as a lost attempt
+    assert service.find_task(second).attempts == 1
+    assert "no longer" not in worker.log
+    assert f"task {first}: attempt 1 was recorded done, though the database's answer was lost" in worker.log
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.log
