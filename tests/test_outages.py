@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from support import TcpProxy, WorkerProcess, server_database_urls, wait_for, write_config
+from support import TcpProxy, WorkerProcess, claims, server_database_urls, wait_for, write_config
 
 from pheanq import Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
@@ -276,3 +276,25 @@ def test_a_chain_step_whose_finish_answer_is_lost_sends_its_dependant(
     assert f"task {first}: attempt 1 was recorded done, though the database's answer was lost" in worker.log
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.log
+
+
+def test_an_end_written_again_is_found_written_and_what_it_released_is_sent(
+    db_url: str, make_service: Callable[..., TaskQueueService],
+) -> None:
+    """What a worker does when an end's answer is lost, without the proxy: the end is written twice. The second
+    write finds the row as the first left it, deletes the job and sends the dependant the first one released;
+    an end that is not the same write (another entry) is not taken for it."""
+    service = make_service(db_url)
+    first, second = service.queue_chain(TaskDescription("work", ["one"]).then(TaskDescription("work", ["two"])))
+    package = claims(service).reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == first
+    entry = "--- attempt 1 on w: done after 0.01s\n"
+    # The first write: committed, and its answer (with the dependant it released) never reached the worker.
+    assert service.dispatch.store.tasks.finish_task(first, 1, Status.DONE, 0, entry) is not None
+    assert service.find_task(second).job_id is None
+
+    assert claims(service).mark_done(package, entry, 0)
+    assert service.find_task(first).log == entry
+    assert service.dispatch.beanstalkd.inspect(package.job_id) is None
+    assert service.find_task(second).job_id is not None
+    assert not claims(service).mark_done(package, "--- attempt 1 on w: done after 0.02s\n", 0)
