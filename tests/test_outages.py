@@ -298,3 +298,24 @@ def test_an_end_written_again_is_found_written_and_what_it_released_is_sent(
     assert service.dispatch.beanstalkd.inspect(package.job_id) is None
     assert service.find_task(second).job_id is not None
     assert not claims(service).mark_done(package, "--- attempt 1 on w: done after 0.02s\n", 0)
+
+
+def test_a_batch_task_whose_end_is_written_again_sends_the_batchs_callbacks(
+    db_url: str, make_service: Callable[..., TaskQueueService],
+) -> None:
+    """The batch's only task ends done, and the answer to that write is lost: the write again queued no callback
+    (the batch had finished) and sent none, so `then` and `finally` waited, `new` with no job, for the
+    reconciler."""
+    service = make_service(db_url)
+    with service.create_batch("cut", then=TaskDescription("work", ["then"]),
+                              finally_=TaskDescription("work", ["finally"])) as batch:
+        task_id = batch.add(TaskDescription("work", ["only"]))
+    package = claims(service).reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == task_id
+    entry = "--- attempt 1 on w: done after 0.01s\n"
+    assert service.dispatch.store.tasks.finish_task(task_id, 1, Status.DONE, 0, entry) is not None  # answer lost
+
+    assert claims(service).mark_done(package, entry, 0)
+    sent = [claims(service).reserve_task("pheanq", timeout=1) for _ in range(2)]
+    assert sorted(str(callback.description.arguments[0]) for callback in sent if callback is not None) == \
+        ["finally", "then"]
