@@ -103,12 +103,13 @@ class NextStep:
     note: str
 
 
-def after_failure(policy_json: str | None, attempt: int, exit_code: int | None) -> NextStep:
-    """What follows failed attempt number `attempt` (counted over the task's life) under the row's retry JSON."""
+def after_failure(policy_json: str | None, attempt: int, exit_code: int | None, seed: str | None = None) -> NextStep:
+    """What follows failed attempt number `attempt` (counted over the task's life) under the row's retry JSON;
+    with a `seed`, the jitter is drawn from it, so the same seed always gives the same step."""
     policy, before = Retry.from_json(policy_json), counted_after(policy_json)
     in_allowance, last = attempt - before, before + policy.max_attempts
     if policy.retries_after(in_allowance, exit_code):
-        wait = policy.delay_after(in_allowance)
+        wait = policy.delay_after(in_allowance, random.Random(seed).uniform if seed is not None else random.uniform)
         return NextStep(wait, tasklog.retrying(wait, attempt + 1, last))
     if policy.max_attempts == 1:
         return NextStep(None, "")

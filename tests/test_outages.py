@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from support import TcpProxy, WorkerProcess, server_database_urls, wait_for, write_config
+from support import TcpProxy, WorkerProcess, claims, server_database_urls, wait_for, write_config
 
 from pheanq import Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
+from pheanq.retry import Retry
 from pheanq.storage import Store
 from pheanq.storage.tables import task_table
 
@@ -201,3 +202,120 @@ def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_
     assert "is still held by" not in worker.log
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.log
+
+
+def _through(proxy: TcpProxy, server_url: str) -> str:
+    return make_url(server_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+
+
+def test_a_retry_whose_write_answer_is_lost_runs_after_its_backoff(
+    server_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Issue 11, item 9's sibling at an attempt's end: the first attempt fails with a retry left, and the COMMIT
+    of `working -> retrying` reaches the server while its answer is dropped. The worker wrote again, found the
+    row no longer `working`, said the attempt no longer owned the task and deleted the job: the task waited in
+    `retrying`, with no job, for the reconciler, instead of running after its 1 s backoff."""
+    url = make_url(server_url)
+    marker = "CUT-THE-RETRYS-ANSWER"   # in the failed attempt's output, so in the write of `retrying` alone
+    flag = tmp_path / "second"
+    script = f"if [ -e {flag} ]; then exit 0; fi; touch {flag}; echo {marker}; exit 1"
+    write_config(tmp_path, commands={"flaky": ["sh", "-c", script]}, log_worker_output_on_failure=True)
+    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker.encode())
+    proxy.restore()
+    try:
+        service = make_service(server_url)
+        worker = start_worker([], make_env(_through(proxy, server_url)))
+        worker.wait_line("READY")
+        task_id = service.queue_task(TaskDescription("flaky"),
+                                     retry=Retry(max_attempts=3, backoff="fixed", delay=1, jitter=False))
+        wait_for(lambda: proxy.cut_at is not None, 20, "the retry's COMMIT to be answered, and the answer dropped")
+        wait_for(lambda: service.status_of(task_id) is Status.DONE, 15,
+                 f"the retry to run after its 1 s backoff; log:\n{worker.log}", interval=0.1)
+    finally:
+        proxy.cut()
+    row = service.find_task(task_id)
+    assert (row.attempts, row.exit_code) == (2, 0)
+    log = row.log or ""
+    assert log.count("--- attempt 1 ") == 1 and log.count("--- attempt 2 ") == 1, log
+    assert log.count("--- retrying in 1s (attempt 2 of 3)") == 1, log
+    assert "no longer" not in worker.log
+    assert f"task {task_id}: attempt 1 was recorded retrying, though the database's answer was lost" in worker.log
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
+
+
+def test_a_chain_step_whose_finish_answer_is_lost_sends_its_dependant(
+    server_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The chain's first step is done; the COMMIT that records it (and releases the second step to `new`)
+    reaches the server, its answer is dropped. The write again found the row settled and said the attempt no
+    longer held the task, so the worker never put the second step's job: it waited, `new` with no job, for the
+    reconciler."""
+    url = make_url(server_url)
+    marker = "CUT-THE-FIRST-STEPS-ANSWER"
+    write_config(tmp_path, commands={"say": ["echo"]}, log_worker_output_on_success=True)
+    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker.encode())
+    proxy.restore()
+    try:
+        service = make_service(server_url)
+        worker = start_worker([], make_env(_through(proxy, server_url)))
+        worker.wait_line("READY")
+        first, second = service.queue_chain(TaskDescription("say", [marker]).then(TaskDescription("say", ["two"])))
+        wait_for(lambda: proxy.cut_at is not None, 20, "the finish's COMMIT to be answered, and the answer dropped")
+        wait_for(lambda: service.status_of(second) is Status.DONE, 15,
+                 f"the second step to run; log:\n{worker.log}", interval=0.1)
+    finally:
+        proxy.cut()
+    row = service.find_task(first)
+    assert (row.status, row.attempts, row.exit_code) == (Status.DONE, 1, 0)
+    assert (row.log or "").count("--- attempt 1 ") == 1, row.log   # recorded once, not again as a lost attempt
+    assert service.find_task(second).attempts == 1
+    assert "no longer" not in worker.log
+    assert f"task {first}: attempt 1 was recorded done, though the database's answer was lost" in worker.log
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.log
+
+
+def test_an_end_written_again_is_found_written_and_what_it_released_is_sent(
+    db_url: str, make_service: Callable[..., TaskQueueService],
+) -> None:
+    """What a worker does when an end's answer is lost, without the proxy: the end is written twice. The second
+    write finds the row as the first left it, deletes the job and sends the dependant the first one released;
+    an end that is not the same write (another entry) is not taken for it."""
+    service = make_service(db_url)
+    first, second = service.queue_chain(TaskDescription("work", ["one"]).then(TaskDescription("work", ["two"])))
+    package = claims(service).reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == first
+    entry = "--- attempt 1 on w: done after 0.01s\n"
+    # The first write: committed, and its answer (with the dependant it released) never reached the worker.
+    assert service.dispatch.store.tasks.finish_task(first, 1, Status.DONE, 0, entry) is not None
+    assert service.find_task(second).job_id is None
+
+    assert claims(service).mark_done(package, entry, 0)
+    assert service.find_task(first).log == entry
+    assert service.dispatch.beanstalkd.inspect(package.job_id) is None
+    assert service.find_task(second).job_id is not None
+    assert not claims(service).mark_done(package, "--- attempt 1 on w: done after 0.02s\n", 0)
+
+
+def test_a_batch_task_whose_end_is_written_again_sends_the_batchs_callbacks(
+    db_url: str, make_service: Callable[..., TaskQueueService],
+) -> None:
+    """The batch's only task ends done, and the answer to that write is lost: the write again queued no callback
+    (the batch had finished) and sent none, so `then` and `finally` waited, `new` with no job, for the
+    reconciler."""
+    service = make_service(db_url)
+    with service.create_batch("cut", then=TaskDescription("work", ["then"]),
+                              finally_=TaskDescription("work", ["finally"])) as batch:
+        task_id = batch.add(TaskDescription("work", ["only"]))
+    package = claims(service).reserve_task("pheanq", timeout=5)
+    assert package is not None and package.task_id == task_id
+    entry = "--- attempt 1 on w: done after 0.01s\n"
+    assert service.dispatch.store.tasks.finish_task(task_id, 1, Status.DONE, 0, entry) is not None  # answer lost
+
+    assert claims(service).mark_done(package, entry, 0)
+    sent = [claims(service).reserve_task("pheanq", timeout=1) for _ in range(2)]
+    assert sorted(str(callback.description.arguments[0]) for callback in sent if callback is not None) == \
+        ["finally", "then"]

@@ -60,6 +60,14 @@ def test_jitter_keeps_each_wait_in_the_upper_half_of_the_backoff() -> None:
     assert {policy.delay_after(3) for _ in range(200)} <= set(range(16, 33))
 
 
+def test_a_seeded_failure_always_leads_to_the_same_step_and_seeds_still_spread_the_jitter() -> None:
+    """A worker that writes a failed attempt's end again (its first answer was lost) must write the same end:
+    the seed (task, nonce, attempt) fixes the jitter; tasks failing together still retry apart."""
+    policy = Retry(max_attempts=5, delay=64, jitter=True).to_json()
+    assert len({after_failure(policy, 2, 1, seed="7:n:2") for _ in range(20)}) == 1
+    assert len({after_failure(policy, 2, 1, seed=f"{task}:n:2").wait for task in range(50)}) > 5
+
+
 def test_attempts_left_and_non_retryable_exit_codes_decide_the_next_step() -> None:
     policy = Retry(max_attempts=3, delay=0, non_retryable=frozenset({2})).to_json()
     assert after_failure(policy, 1, 1).wait == 0

@@ -4,6 +4,10 @@ task's row together with its job.
 
 A move of an attempt whose task had a cancel requested while it ran ends the task `cancelled` instead (see
 pheanq.storage.tasks); an attempt that no longer holds its task has its log entry added, and nothing else.
+
+An end is written again until the database answers (see pheanq.worker.loop). A write whose COMMIT reached the
+server but whose answer was lost is found committed when it is written again (`Moved.answer_lost`): what
+follows it is done then, once — the job deleted or released, what the end released sent.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pheanq.clock import utc_now
 from pheanq.dispatch.jobs import Attempt, WorkPackage
 from pheanq.errors import TubeUnavailable
 from pheanq.retry import after_failure
+from pheanq.run_at import put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
 from pheanq.storage.tables import TaskRow
@@ -51,7 +56,9 @@ class AttemptEnds:
         when the attempt no longer owns the task. With `reserved` (the caller holds the job), the job is
         released with that delay; else whoever reserves it next finds the task early and delays it."""
         task_id, number = attempt.row.id, attempt.row.attempts
-        step = after_failure(attempt.row.retry, number, exit_code)
+        # The same attempt's failure always leads to the same step (its jitter too): a write repeated after its
+        # answer was lost is the same write, and is found committed.
+        step = after_failure(attempt.row.retry, number, exit_code, seed=f"{task_id}:{attempt.row.nonce}:{number}")
         entry = (log_text or "") + step.note or None
         if step.wait is None:
             return self._end(attempt, Status.FAILED, exit_code, entry, reserved)
@@ -60,11 +67,17 @@ class AttemptEnds:
         if moved is None:
             self._lost_attempt(attempt, entry, reserved)
             return None
+        self._note_answer_lost(attempt, moved)
         if moved.status is not Status.RETRYING:
             self.ended_instead(task_id, attempt.job_id if reserved else self._job_named(task_id), moved)
             return moved.status
+        wait = step.wait
+        if moved.answer_lost:
+            # The backoff runs from the first write, which set the row's run_at.
+            row = self.store.tasks.find_task(task_id)
+            wait = put_delay(None if row is None else row.run_at, utc_now())
         if reserved and attempt.job_id is not None and \
-                not self.beanstalkd.release(attempt.job_id, attempt.row.priority, step.wait):
+                not self.beanstalkd.release(attempt.job_id, attempt.row.priority, wait):
             # Not reserved by this worker any more: whoever reserves the job finds the task early and delays it.
             log.warning("task %d: retrying, but its job %d was not reserved by this worker any more",
                         task_id, attempt.job_id)
@@ -76,12 +89,14 @@ class AttemptEnds:
         moved = self.store.tasks.release_task(attempt.row.id, attempt.row.attempts, log_text)
         if moved is None:
             self._lost_attempt(attempt, log_text, reserved=True)
-        elif moved.status is not Status.NEW:
+            return False
+        self._note_answer_lost(attempt, moved)
+        if moved.status is not Status.NEW:
             self.ended_instead(attempt.row.id, attempt.job_id, moved)
         elif attempt.job_id is not None and not self.beanstalkd.release(attempt.job_id, attempt.row.priority):
             # Not reserved by this worker any more: another worker may have delayed it while the lease was held.
             self.beanstalkd.kick_job(attempt.job_id)
-        return moved is not None
+        return True
 
     def stall(self, attempt: Attempt, log_text: str) -> bool:
         """The attempt's worker died while its command ran: `stalled`, and its job ready to run again at once
@@ -90,6 +105,7 @@ class AttemptEnds:
         moved = self.store.tasks.stall_task(attempt.row.id, attempt.row.attempts, log_text)
         if moved is None:
             return False
+        self._note_answer_lost(attempt, moved)
         job_id = self._job_named(attempt.row.id)
         if moved.status is not Status.STALLED:
             self.ended_instead(attempt.row.id, job_id, moved)
@@ -117,6 +133,7 @@ class AttemptEnds:
         if moved is None:
             self._lost_attempt(attempt, log_text, reserved)
             return None
+        self._note_answer_lost(attempt, moved)
         # Not held by the caller: the job is the one the row names now (the reconciler may have sent the task
         # again, as a stalled one, between the caller's read and this end).
         job_id = attempt.job_id if reserved else self._job_named(task_id)
@@ -133,6 +150,13 @@ class AttemptEnds:
         if job_id is not None:
             delete_job(self.beanstalkd, task_id, job_id, f"recorded as {moved.status}")
         self.send_released(moved.settled.released)
+
+    @staticmethod
+    def _note_answer_lost(attempt: Attempt, moved: Moved) -> None:
+        if moved.answer_lost:
+            log.warning("task %d: attempt %d was recorded %s, though the database's answer was lost (the connection "
+                        "died after the COMMIT); what follows is done now", attempt.row.id, attempt.row.attempts,
+                        moved.status)
 
     def _job_named(self, task_id: int) -> int | None:
         row = self.store.tasks.find_task(task_id)

@@ -66,6 +66,9 @@ class Moved:
 
     status: Status
     settled: Settled
+    # The move had been written by an earlier try of this same write, whose answer the database connection lost
+    # (it died after the COMMIT reached the server): what it released is found again, unsent.
+    answer_lost: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,7 +359,7 @@ class TaskStatements:
                           "exit_code": values.get("exit_code")}
                 moved = self._move_row(conn, task_id, attempt, Status.CANCELLED, ending, now)
             if moved is None:
-                return None
+                return _written_before(conn, task_id, attempt, target, values.get("log"))
             ends = Ends()
             if moved in FINAL:
                 batch_id, has_dependants = conn.execute(_END_FACTS, {"task": task_id}).one()
@@ -374,6 +377,43 @@ class TaskStatements:
              **{f"new_{name}": value for name, value in values.items()}},
         ).rowcount
         return target if changed == 1 else None
+
+
+def _written_before(conn: Connection, task_id: int, attempt: int, target: Status, entry: str | None) -> Moved | None:
+    """The move of `attempt` to `target` that an earlier try of this same write committed, though its answer was
+    lost (the worker writes again until the database answers); None when someone else moved the task.
+
+    The row is as that write left it: the same attempt, in `target` (or `cancelled` instead, see
+    TaskStatements._move_settled), its log ending with the write's entry. What that write released is sent
+    again: the tasks that wait for this one and the callbacks of its batch that are `new` and have no job."""
+    row = select_task(conn, task_id)
+    if row is None or row.attempts != attempt:
+        return None
+    if entry is None:
+        endings = [""]
+    elif target is Status.DONE:
+        endings = [entry, entry + tasklog.CANCEL_CAME_TOO_LATE]
+    else:
+        endings = [entry]
+    if row.status is target:
+        left = any((row.log or "").endswith(ending) for ending in endings)
+    elif row.status is Status.CANCELLED and target is not Status.DONE:
+        left = (row.log or "").endswith((entry or "") + tasklog.ended_by_cancel(attempt))
+    else:
+        left = False
+    if not left:
+        return None
+    released: list[int] = []
+    if row.status in FINAL:
+        c, d, b = task_table.c, dependency_table.c, batch_table.c
+        dependants = sa.select(d.task_id).where(d.parent_id == task_id)
+        batch = None if row.batch_id is None else \
+            conn.execute(sa.select(b.then_id, b.catch_id, b.finally_id).where(b.id == row.batch_id)).first()
+        callbacks = [int(callback) for callback in batch or () if callback is not None]
+        released = sorted(int(found) for found in conn.execute(
+            sa.select(c.id).where(sa.or_(c.id.in_(dependants), c.id.in_(callbacks)),
+                                  c.status == Status.NEW.value, c.job_id.is_(None))).scalars())
+    return Moved(row.status, Settled(released), answer_lost=True)
 
 
 def _inserted_id(result: Any) -> int:

@@ -173,7 +173,9 @@ class TaskWorker:
         return self.claims.mark_failed(package, outcome.log, outcome.exit_code)
 
     def _record(self, write: Callable[[], bool], package: WorkPackage) -> None:
-        """Record a task's result, waiting out a database outage while keeping the job reserved."""
+        """Record a task's result, waiting out a database outage while keeping the job reserved. Writing again is
+        safe: an end whose answer was lost is found written, and what follows it is done then (see
+        pheanq.dispatch.ends)."""
         while True:
             try:
                 write()
