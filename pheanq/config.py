@@ -124,8 +124,16 @@ def check_tube_name(name: str, what: str = "tube") -> str:
 
 def _read_toml(path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            _check_config_owner(path, os.fstat(handle.fileno()))
+        # Opened without blocking (a FIFO would wait for a writer) and never as this process's terminal;
+        # what the descriptor names is checked before a byte of it is read.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            _check_config_file(path, os.fstat(descriptor))
+            os.set_blocking(descriptor, True)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        with open(descriptor, "rb") as handle:
             data: dict[str, Any] = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: no such file") from None
@@ -141,10 +149,18 @@ def _read_toml(path: str) -> dict[str, Any]:
     return data
 
 
-def _check_config_owner(path: str, status: os.stat_result) -> None:
-    """Refuse a file that someone other than this user (or root) could have written: its [commands] run."""
-    if stat.S_ISCHR(status.st_mode):
-        return  # a device such as /dev/null holds nothing anyone wrote into it
+def _check_config_file(path: str, status: os.stat_result) -> None:
+    """Refuse a file that someone other than this user (or root) could have written: its [commands] run.
+
+    /dev/null itself (by its device number, whatever the path) is the one exception: it holds nothing. Any
+    other device, a FIFO or a socket is refused whoever owns it: what a terminal or a pipe gives is what
+    someone typed or wrote into it just now, not a file its owner keeps.
+    """
+    if stat.S_ISCHR(status.st_mode) and status.st_rdev == _null_device():
+        return
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(f"config file {path}: not a plain file (a terminal or a pipe gives what someone writes into "
+                          f"it now, a directory nothing): name a file of your own, or /dev/null")
     if status.st_uid not in (os.geteuid(), 0):
         raise ConfigError(f"config file {path}: owned by uid {status.st_uid}, not by this user (uid "
                           f"{os.geteuid()}); it could redefine the commands a worker runs: "
@@ -152,6 +168,13 @@ def _check_config_owner(path: str, status: os.stat_result) -> None:
     if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ConfigError(f"config file {path}: writable by group or others, who could redefine the commands a "
                           f"worker runs: chmod go-w {path}")
+
+
+def _null_device() -> int | None:
+    try:
+        return os.stat(os.devnull).st_rdev
+    except OSError:
+        return None
 
 
 def _parse_database_url(key: str, value: Any) -> str:

@@ -12,6 +12,7 @@ owner, same start time, same command line (`ProcessIdentity`), so a reused pid i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
@@ -40,15 +41,17 @@ def default_run_dir() -> Path:
 def private_directory(path: Path, fix: str) -> Path:
     """Make `path` (mode 0700, parents too) or check the one there; refuse another user's or a writable one.
 
-    `fix` says what the user can do instead, e.g. "set run_dir / PHEANQ_RUN_DIR".
+    Every component of the path is looked at without following it first (`_walk`): a symbolic link of
+    another user's, or a directory above that another user owns or can write, decides where pheanq
+    writes and is refused too. Returns the path with its symbolic links resolved, so what is opened in
+    it is what was checked. `fix` says what the user can do instead, e.g. "set run_dir / PHEANQ_RUN_DIR".
     """
     try:
-        _make_private(path)
-        info = os.stat(path)
+        real, info = _walk(path, fix)
     except OSError as error:
         raise UnsafePath(f"run directory {path}: {error.strerror or error}; {fix}") from None
     _check_private_directory(path, info, fix)
-    return path
+    return real
 
 
 def open_private_file(path: Path, create: bool = True, exclusive: bool = False) -> int:
@@ -121,17 +124,65 @@ def _check_private_directory(path: Path, info: os.stat_result, fix: str) -> None
                          f" another user could plant files in it; run `chmod 700 {path}`, or {fix}")
 
 
-def _make_private(path: Path) -> None:
-    missing = []
-    for directory in (path, *path.parents):
-        if os.path.lexists(directory):
-            break
-        missing.append(directory)
-    for directory in reversed(missing):
+def _walk(path: Path, fix: str) -> tuple[Path, os.stat_result]:
+    """Resolve `path` one component at a time, as the kernel would, making what is missing (0700).
+
+    Each directory passed through must be this user's or root's and not writable by group or others
+    unless sticky (like /tmp, where no one can rename another's entry); each symbolic link must be this
+    user's or root's (root's /var/run -> /run is followed, another user's link is not). A directory is
+    made only in a directory that passed. Returns the resolved path and the lstat of its last directory.
+    """
+    pending = list(reversed(Path(os.getcwd(), path).parts[1:]))
+    current = Path("/")
+    info = os.lstat(current)
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            info = os.lstat(current)
+            continue
+        candidate = current / name
         try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            continue  # made at this instant by someone else: checked below like any existing one
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # made at this instant by someone else: checked below
+                os.mkdir(candidate, 0o700)
+            info = os.lstat(candidate)
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid not in (os.geteuid(), 0):
+                raise UnsafePath(f"run directory {path}: {candidate} is a symbolic link of uid {info.st_uid}, "
+                                 f"another user's, who chooses where it leads; remove it, or {fix}")
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise UnsafePath(f"run directory {path}: too many levels of symbolic links; {fix}")
+            target = Path(os.readlink(candidate))
+            if target.is_absolute():
+                current = Path("/")
+            pending.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
+            continue
+        if pending:
+            _check_passed_through(path, candidate, info, fix)
+        current = candidate
+    return current, info
+
+
+# As Linux's own limit on symbolic links followed in one path (ELOOP).
+_MAX_SYMLINKS = 40
+
+
+def _check_passed_through(path: Path, directory: Path, info: os.stat_result, fix: str) -> None:
+    """Refuse a directory above the run directory that another user could rearrange."""
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"run directory {path}: {directory} is not a directory; {fix}")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise UnsafePath(f"run directory {path}: {directory} belongs to uid {info.st_uid}, who could replace what "
+                         f"is in it; {fix}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise UnsafePath(f"run directory {path}: {directory} is writable by group or others without the sticky bit "
+                         f"(mode {stat.S_IMODE(info.st_mode):04o}), who could replace what is in it; {fix}")
 
 
 def _home() -> str:

@@ -156,9 +156,10 @@ class PheanqProcess:
     """A long-running `pheanq COMMAND ARGS` process whose stdout and stderr lines are collected as they come."""
 
     def __init__(self, command: str, args: Sequence[str], env: Mapping[str, str], cwd: Path,
-                 global_args: Sequence[str] = ()) -> None:
+                 global_args: Sequence[str] = (), python: Sequence[str] = (sys.executable,)) -> None:
+        """`python` is how Python is started: a command line that ends in exec (setpriv ... python3) keeps `pid`."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pheanq", *global_args, command, *args], env=dict(env), cwd=cwd,
+            [*python, "-m", "pheanq", *global_args, command, *args], env=dict(env), cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
         )
         self.stdout_lines: list[str] = []
@@ -193,8 +194,9 @@ class WorkerProcess(PheanqProcess):
     """A `pheanq task-worker` process: `lines` are its READY and BUSY <id> lines, `stdout_lines` every state
     line (with CHILD <pid> and EXITED <code>), `errors` its log."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
-        super().__init__("task-worker", args, env, cwd)
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path,
+                 python: Sequence[str] = (sys.executable,)) -> None:
+        super().__init__("task-worker", args, env, cwd, python=python)
         self.errors = self.stderr_lines
 
     @property
@@ -311,8 +313,8 @@ class TenderProcess(PheanqProcess):
     through as ``worker <pid>: <line>``). `stop()` ends it and everything below it."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path,
-                 global_args: Sequence[str] = ()) -> None:
-        super().__init__("worker-tender", args, env, cwd, global_args)
+                 global_args: Sequence[str] = (), python: Sequence[str] = (sys.executable,)) -> None:
+        super().__init__("worker-tender", args, env, cwd, global_args, python)
         self.lines = self.stderr_lines
         self.output = self.stdout_lines
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import secrets
 import shutil
 import subprocess
@@ -181,6 +182,46 @@ def test_a_config_file_of_this_user_or_root_without_group_or_other_write_is_read
     assert load_settings({}, {"PHEANQ_CONFIG": str(path)}).default_tube == "mine"
 
 
+OTHER_UID = 65534  # nobody: "another local user" as the owner of a terminal
+
+
+@pytest.mark.parametrize("device", ["another user's terminal", "a FIFO"])
+def test_a_config_path_that_leads_to_a_terminal_or_a_pipe_is_refused_in_one_line_without_reading_it(
+    tmp_path: Path, device: str,
+) -> None:
+    """Issue 11, item 7 (review): a named config file that another user linked to their pty (or a FIFO) gave
+    a root worker the [commands] they typed into it. Only /dev/null itself is a device pheanq reads."""
+    link = tmp_path / "pheanq.toml"
+    with contextlib.ExitStack() as stack:
+        if device == "a FIFO":
+            os.mkfifo(tmp_path / "fifo", 0o600)
+            link.symlink_to(tmp_path / "fifo")
+        else:
+            master, slave = pty.openpty()
+            stack.callback(os.close, master)
+            name = os.ttyname(slave)
+            if os.geteuid() == 0:
+                os.chown(name, OTHER_UID, -1)  # the attacker's own terminal
+            os.close(slave)
+            link.symlink_to(name)
+            os.write(master, b'[commands]\nevil = ["/usr/bin/id"]\n\x04')
+        env = {"PATH": "/usr/bin:/bin", "PHEANQ_DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+               "PHEANQ_CONFIG": str(link), "HOME": str(tmp_path)}
+        result = pheanq(["status"], env, tmp_path, timeout=20)  # a FIFO opened to be read waited for a writer
+
+        line = one_error_line(result)
+        assert result.returncode == 2 and result.stdout == ""
+        assert line.startswith(f"pheanq: error: config file {link}: not a plain file") and "/dev/null" in line, line
+    assert not (tmp_path / "unused.db").exists()
+
+
+def test_dev_null_is_read_as_an_empty_config_file_under_any_name(tmp_path: Path) -> None:
+    link = tmp_path / "pheanq.toml"
+    link.symlink_to(os.devnull)
+    settings = load_settings({}, {"PHEANQ_CONFIG": str(link), "HOME": str(tmp_path)})
+    assert settings.default_tube == "pheanq" and "evil" not in settings.registry()
+
+
 def test_configured_commands_join_the_builtin_example(tmp_path: Path) -> None:
     path = write_config(tmp_path, commands={"report": ["/usr/bin/env", "report"], "a.b:c-d_e": ["/bin/true"]})
     registry = load_settings({}, {"PHEANQ_CONFIG": str(path)}).registry()
@@ -213,7 +254,7 @@ def test_a_named_config_file_that_is_absent_is_an_error_from_flag_and_env(tmp_pa
 
 
 def test_a_config_file_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
-    assert f"config file {tmp_path}: cannot be read" in _error({"config_file": str(tmp_path)}, {})
+    assert f"config file {tmp_path}: not a plain file" in _error({"config_file": str(tmp_path)}, {})
 
 
 @pytest.mark.parametrize("content", [b"database_url = \n", b"[commands\n", b"x = 'a' 'b'\n",

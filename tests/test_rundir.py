@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from support import one_error_line, pheanq, wait_for
 
-from pheanq.rundir import ProcessIdentity, default_run_dir
+from pheanq.rundir import ProcessIdentity, default_run_dir, private_directory
 from pheanq.tender.registry import Registration
 
 MakeEnv = Callable[..., dict[str, str]]
@@ -196,6 +196,56 @@ def test_an_unsafe_directory_is_refused_in_one_line_naming_it_and_the_fix(
     line = one_error_line(result)
     assert f"run directory {directory} " in line and fix in line, line
     assert os.listdir(directory) == [], "pheanq wrote into a directory it refused"
+
+
+# --- symbolic links on the way to a run directory (issue 11, item 3, review) ----------------------------------------
+
+@pytest.mark.parametrize("where", ["the run directory itself", "a directory above it"])
+def test_a_run_directory_that_is_another_users_symlink_is_refused(
+        tmp_path: Path, shared: Path, attacker: Attacker, sqlite_url: str, make_env: MakeEnv, where: str) -> None:
+    """The attacker links a name in a shared (sticky) directory to a private directory of root's: root's worker
+    followed it and made its pid file (or, through a linked parent, a directory of pheanq's) in root's."""
+    precious = tmp_path / "precious"
+    precious.mkdir(mode=0o700)
+    link = shared / "run"
+    attacker.run("import os, sys; os.symlink(sys.argv[1], sys.argv[2])", str(precious), str(link))
+    pid_dir = link if where == "the run directory itself" else link / "pheanq-made-this"
+    result = pheanq(["task-worker", "--single-id", "cronjob", "--pid-dir", str(pid_dir), "--stop-when-empty"],
+                    make_env(sqlite_url), tmp_path)
+    assert os.listdir(precious) == [], "root wrote through the other user's link"
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = one_error_line(result)
+    assert f"run directory {pid_dir}: {link} is a symbolic link of uid {attacker.uid}" in line, line
+    assert "--pid-dir" in line, line
+
+
+def test_a_run_directory_under_another_users_directory_is_refused_and_nothing_made_through_it(
+        tmp_path: Path, shared: Path, attacker: Attacker, sqlite_url: str, make_env: MakeEnv) -> None:
+    """`att2/sub -> root's directory` in a directory of the attacker's own: even a link the attacker could
+    swap after the check (their directory, their rules) is not passed through."""
+    precious = tmp_path / "precious"
+    precious.mkdir(mode=0o700)
+    theirs = shared / "att2"
+    attacker.run("import os, sys; os.mkdir(sys.argv[1], 0o755); os.symlink(sys.argv[2], sys.argv[3])",
+                 str(theirs), str(precious), str(theirs / "sub"))
+    pid_dir = theirs / "sub" / "pheanq-made-this"
+    result = pheanq(["task-worker", "--single-id", "cronjob", "--pid-dir", str(pid_dir), "--stop-when-empty"],
+                    make_env(sqlite_url), tmp_path)
+    assert os.listdir(precious) == [], "root made a directory through the other user's link"
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = one_error_line(result)
+    assert f"run directory {pid_dir}: {theirs} belongs to uid {attacker.uid}" in line, line
+
+
+def test_a_run_directory_in_tmp_or_behind_a_link_of_this_users_own_is_made_and_used(
+        tmp_path: Path, shared: Path) -> None:
+    """What stays allowed: /tmp/mine/run made by the user itself in the sticky /tmp, and a link of one's own."""
+    made = private_directory(shared / "mine" / "run", "set run_dir")
+    assert made == shared / "mine" / "run" and stat.S_IMODE(made.stat().st_mode) == 0o700
+    (tmp_path / "link").symlink_to(shared / "mine")
+    assert private_directory(tmp_path / "link" / "run", "set run_dir") == made
+    dotted = tmp_path / "link" / ".." / "mine" / "run"  # `..` after a link leaves its target, as the kernel does
+    assert private_directory(dotted, "set run_dir") == Path(os.path.realpath(dotted)) == made
 
 
 # --- stop-worker-tender and planted records ------------------------------------------------------------------------

@@ -7,16 +7,27 @@ reach the task. Unit tests cover which variables are kept out and why.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pwd
 import secrets
-from collections.abc import Callable
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 from support import TenderProcess, WorkerProcess, wait_for, write_config
 
+import pheanq
 from pheanq import Status, TaskDescription
 from pheanq.config import load_settings
 from pheanq.producer.service import TaskQueueService
+from pheanq.storage import Store
+from pheanq.storage.migrate import upgrade_database
 from pheanq.worker.task_env import task_environment
 
 SECRET = "a secret of more than sixteen characters"
@@ -84,6 +95,89 @@ def test_the_database_url_a_tender_is_given_on_its_command_line_reaches_its_work
     assert log is not None and f"PHEANQ_TASK_ID={task_id}" in log
     assert "PHEANQ_DATABASE_URL" not in log and url not in log
     assert password not in log
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # another user cannot be assumed to reach this checkout's virtualenv's Python
+# Prints what the task can read of its parent's (its worker's) and grandparent's environment and command line.
+PEEK = ("echo PEEKED; parent=$PPID; grandparent=$(cut -d' ' -f4 /proc/$parent/stat); "
+        "for p in $parent $grandparent; do tr '\\0' '\\n' < /proc/$p/environ; tr '\\0' ' ' < /proc/$p/cmdline; "
+        "echo; done; exit 1")
+
+
+@dataclasses.dataclass
+class LocalUser:
+    """An ordinary local user (not root, whose tasks may read any process's memory) and a directory of its own."""
+
+    uid: int
+    gid: int
+    home: Path
+
+    def python(self) -> list[str]:
+        """Start this checkout's pheanq as this user, with the system's Python and the virtualenv's packages."""
+        packages = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "env",
+                f"HOME={self.home}", f"PYTHONPATH={Path(pheanq.__file__).parent.parent}:{packages}", SYSTEM_PYTHON]
+
+
+@pytest.fixture
+def local_user() -> Iterator[LocalUser]:
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "userdel", "setpriv")):
+        pytest.skip("needs root with useradd, userdel and setpriv to run a worker as an ordinary user")
+    if subprocess.run([SYSTEM_PYTHON, "-c", f"import sys; sys.exit(sys.version_info[:2] != {sys.version_info[:2]})"],
+                      check=False).returncode != 0:
+        pytest.skip(f"{SYSTEM_PYTHON} is not the Python version of this virtualenv")
+    name = f"pheanq-app-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    entry = pwd.getpwnam(name)
+    home = Path(tempfile.mkdtemp(prefix="pheanq-app-", dir="/tmp"))
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    try:
+        yield LocalUser(entry.pw_uid, entry.pw_gid, home)
+    finally:
+        shutil.rmtree(home)
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("started_by", ["cron", "a tender"])
+def test_a_task_cannot_read_the_secret_from_its_workers_environment(
+    local_user: LocalUser, make_service: MakeService, make_env: MakeEnv, started_by: str,
+) -> None:
+    """Issue 11, item 4 (review): the task's own environment was clean, but it runs as its worker's user, and
+    `/proc/$PPID/environ` (its worker's) and its tender's held PHEANQ_SECRET and PHEANQ_DATABASE_URL: printed,
+    they landed in the task's log."""
+    home = local_user.home
+    database = home / "pheanq.db"
+    secret = "review-" + secrets.token_hex(16)
+    password = f"pw-{secrets.token_hex(8)}"
+    url = f"sqlite:///{database}?password={password}"  # the driver ignores a query parameter it does not know
+    config = write_config(home, commands={"peek": ["sh", "-c", PEEK]}, log_worker_output_on_failure=True)
+    store = Store(f"sqlite:///{database}")
+    upgrade_database(store)
+    store.close()
+    service = make_service(f"sqlite:///{database}", secret=secret)
+    task_id = service.queue_task(TaskDescription("peek"))
+    for made in home.glob("pheanq.db*"):  # root's own later journal files take the owner of the database's
+        os.chown(made, local_user.uid, local_user.gid)
+    env = make_env(url, PHEANQ_SECRET=secret, PHEANQ_RUN_DIR=str(home / "run"), PHEANQ_CONFIG=str(config))
+    if started_by == "cron":
+        worker = WorkerProcess(["--stop-when-empty"], env, home, python=local_user.python())
+        try:
+            assert worker.wait() == 0, worker.log
+        finally:
+            worker.stop()
+    else:
+        # A memory limit makes the tender read its workers' /proc entries: they stay readable to it.
+        tender = TenderProcess(["--min-workers", "1", "--spare-workers", "0", "--max-workers", "1",
+                                "--max-worker-memory", "10000"], env, home, python=local_user.python())
+        try:
+            wait_for(lambda: service.status_of(task_id) is Status.FAILED, 30, f"the task; log:\n{tender.log}")
+        finally:
+            tender.stop()
+        assert "Traceback" not in tender.log, tender.log
+    log = service.find_task(task_id).log or ""
+    assert "PEEKED" in log and "pheanq task-worker" in log, log
+    assert secret not in log and password not in log and "PHEANQ_" not in log, log
 
 
 def test_pheanqs_own_variables_and_driver_passwords_are_kept_out_and_the_task_id_is_set() -> None:

@@ -53,6 +53,7 @@ from pheanq.tender.recovery import Aftercare, OrphanedTask, reap_exit_code
 from pheanq.tender.registry import Registration
 from pheanq.worker.child import die_with_parent, linux_prctl
 from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, parse
+from pheanq.worker.undumpable import make_undumpable
 
 log = logging.getLogger("pheanq.tender")
 
@@ -168,6 +169,7 @@ class Tender:
 
     def run(self) -> int:
         """Tend the pool until SIGTERM/SIGINT; returns the exit code."""
+        make_undumpable()  # its environment holds the credentials its workers get, and their tasks must not
         problem = self.limits.problem()
         if problem is not None:
             raise PheanqError(problem)

@@ -58,8 +58,9 @@ class SingleInstance:
 
     def acquire(self) -> int | None:
         """Take the lock; None on success, else the pid of the worker that holds it (0 if unknown)."""
-        private_directory(self.path.parent, "pass --pid-dir (or set run_dir) a directory of your own")
-        handle = os.fdopen(open_private_file(self.path), "r+")  # held open (and locked) for the worker's life
+        directory = private_directory(self.path.parent, "pass --pid-dir (or set run_dir) a directory of your own")
+        # Opened in the directory as checked (its links resolved); held open, and locked, for the worker's life.
+        handle = os.fdopen(open_private_file(directory / self.path.name), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -30,6 +30,7 @@ from pheanq.worker.execution import Outcome, execute
 from pheanq.worker.holds import CancelWatch, LeaseHold, lease_interval
 from pheanq.worker.paused import PausedTubes
 from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, StateLine, StateWriter
+from pheanq.worker.undumpable import make_undumpable
 
 log = logging.getLogger("pheanq.worker")
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class TaskWorker:
 
     def run(self) -> int:
         """Work until stopped; returns the process exit code."""
+        make_undumpable()  # before the first task's command: its parent's environment holds the credentials
         self._install_signal_handlers()
         log.info("worker %s watching %s on beanstalkd %s", self.name, ",".join(self.tubes),
                  self.dispatch.beanstalkd.server)
