@@ -200,7 +200,7 @@ def test_a_whole_number_too_long_to_write_out_is_refused_as_invalid_input_naming
 ) -> None:
     # Python writes out at most 4300 digits of an int: such a value could reach neither the command line nor
     # the JSON body, and queue_task raised a bare ValueError for it.
-    with pytest.raises(InvalidInput, match=f"^{what} is a whole number with more digits"):
+    with pytest.raises(InvalidInput, match=f"^{what} is a whole number of more than 4300 digits"):
         TaskDescription("cmd", arguments, options)
     assert TaskDescription("cmd", [10**4000]).arguments == [10**4000]  # below the limit it is a plain argument
 
