@@ -249,33 +249,47 @@ class TcpProxy:
     """A loopback TCP forwarder to a real server, whose line can be cut and restored on the same port.
 
     It stands between pheanq and a real database to make an outage: `cut()` drops every connection and
-    refuses new ones, `restore()` listens again.
+    closes each new one at once, `restore()` forwards again. The port stays bound throughout, so no other
+    server of a test running beside this one can take it while the line is cut.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
         self._listener: socket.socket | None = None
+        self._forwarding = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
     def restore(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
-        self._listener = listener
+        with self._lock:
+            self._forwarding = True
+            if self._listener is not None:
+                return self
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(16)
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self
 
     def cut(self) -> None:
         with self._lock:
-            listener, self._listener = self._listener, None
+            self._forwarding = False
             sockets, self._sockets = self._sockets, []
-        for sock in [*sockets, *([listener] if listener else [])]:
+        for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def close(self) -> None:
+        """Cut the line and give the port up."""
+        self.cut()
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -283,6 +297,11 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            with self._lock:
+                forwarding = self._forwarding
+            if not forwarding:
+                client.close()  # the line is cut: the connection ends at once, as a refused one would
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -290,10 +309,10 @@ class TcpProxy:
                 continue
             server.settimeout(None)
             with self._lock:
-                if self._listener is not listener:
+                if not self._forwarding:
                     client.close()
                     server.close()
-                    return
+                    continue
                 self._sockets += [client, server]
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()

@@ -207,10 +207,10 @@ escaper = subprocess.Popen([sys.executable, "-c",
     "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)", escaped])
 while not os.path.exists(escaped):
     time.sleep(0.01)  # the child under test waits for its grandchild's pid file (the test holds the deadline)
+print("family started", flush=True)  # before the pid file, which tells the test it may stop the child
 with open(pidfile + ".tmp", "w") as f:
     f.write(f"{os.getpid()} {same.pid} {escaper.pid}")
 os.replace(pidfile + ".tmp", pidfile)
-print("family started", flush=True)
 time.sleep(linger)  # the child's own work: it lives `linger` seconds
 """
 

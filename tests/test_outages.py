@@ -44,7 +44,7 @@ def proxied(server_url: str) -> Iterator[tuple[str, TcpProxy]]:
     url = make_url(server_url)
     proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432)).restore()
     yield url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), proxy
-    proxy.cut()
+    proxy.close()
 
 
 def _slow_command(tmp_path: Path, seconds: float) -> Path:
@@ -191,8 +191,10 @@ def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_
         took = time.monotonic() - proxy.cut_at
         print(f"the task was done {took:.2f} s after the claim's answer was lost")
         assert took < 10
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
     finally:
-        proxy.cut()
+        proxy.close()
     row = service.find_task(task_id)
     assert marker.read_text() == "ran\n"
     assert (row.status, row.attempts, row.exit_code) == (Status.DONE, 1, 0)
@@ -200,8 +202,6 @@ def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_
     assert row.log.count("--- attempt ") == 1 and "--- attempt 1 " in row.log, row.log
     assert f"task {task_id} was claimed by this worker already (attempt 1)" in worker.log
     assert "is still held by" not in worker.log
-    worker.signal(signal.SIGTERM)
-    assert worker.wait() == 0, worker.log
 
 
 def _through(proxy: TcpProxy, server_url: str) -> str:
@@ -232,8 +232,10 @@ def test_a_retry_whose_write_answer_is_lost_runs_after_its_backoff(
         wait_for(lambda: proxy.cut_at is not None, 20, "the retry's COMMIT to be answered, and the answer dropped")
         wait_for(lambda: service.status_of(task_id) is Status.DONE, 15,
                  f"the retry to run after its 1 s backoff; log:\n{worker.log}", interval=0.1)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
     finally:
-        proxy.cut()
+        proxy.close()
     row = service.find_task(task_id)
     assert (row.attempts, row.exit_code) == (2, 0)
     log = row.log or ""
@@ -241,8 +243,6 @@ def test_a_retry_whose_write_answer_is_lost_runs_after_its_backoff(
     assert log.count("--- retrying in 1s (attempt 2 of 3)") == 1, log
     assert "no longer" not in worker.log
     assert f"task {task_id}: attempt 1 was recorded retrying, though the database's answer was lost" in worker.log
-    worker.signal(signal.SIGTERM)
-    assert worker.wait() == 0, worker.log
 
 
 def test_a_chain_step_whose_finish_answer_is_lost_sends_its_dependant(
@@ -266,16 +266,16 @@ def test_a_chain_step_whose_finish_answer_is_lost_sends_its_dependant(
         wait_for(lambda: proxy.cut_at is not None, 20, "the finish's COMMIT to be answered, and the answer dropped")
         wait_for(lambda: service.status_of(second) is Status.DONE, 15,
                  f"the second step to run; log:\n{worker.log}", interval=0.1)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.log
     finally:
-        proxy.cut()
+        proxy.close()
     row = service.find_task(first)
     assert (row.status, row.attempts, row.exit_code) == (Status.DONE, 1, 0)
     assert (row.log or "").count("--- attempt 1 ") == 1, row.log   # recorded once, not again as a lost attempt
     assert service.find_task(second).attempts == 1
     assert "no longer" not in worker.log
     assert f"task {first}: attempt 1 was recorded done, though the database's answer was lost" in worker.log
-    worker.signal(signal.SIGTERM)
-    assert worker.wait() == 0, worker.log
 
 
 def test_an_end_written_again_is_found_written_and_what_it_released_is_sent(
