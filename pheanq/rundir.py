@@ -7,18 +7,15 @@ forged record in it). Files in it are opened without following a symlink, and on
 file of this user's own, with one link, is refused rather than written or truncated.
 
 A process named in such a file is trusted only once it is verified to be the one that wrote it: same
-owner, same start time, same command line (`ProcessIdentity`), so a reused pid is never signalled.
+owner, same start time, same command line (pheanq.process_identity), so a reused pid is never signalled.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import stat
 from pathlib import Path
-
-import psutil
 
 from pheanq.errors import ConfigError, UnsafePath
 
@@ -84,32 +81,6 @@ def open_private_file(path: Path, create: bool = True, exclusive: bool = False) 
         raise UnsafePath(f"{path} {problem}, so it is not a file pheanq made: remove it")
     os.set_blocking(descriptor, True)
     return descriptor
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessIdentity:
-    """Who a process is, beyond its pid (which the kernel reuses): its owner, start time and command line."""
-
-    pid: int
-    uid: int
-    started: float              # as psutil reports it: seconds since the epoch, from /proc/<pid>/stat
-    cmdline: tuple[str, ...]
-
-    @classmethod
-    def of(cls, pid: int) -> ProcessIdentity | None:
-        """The identity of the live process `pid`, or None if it is gone or cannot be read."""
-        try:
-            process = psutil.Process(pid)
-            with process.oneshot():
-                return cls(pid, process.uids().effective, process.create_time(), tuple(process.cmdline()))
-        except (psutil.Error, OSError):
-            return None
-
-    def is_alive(self) -> bool:
-        """True while the very process this identity was taken from runs (not another with its pid)."""
-        now = ProcessIdentity.of(self.pid)
-        return now is not None and now.uid == self.uid and now.cmdline == self.cmdline \
-            and abs(now.started - self.started) < 0.005
 
 
 def _check_private_directory(path: Path, info: os.stat_result, fix: str) -> None:

@@ -57,6 +57,16 @@ ensure_beanstalkd() {
     fi
 }
 
+# What the tests that act as a second local user need: useradd/userdel (passwd), setpriv (util-linux), and the
+# system's python3 (a worker run as that user cannot read a virtualenv under root's home).
+ensure_second_user_tools() {
+    local missing=()
+    command -v useradd >/dev/null 2>&1 && command -v userdel >/dev/null 2>&1 || missing+=(passwd)
+    command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+    [ -x /usr/bin/python3 ] || missing+=(python3)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 # The PostgreSQL server programs (initdb, pg_ctl), for the private throwaway cluster of the chaos scenarios.
 ensure_postgres_server_programs() {
     if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then

@@ -17,10 +17,41 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import greenstalk
+import pytest
+
 from pheanq.config import Settings, load_settings
 from pheanq.producer.service import TaskQueueService
 from pheanq.worker.child import process_ended
 from pheanq.worker.claims import TaskClaims
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def need_second_local_user(what: str, same_python: bool = False) -> None:
+    """Skip a test that acts as a second local user where this machine cannot make one (not root, no useradd,
+    userdel or setpriv, or with `same_python` a system Python of another version than this one's): but fail
+    it in CI (CI=true), where scripts/test installs what it needs, so that nothing is skipped there."""
+    missing = [] if os.geteuid() == 0 else ["root"]
+    missing += [tool for tool in ("useradd", "userdel", "setpriv") if shutil.which(tool) is None]
+    if same_python and subprocess.run(
+            [SYSTEM_PYTHON, "-c", f"import sys; sys.exit(sys.version_info[:2] != {tuple(sys.version_info[:2])})"],
+            check=False).returncode != 0:
+        missing.append(f"{SYSTEM_PYTHON} of Python {sys.version_info[0]}.{sys.version_info[1]}")
+    if missing:
+        reason = f"{what} needs {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: in CI, scripts/test provides it")
+        pytest.skip(reason)
+
+
+def job_state(server: Beanstalkd, job_id: int) -> str | None:
+    """The state beanstalkd gives the job (ready, delayed, reserved, buried), or None once it is gone."""
+    with greenstalk.Client(server.address, encoding=None) as client:
+        try:
+            return str(client.stats_job(job_id)["state"])
+        except greenstalk.NotFoundError:
+            return None
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition",

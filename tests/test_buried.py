@@ -24,7 +24,7 @@ from typing import Any
 
 import greenstalk
 import pytest
-from support import Beanstalkd, WorkerProcess, claims, one_error_line, pheanq, wait_for, write_config
+from support import Beanstalkd, WorkerProcess, claims, job_state, one_error_line, pheanq, wait_for, write_config
 
 from pheanq import Status, TaskDescription
 from pheanq.body import encode_body, encode_data
@@ -75,15 +75,6 @@ def tube_stats(server: Beanstalkd, tube: str = TUBE) -> dict[str, Any]:
 
 def buried_count(server: Beanstalkd, tube: str = TUBE) -> int:
     return int(tube_stats(server, tube).get("current-jobs-buried", 0))
-
-
-def job_state(server: Beanstalkd, job_id: int) -> str | None:
-    """beanstalkd's state of the job, or None when it does not exist."""
-    with client_of(server) as client:
-        try:
-            return str(client.stats_job(job_id)["state"])
-        except greenstalk.NotFoundError:
-            return None
 
 
 def bury_as_another_client(server: Beanstalkd, body: bytes, tube: str = TUBE) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import WorkerProcess, free_port, one_error_line, pheanq, write_config
+from support import WorkerProcess, free_port, need_second_local_user, one_error_line, pheanq, write_config
 
 from pheanq import Status, TaskDescription
 from pheanq.config import Settings, load_settings, mask_url
@@ -135,8 +135,7 @@ def test_a_worker_does_not_take_commands_from_a_pheanq_toml_in_its_working_direc
 @contextlib.contextmanager
 def _owned_by_someone_else(path: Path) -> Iterator[None]:
     """chown `path` to a throwaway system user, removed afterwards whatever happens."""
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd to make a second local user")
+    need_second_local_user("a config file of another user")
     name = f"pheanq-cfg-{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
                    capture_output=True)

@@ -22,6 +22,7 @@ from support import (
     TenderProcess,
     WorkerProcess,
     claims,
+    job_state,
     kill_worker_once_its_command_exited,
     register_work_script,
     wait_for,
@@ -75,14 +76,6 @@ def set_heartbeat(service: TaskQueueService, task_id: int, seconds_ago: float) -
     when = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=seconds_ago)
     with service.store.database.transaction() as conn:
         conn.execute(task_table.update().where(task_table.c.id == task_id).values(heartbeat=when))
-
-
-def job_state(server: Beanstalkd, job_id: int) -> str | None:
-    with greenstalk.Client(server.address, encoding=None) as client:
-        try:
-            return str(client.stats_job(job_id)["state"])
-        except greenstalk.NotFoundError:
-            return None
 
 
 def jobs_in(server: Beanstalkd, tube: str = TUBE) -> int:
@@ -253,7 +246,7 @@ def test_an_attempt_whose_lease_a_claim_takes_over_keeps_a_log_entry(
     claim takes the stale lease over. The task used to end with `attempts` 2 and no word of attempt 1."""
     flag = tmp_path / "first-ran"
     write_config(tmp_path, commands={"once": ["sh", "-c", f"if [ -e {flag} ]; then exit 0; fi; touch {flag}; "
-                                                          "exec sleep 15"]})
+                                                          "exec sleep 15"]})  # runs until killed
     service = make_service(db_url)
     task_id = service.queue_task(TaskDescription("once"), ttr=1)
     first = start_worker([], make_env(db_url))

@@ -172,15 +172,12 @@ def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_
     under the worker, which dropped the job; every later delivery, to that worker too, was put off as held
     under a live lease until the lease went stale (~32 s), and the task ended with `attempts` 2, one run, and
     no log entry for attempt 1."""
-    url = make_url(server_url)
     # Only the claim's UPDATE compares the row's nonce: the cut falls on a claim's COMMIT, and on no other.
-    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), b"coalesce(pheanq_task.nonce")
-    proxy.restore()
+    proxy = _cutter(server_url, b"coalesce(pheanq_task.nonce")
     try:
         marker = _slow_command(tmp_path, 0)
         service = make_service(server_url)
-        worker = start_worker([], make_env(url.set(host="127.0.0.1", port=proxy.port)
-                                           .render_as_string(hide_password=False)))
+        worker = start_worker([], make_env(_through(proxy, server_url)))
         worker.wait_line("READY")
         task_id = service.queue_task(TaskDescription("slow"))
 
@@ -204,6 +201,14 @@ def test_a_claim_whose_answer_is_lost_is_found_by_its_worker_and_run_at_once_as_
     assert "is still held by" not in worker.log
 
 
+def _cutter(server_url: str, marker: bytes) -> CommitAnswerCutter:
+    """A CommitAnswerCutter in front of the server of `server_url`, forwarding."""
+    url = make_url(server_url)
+    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker)
+    proxy.restore()
+    return proxy
+
+
 def _through(proxy: TcpProxy, server_url: str) -> str:
     return make_url(server_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
@@ -216,13 +221,11 @@ def test_a_retry_whose_write_answer_is_lost_runs_after_its_backoff(
     of `working -> retrying` reaches the server while its answer is dropped. The worker wrote again, found the
     row no longer `working`, said the attempt no longer owned the task and deleted the job: the task waited in
     `retrying`, with no job, for the reconciler, instead of running after its 1 s backoff."""
-    url = make_url(server_url)
     marker = "CUT-THE-RETRYS-ANSWER"   # in the failed attempt's output, so in the write of `retrying` alone
     flag = tmp_path / "second"
     script = f"if [ -e {flag} ]; then exit 0; fi; touch {flag}; echo {marker}; exit 1"
     write_config(tmp_path, commands={"flaky": ["sh", "-c", script]}, log_worker_output_on_failure=True)
-    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker.encode())
-    proxy.restore()
+    proxy = _cutter(server_url, marker.encode())
     try:
         service = make_service(server_url)
         worker = start_worker([], make_env(_through(proxy, server_url)))
@@ -253,11 +256,9 @@ def test_a_chain_step_whose_finish_answer_is_lost_sends_its_dependant(
     reaches the server, its answer is dropped. The write again found the row settled and said the attempt no
     longer held the task, so the worker never put the second step's job: it waited, `new` with no job, for the
     reconciler."""
-    url = make_url(server_url)
     marker = "CUT-THE-FIRST-STEPS-ANSWER"
     write_config(tmp_path, commands={"say": ["echo"]}, log_worker_output_on_success=True)
-    proxy = CommitAnswerCutter((url.host or "127.0.0.1", url.port or 5432), marker.encode())
-    proxy.restore()
+    proxy = _cutter(server_url, marker.encode())
     try:
         service = make_service(server_url)
         worker = start_worker([], make_env(_through(proxy, server_url)))

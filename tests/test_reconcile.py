@@ -191,6 +191,7 @@ def test_a_worker_tender_reconciles_its_tube_on_its_own(
     # The tender's worker waits for `go` before it starts: a worker that claimed the re-sent job before the
     # reconciler noted it would make that pass count the task as "moved on", and log nothing.
     go = tmp_path / "go"
+    # The shell polls for `go` (the test's own deadline bounds the wait), then becomes the worker.
     worker = f"sh -c 'until [ -e {go} ]; do sleep 0.05; done; exec {sys.executable} -m pheanq task-worker \"$@\"' w"
     tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0",
                             "--reconcile-interval", "0.5", "--worker-command", worker],
@@ -245,6 +246,7 @@ def test_a_tender_reconciles_at_once_when_beanstalkd_restarts_without_binlog_and
     assert len(service.store.admin.list_buried(service.beanstalkd.server, "pheanq")) == 1
     # The tender's worker waits for `go` before it starts, so that the tasks' jobs wait in beanstalkd.
     go = tmp_path / "go"
+    # The shell polls for `go` (the test's own deadline bounds the wait), then becomes the worker.
     worker = f"sh -c 'until [ -e {go} ]; do sleep 0.02; done; exec {sys.executable} -m pheanq task-worker \"$@\"' w"
     # The default --reconcile-interval (30 s) and --min-age (20 s): only the restart explains a quick return.
     tender = TenderProcess(["--min-workers", "1", "--max-workers", "1", "--spare-workers", "0",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import greenstalk
 import sqlalchemy as sa
-from support import Beanstalkd, WorkerProcess, pheanq, write_config
+from support import Beanstalkd, WorkerProcess, job_state, pheanq, write_config
 
 from pheanq import Status, TaskDescription
 from pheanq.body import decode_body, encode_body
@@ -54,14 +54,6 @@ def put(server: Beanstalkd, body: bytes) -> int:
 def peek(server: Beanstalkd, job_id: int) -> bytes:
     with greenstalk.Client(server.address, encoding=None, use=TUBE, watch=TUBE) as client:
         return client.peek(job_id).body
-
-
-def job_state(server: Beanstalkd, job_id: int) -> str | None:
-    with greenstalk.Client(server.address, encoding=None) as client:
-        try:
-            return str(client.stats_job(job_id)["state"])
-        except greenstalk.NotFoundError:
-            return None
 
 
 def test_ids_are_never_handed_out_again_after_task_cleanup_deletes_the_newest_rows(

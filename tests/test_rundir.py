@@ -28,16 +28,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import one_error_line, pheanq, wait_for
+from support import SYSTEM_PYTHON, need_second_local_user, one_error_line, pheanq, wait_for
 
-from pheanq.rundir import ProcessIdentity, default_run_dir, private_directory
+from pheanq.process_identity import ProcessIdentity
+from pheanq.rundir import default_run_dir, private_directory
 from pheanq.tender.registry import Registration
 
 MakeEnv = Callable[..., dict[str, str]]
 # Holds an exclusive flock on the file argv[1] (made if missing) until killed.
 HOLD_LOCK = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); " \
             "print('locked', flush=True); time.sleep(60)"
-SYSTEM_PYTHON = "/usr/bin/python3"  # the attacker cannot be assumed to reach this checkout's virtualenv
 
 
 @dataclasses.dataclass
@@ -64,8 +64,7 @@ class Attacker:
 
 @pytest.fixture
 def attacker() -> Iterator[Attacker]:
-    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "userdel", "setpriv")):
-        pytest.skip("needs root with useradd, userdel and setpriv to act as a second local user")
+    need_second_local_user("acting as another local user")
     name = f"pheanq-attacker-{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                    check=True, timeout=30)
@@ -253,7 +252,7 @@ def test_a_run_directory_in_tmp_or_behind_a_link_of_this_users_own_is_made_and_u
 def test_a_record_planted_in_another_user_s_run_dir_gets_no_process_signalled(
         tmp_path: Path, shared: Path, attacker: Attacker, sqlite_url: str, make_env: MakeEnv,
         victim: Callable[..., subprocess.Popen[bytes]]) -> None:
-    sleeper = victim(["sleep", "60"])
+    sleeper = victim(["sleep", "60"])  # an unrelated process that must outlive the test's stop-worker-tender
     run_dir = shared / "run"
     record = run_dir / "tender-1-1.json"
     attacker.run("import os, sys; os.mkdir(sys.argv[1], 0o700); open(sys.argv[2], 'w').write(sys.argv[3])",
@@ -271,7 +270,7 @@ def test_stop_worker_tender_signals_no_process_a_record_names_unless_it_is_that_
         tmp_path: Path, attacker: Attacker, sqlite_url: str, make_env: MakeEnv,
         victim: Callable[..., subprocess.Popen[bytes]], forged: str) -> None:
     # The victim looks like a tender (its command line has the word), so only the record's identity tells.
-    argv = [SYSTEM_PYTHON, "-c", "import time; time.sleep(60)", "worker-tender"]
+    argv = [SYSTEM_PYTHON, "-c", "import time; time.sleep(60)", "worker-tender"]  # lives until the test ends it
     process = victim(attacker.argv(*argv[2:]) if forged == "another user's" else argv, argv)
     pid = ProcessIdentity.of(process.pid)
     assert pid is not None and pid.uid == (attacker.uid if forged == "another user's" else 0)

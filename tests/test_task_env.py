@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from support import TenderProcess, WorkerProcess, wait_for, write_config
+from support import SYSTEM_PYTHON, TenderProcess, WorkerProcess, need_second_local_user, wait_for, write_config
 
 import pheanq
 from pheanq import Status, TaskDescription
@@ -97,7 +97,6 @@ def test_the_database_url_a_tender_is_given_on_its_command_line_reaches_its_work
     assert password not in log
 
 
-SYSTEM_PYTHON = "/usr/bin/python3"  # another user cannot be assumed to reach this checkout's virtualenv's Python
 # Prints what the task can read of its parent's (its worker's) and grandparent's environment and command line.
 PEEK = ("echo PEEKED; parent=$PPID; grandparent=$(cut -d' ' -f4 /proc/$parent/stat); "
         "for p in $parent $grandparent; do tr '\\0' '\\n' < /proc/$p/environ; tr '\\0' ' ' < /proc/$p/cmdline; "
@@ -121,11 +120,7 @@ class LocalUser:
 
 @pytest.fixture
 def local_user() -> Iterator[LocalUser]:
-    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "userdel", "setpriv")):
-        pytest.skip("needs root with useradd, userdel and setpriv to run a worker as an ordinary user")
-    if subprocess.run([SYSTEM_PYTHON, "-c", f"import sys; sys.exit(sys.version_info[:2] != {sys.version_info[:2]})"],
-                      check=False).returncode != 0:
-        pytest.skip(f"{SYSTEM_PYTHON} is not the Python version of this virtualenv")
+    need_second_local_user("running a worker as an ordinary user", same_python=True)
     name = f"pheanq-app-{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                    check=True, capture_output=True)

@@ -58,6 +58,7 @@ TASK_SCRIPT = """
     with open(runs, "a") as f:
         f.write(f"start {task_id} {os.getpid()}\\n")
     if options.get("detach"):
+        # A process the task leaves behind in a session of its own: it lives until its tender kills it.
         detached = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", __file__],
                                     start_new_session=True)
         with open(runs, "a") as f:
@@ -617,6 +618,7 @@ def test_stop_worker_tender_stops_the_tube_s_tender_and_returns_once_it_is_gone(
     # interpreter shutdown would: `stop-worker-tender` must wait for the process, not for its lock alone.
     slow_exit = tmp_path / "slow-exit"
     slow_exit.mkdir()
+    # The worker's slow exit is what the test is about: a fixed 0.5 s at interpreter shutdown.
     (slow_exit / "sitecustomize.py").write_text("import atexit, time\natexit.register(time.sleep, 0.5)\n")
     tender = start_tender(sqlite_url, "--use-tube", TUBE, "--min-workers", "1", "--spare-workers", "0",
                           PYTHONPATH=str(slow_exit))

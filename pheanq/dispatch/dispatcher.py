@@ -5,6 +5,7 @@ and buries a job that must not run. Attempts end through its `ends` (pheanq.disp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -68,6 +69,11 @@ class Dispatcher:
         self._own_pending: list[PlannedJob] = []
         self._pending_lock = threading.Lock()
         self.ends = AttemptEnds(self.store, self.beanstalkd, self.send_released)
+
+    @functools.cached_property
+    def _commands(self) -> list[str]:
+        """The commands this process may run (its settings do not change): every claim names them."""
+        return list(self.settings.registry())
 
     def close(self) -> None:
         self.beanstalkd.close()
@@ -240,8 +246,7 @@ class Dispatcher:
         this worker may not run; released with a delay when it is early or held under a live lease; deleted when
         its task ended or runs under another job."""
         task_id = body.task_id
-        registry = self.settings.registry()
-        claim = self.store.claims.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, list(registry))
+        claim = self.store.claims.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, self._commands)
         if claim.outcome is ClaimOutcome.MISSING:
             self.bury(job, f"task {task_id} has no row in the table")
             return None
@@ -258,7 +263,7 @@ class Dispatcher:
         if claim.outcome is ClaimOutcome.UNREGISTERED:
             # Kept, not failed: after the command is registered (or on a worker that has it), a kick runs it.
             self.bury(job, f"task {task_id}: command {claim.row.command!r} is not registered on this worker "
-                           f"(known: {', '.join(sorted(registry)) or 'none'}); the task is left as it is")
+                           f"(known: {', '.join(sorted(self._commands)) or 'none'}); the task is left as it is")
             return None
         if claim.outcome is ClaimOutcome.EARLY:
             wait = put_delay(claim.row.run_at, utc_now())

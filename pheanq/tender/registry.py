@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO
 
 from pheanq.errors import PheanqError, TenderRunning, UnsafePath
-from pheanq.rundir import ProcessIdentity, open_private_file, private_directory
+from pheanq.process_identity import ProcessIdentity
+from pheanq.rundir import open_private_file, private_directory
 from pheanq.worker.child import process_ended
 
 RUN_DIR_FIX = "set run_dir / PHEANQ_RUN_DIR to a directory of your own"
@@ -136,7 +137,7 @@ def _gone(record: TenderRecord) -> bool:
     if process_ended(record.pid) or record.identity is None:
         return True
     now = ProcessIdentity.of(record.pid)
-    return now is None or abs(now.started - record.identity.started) >= 0.005
+    return now is None or not now.started_as(record.identity)
 
 
 def _live_records(run_dir: Path) -> list[TenderRecord]:

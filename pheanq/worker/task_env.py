@@ -14,6 +14,7 @@ The ``pass_env`` setting names variables a task receives all the same.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -29,7 +30,7 @@ DRIVER_PASSWORD_VARIABLES = frozenset({"PGPASSWORD", "MYSQL_PWD"})
 
 def task_environment(environ: Mapping[str, str], settings: Settings, task_id: int) -> dict[str, str]:
     """`environ` without pheanq's own variables and credentials (but with `settings.pass_env`), plus the task's id."""
-    secrets = _credentials(settings)
+    secrets = _credentials(settings.secret, settings.database_url)
     passed = set(settings.pass_env)
     env = {name: value for name, value in environ.items()
            if name in passed or not _kept_out(name, value, secrets)}
@@ -37,25 +38,27 @@ def task_environment(environ: Mapping[str, str], settings: Settings, task_id: in
     return env
 
 
-def _kept_out(name: str, value: str, secrets: list[str]) -> bool:
+def _kept_out(name: str, value: str, secrets: tuple[str, ...]) -> bool:
     if name.startswith(OWN_PREFIX) or name in DRIVER_PASSWORD_VARIABLES:
         return True
     return any(secret in value for secret in secrets)
 
 
-def _credentials(settings: Settings) -> list[str]:
-    """The texts whose presence in a variable's value gives a credential away."""
-    found = [settings.secret] if settings.secret else []
+@functools.lru_cache(maxsize=8)
+def _credentials(secret: str | None, database_url: str) -> tuple[str, ...]:
+    """The texts whose presence in a variable's value gives a credential away (a worker's settings do not
+    change: worked out once, not for every task)."""
+    found = [secret] if secret else []
     try:
-        url = make_url(settings.database_url)
+        url = make_url(database_url)
     except (ArgumentError, ValueError):
-        return found
+        return tuple(found)
     if url.password:
         # As written in the URL (`user:password@`): a bare password could be a common word found in PATH.
-        userinfo = re.search(r"://([^/?#]*)@", settings.database_url)
+        userinfo = re.search(r"://([^/?#]*)@", database_url)
         if userinfo and ":" in userinfo.group(1):
             found.append(userinfo.group(1) + "@")
         found.append(f"{url.username or ''}:{url.password}@")
     found += [f"{key}={value}" for key, value in url.query.items()
               if isinstance(value, str) and value and is_credential_parameter(key)]
-    return found
+    return tuple(found)
