@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pheanq.description import TaskDescription
 from pheanq.errors import InvalidInput, MalformedBody, Unsigned, WrongSignature
 from pheanq.limits import MAX_BODY_BYTES, MAX_TASK_ID
+from pheanq.python_call import description_from_data
 
 BODY_VERSION = 1
 FIELD = "hmac"
@@ -114,7 +115,7 @@ def decode_body(raw: bytes, secret: str | None = None) -> JobBody:
     if nonce is not None and not (isinstance(nonce, str) and _NONCE.match(nonce)):
         raise MalformedBody(f"task {task_id}: nonce is not 1-32 lowercase hex digits ({_preview(raw)})")
     try:
-        description = TaskDescription.from_data(data.get("description", {}))
+        description = description_from_data(data.get("description", {}))
     except InvalidInput as error:
         raise MalformedBody(f"task {task_id}: {error}") from None
     return JobBody(task_id, description, nonce)
@@ -127,7 +128,7 @@ def encode_data(description: TaskDescription) -> str:
 
 def decode_data(text: str) -> TaskDescription:
     try:
-        return TaskDescription.from_data(json.loads(text))
+        return description_from_data(json.loads(text))
     except ValueError as error:
         raise InvalidInput(f"stored task data is not valid: {error}") from None
 

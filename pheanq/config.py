@@ -51,6 +51,12 @@ class Settings:
     secret: str | None = dataclasses.field(default=None, repr=False)
     # Variables a task's command receives although pheanq would keep them out (pheanq.worker.task_env).
     pass_env: tuple[str, ...] = ()
+    # Python tasks (pheanq.worker.python_pool): the modules a worker imports to register its `@task` functions,
+    # how many tasks one child process runs before it is replaced, and the resident memory (MB) past which a
+    # child is stopped.
+    python_imports: tuple[str, ...] = ()
+    max_tasks_per_child: int = 1000
+    max_child_memory: int | None = None
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -78,6 +84,7 @@ def load_settings(
     if path is None and default_config_file(environ).is_file():
         path = str(default_config_file(environ))
     raw: dict[str, Any] = _read_toml(path) if path else {}
+    raw.update(_python_section(raw.pop("python", None)))
     for key, env_name in _ENV_NAMES.items():
         if env_name in environ:
             raw[key] = environ[env_name]
@@ -253,13 +260,21 @@ def _parse_secret(key: str, value: Any) -> str:
 
 
 def _parse_pass_env(key: str, value: Any) -> tuple[str, ...]:
+    return _name_list(key, value, _ENV_VARIABLE_NAME, "environment variable name (A-Z a-z 0-9 _)")
+
+
+def _name_list(key: str, value: Any, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+    """A list of names (or one comma-separated text of them, as the environment gives it), each matching
+    `pattern`; ConfigError names one that does not, as not a `what`."""
     names = [name.strip() for name in value.split(",")] if isinstance(value, str) else value
+    if isinstance(names, tuple):
+        names = list(names)
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ConfigError(f"{key}: expected a list of environment variable names")
+        raise ConfigError(f"{key}: expected a list of names")
     names = [name for name in names if name]
     for name in names:
-        if not _ENV_VARIABLE_NAME.match(name):
-            raise ConfigError(f"{key}: {name!r} is not an environment variable name (A-Z a-z 0-9 _)")
+        if not pattern.match(name):
+            raise ConfigError(f"{key}: {name!r} is not an {what}")
     return tuple(names)
 
 
@@ -275,10 +290,33 @@ def _parse_commands(key: str, value: Any) -> dict[str, tuple[str, ...]]:
     for name, argv in value.items():
         if not COMMAND_NAME.match(name):
             raise ConfigError(f"{key}: {name!r} is not a valid command name (A-Z a-z 0-9 _ : . -)")
+        if name.startswith("py:"):
+            raise ConfigError(f"{key}: {name!r}: a command name starting with py: would read as a Python task")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
             raise ConfigError(f"{key}.{name}: expected a non-empty list of strings, the argv prefix")
         registry[name] = tuple(argv)
     return registry
+
+
+def _python_section(section: Any) -> dict[str, Any]:
+    """The `[python]` table of pheanq.toml as settings: imports, max_tasks_per_child, max_child_memory."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError("python: expected a table ([python] with imports = [...])")
+    names = {"imports": "python_imports", "max_tasks_per_child": "max_tasks_per_child",
+             "max_child_memory": "max_child_memory"}
+    unknown = sorted(set(section) - set(names))
+    if unknown:
+        raise ConfigError(f"python: unknown setting {unknown[0]!r} (known: {', '.join(names)})")
+    return {names[key]: value for key, value in section.items()}
+
+
+def _parse_imports(key: str, value: Any) -> tuple[str, ...]:
+    return _name_list(key, value, _MODULE_NAME, "importable module name (e.g. myapp.tasks)")
+
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 _PARSERS = {
@@ -292,6 +330,9 @@ _PARSERS = {
     "run_dir": _parse_directory,
     "secret": _parse_secret,
     "pass_env": _parse_pass_env,
+    "python_imports": _parse_imports,
+    "max_tasks_per_child": _parse_positive_int,
+    "max_child_memory": _parse_positive_int,
 }
 
 _ENV_NAMES = {
@@ -304,4 +345,7 @@ _ENV_NAMES = {
     "run_dir": "PHEANQ_RUN_DIR",
     "secret": "PHEANQ_SECRET",
     "pass_env": "PHEANQ_PASS_ENV",
+    "python_imports": "PHEANQ_PYTHON_IMPORTS",
+    "max_tasks_per_child": "PHEANQ_MAX_TASKS_PER_CHILD",
+    "max_child_memory": "PHEANQ_MAX_CHILD_MEMORY",
 }

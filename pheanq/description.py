@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from pheanq.errors import InvalidInput
@@ -45,6 +46,8 @@ class TaskDescription:
     command: str = ""
     # The tube a task type is routed to when queue_task names none (before the default_tube setting).
     tube: str | None = None
+    # Queue options of the task type itself (a `@task`'s retry, timeout, ...): a queue call's own options win.
+    queue_defaults: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(
         self,
@@ -141,7 +144,7 @@ def _check_argument(index: int, value: Any) -> Argument:
         raise InvalidInput(f"argument {index} is {type(value).__name__} {_shown(value)}; only str and int are "
                            "allowed")
     if isinstance(value, str):
-        _check_text(f"argument {index}", value)
+        check_text(f"argument {index}", value)
     else:
         _check_whole(f"argument {index}", value)
     return value
@@ -158,13 +161,13 @@ def _check_option_value(name: str, value: Any) -> OptionValue:
         raise InvalidInput(f"option {name!r} is {type(value).__name__} {_shown(value)}; only str, int and bool "
                            "are allowed")
     if isinstance(value, str):
-        _check_text(f"option {name!r}", value)
+        check_text(f"option {name!r}", value)
     elif not isinstance(value, bool):
         _check_whole(f"option {name!r}", value)
     return value
 
 
-def _check_text(what: str, value: str) -> None:
+def check_text(what: str, value: str) -> None:
     if "\x00" in value:
         raise InvalidInput(f"{what} contains a NUL byte, which no command line can carry")
     try:

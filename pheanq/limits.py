@@ -32,6 +32,9 @@ MAX_ATTEMPTS = 1000
 BODY_PREVIEW_BYTES = 500
 MAX_BURIED_REASON = 500
 MAX_BURIED_RECORDS = 1000
+# A Python task's stored result (bytes of JSON) and its progress message (characters): more is not stored.
+MAX_RESULT_BYTES = 65536
+MAX_PROGRESS_MESSAGE = 200
 # What a listing prints at once unless told otherwise (its --limit): one screenful or so.
 LISTING_PAGE = 50
 # Rows one statement or one transaction takes at most: a batch's chunk, a page of cancels or of the

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ from pheanq.limits import MAX_ATTEMPTS, MAX_SECONDS, check_whole_number
 BACKOFFS = ("fixed", "exponential")
 # The key of the row's retry JSON that says how many attempts came before the current allowance.
 COUNTED_AFTER = "counted_after"
+# The row's retry column holds 500 characters; a regenerate adds `counted_after` to the JSON.
+MAX_POLICY_JSON = 450
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +35,8 @@ class Retry:
     """`max_attempts` runs at most; before attempt n+1 the task waits `delay` seconds (fixed) or
     `delay * 2**(n-1)` (exponential) capped at `cap`; with `jitter`, a random part of the upper half of
     that wait is dropped so that tasks failing together do not retry together. An exit code in
-    `non_retryable` fails the task at once."""
+    `non_retryable` fails the task at once, and so does an exception (of a Python task) that is an instance
+    of a class in `non_retryable_errors`: classes, or their names as `module.QualName` text."""
 
     max_attempts: int = 1
     backoff: Literal["fixed", "exponential"] = "exponential"
@@ -40,6 +44,8 @@ class Retry:
     cap: int = 3600
     jitter: bool = True
     non_retryable: frozenset[int] = frozenset()
+    # Exception classes or their `module.QualName`s; kept as a frozenset of the names.
+    non_retryable_errors: Iterable[type[BaseException] | str] = frozenset()
 
     def __post_init__(self) -> None:
         check_whole_number("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
@@ -55,10 +61,21 @@ class Retry:
         for code in codes:
             check_whole_number("a non-retryable exit code", code, 1, 255)
         object.__setattr__(self, "non_retryable", codes)
+        object.__setattr__(self, "non_retryable_errors", frozenset(error_names(self.non_retryable_errors)))
+        if self.error_names and len(json.dumps(self._values(), sort_keys=True)) > MAX_POLICY_JSON:
+            raise InvalidInput(f"the retry policy is more than {MAX_POLICY_JSON} characters as JSON: name fewer "
+                               "non-retryable errors")
 
-    def retries_after(self, attempt: int, exit_code: int | None) -> bool:
-        """Whether attempt number `attempt`, which failed with `exit_code`, is followed by another."""
-        return attempt < self.max_attempts and exit_code not in self.non_retryable
+    def retries_after(self, attempt: int, exit_code: int | None, errors: Iterable[str] = ()) -> bool:
+        """Whether attempt number `attempt`, which failed with `exit_code` (and, for a Python task, an exception
+        whose classes, its own and those it derives from, are named in `errors`), is followed by another."""
+        return attempt < self.max_attempts and exit_code not in self.non_retryable \
+            and self.error_names.isdisjoint(errors)
+
+    @property
+    def error_names(self) -> frozenset[str]:
+        """The names of the exception classes that are not retried."""
+        return frozenset(str(name) for name in self.non_retryable_errors)
 
     def delay_after(self, attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> int:
         """Whole seconds to wait after failed attempt number `attempt` (1 for the first)."""
@@ -72,9 +89,15 @@ class Retry:
         """The row's `retry` column; None for the default of one attempt."""
         if self == Retry():
             return None
+        return json.dumps(self._values(), sort_keys=True)
+
+    def _values(self) -> dict[str, Any]:
         values: dict[str, Any] = dataclasses.asdict(self)
         values["non_retryable"] = sorted(self.non_retryable)
-        return json.dumps(values, sort_keys=True)
+        values["non_retryable_errors"] = sorted(self.error_names)
+        if not values["non_retryable_errors"]:
+            del values["non_retryable_errors"]  # the JSON of every policy before Python tasks, unchanged
+        return values
 
     @classmethod
     def from_json(cls, text: str | None) -> Retry:
@@ -83,6 +106,7 @@ class Retry:
         values = json.loads(text)
         values.pop(COUNTED_AFTER, None)
         values["non_retryable"] = frozenset(values.get("non_retryable", ()))
+        values["non_retryable_errors"] = frozenset(values.get("non_retryable_errors", ()))
         return cls(**values)
 
     def describe(self) -> str:
@@ -92,6 +116,8 @@ class Retry:
         text = f"{self.max_attempts} attempts, {self.backoff} backoff {wait}{' with jitter' if self.jitter else ''}"
         if self.non_retryable:
             text += f"; exit codes {','.join(map(str, sorted(self.non_retryable)))} are not retried"
+        if self.error_names:
+            text += f"; {', '.join(sorted(self.error_names))} are not retried"
         return text
 
 
@@ -103,17 +129,25 @@ class NextStep:
     note: str
 
 
-def after_failure(policy_json: str | None, attempt: int, exit_code: int | None, seed: str | None = None) -> NextStep:
+def after_failure(policy_json: str | None, attempt: int, exit_code: int | None, seed: str | None = None,
+                  errors: Iterable[str] = ()) -> NextStep:
     """What follows failed attempt number `attempt` (counted over the task's life) under the row's retry JSON;
-    with a `seed`, the jitter is drawn from it, so the same seed always gives the same step."""
+    with a `seed`, the jitter is drawn from it, so the same seed always gives the same step. `errors`: the
+    class names of a Python task's exception (see Retry.retries_after)."""
     policy, before = Retry.from_json(policy_json), counted_after(policy_json)
     in_allowance, last = attempt - before, before + policy.max_attempts
-    if policy.retries_after(in_allowance, exit_code):
+    errors = list(errors)
+    if policy.retries_after(in_allowance, exit_code, errors):
         wait = policy.delay_after(in_allowance, random.Random(seed).uniform if seed is not None else random.uniform)
         return NextStep(wait, tasklog.retrying(wait, attempt + 1, last))
     if policy.max_attempts == 1:
         return NextStep(None, "")
-    why = "attempts used up" if in_allowance >= policy.max_attempts else f"exit code {exit_code} is not retried"
+    if in_allowance >= policy.max_attempts:
+        why = "attempts used up"
+    elif exit_code in policy.non_retryable:
+        why = f"exit code {exit_code} is not retried"
+    else:
+        why = f"{errors[0] if errors else 'its exception'} is not retried"
     return NextStep(None, tasklog.not_retried(why, attempt, last))
 
 
@@ -142,6 +176,29 @@ def describe_retry(policy_json: str | None) -> str:
         first, last = allowed_attempts(policy_json)
         text += f"; regenerated: attempts {first} to {last}" if last > first else f"; regenerated: attempt {first}"
     return text
+
+
+def error_names(errors: Iterable[type[BaseException] | str]) -> list[str]:
+    """`module.QualName` of each exception class (a name given as text is checked and kept)."""
+    if isinstance(errors, (str, bytes)) or not isinstance(errors, Iterable):
+        raise InvalidInput(f"non_retryable_errors must be exception classes or their names, not {errors!r}")
+    names = []
+    for error in errors:
+        if isinstance(error, type) and issubclass(error, BaseException):
+            names.append(class_name(error))
+        elif isinstance(error, str) and _CLASS_NAME.match(error):
+            names.append(error)
+        else:
+            raise InvalidInput(f"non_retryable_errors: {error!r} is not an exception class or its module.Name")
+    return names
+
+
+def class_name(error: type[BaseException]) -> str:
+    """How a retry policy names an exception class: `builtins.ValueError`, `myapp.errors.Permanent`."""
+    return f"{error.__module__}.{error.__qualname__}"
+
+
+_CLASS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 
 
 def parse_exit_codes(text: str) -> frozenset[int]:

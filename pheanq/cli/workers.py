@@ -19,11 +19,18 @@ from pheanq.tender.registry import stop_tenders
 from pheanq.tender.tender import Tender, TenderOptions
 from pheanq.worker.cron import SingleInstance, WorkerLimits
 from pheanq.worker.loop import TaskWorker
+from pheanq.worker.python_imports import check_importable, start_python
 
 # What a worker-tender runs when --worker-command is not given: this installation's task-worker.
 DEFAULT_WORKER_COMMAND = [sys.executable, "-m", "pheanq", "task-worker"]
 # The global flags a tender hands on to its workers, so they reach the same settings.
 _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_URL", "beanstalkd": "PHEANQ_BEANSTALKD"}
+
+
+import_option = click.option(
+    "--import", "python_imports", multiple=True, metavar="MODULE",
+    help="Import this module of the application once, and run the Python tasks (@pheanq.task) it registers; "
+    "repeat for more. Added to [python] imports of pheanq.toml.")
 
 
 @cli.command("task-worker")
@@ -43,10 +50,12 @@ _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_UR
               help="Exit (after the current task) once the worker has run this long.")
 @click.option("--single-id", metavar="ID", help="Run only if no other worker with this id runs (from cron).")
 @click.option("--pid-dir", metavar="DIR", help="Where --single-id keeps its lock files. [default: run_dir]")
+@import_option
 @pass_context
 def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, stop_when_drained: bool,
                 max_tasks: int | None, cycles_limit: int | None, cycle_delay: float, memory_limit: float | None,
-                time_limit: float | None, single_id: str | None, pid_dir: str | None) -> None:
+                time_limit: float | None, single_id: str | None, pid_dir: str | None,
+                python_imports: tuple[str, ...]) -> None:
     """Run tasks from the tube until stopped (SIGTERM: finish the task, then exit)."""
     if stop_when_empty and stop_when_drained:
         raise click.UsageError("--stop-when-empty and --stop-when-drained exclude each other: give one")
@@ -62,9 +71,10 @@ def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, s
     # A never-upgraded database is a set-up mistake to report now; an outage the worker waits out.
     with contextlib.suppress(StoreUnavailable):
         context.service.store.database.check_schema()
+    python = start_python(context.dispatch, context.settings, python_imports)
     worker = TaskWorker(context.dispatch, context.tubes(use_tube), stop_when_empty=stop_when_empty,
                         stop_when_drained=stop_when_drained, max_tasks=max_tasks,
-                        limits=WorkerLimits(cycles_limit, cycle_delay, memory_limit, time_limit))
+                        limits=WorkerLimits(cycles_limit, cycle_delay, memory_limit, time_limit), python=python)
     sys.exit(worker.run())
 
 
@@ -93,11 +103,13 @@ def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, s
 @click.option("--min-age", type=click.FloatRange(min=0), default=DEFAULT_MIN_AGE_SECONDS, show_default=True,
               metavar="SECONDS", help="The reconciler leaves waiting tasks changed more recently than this alone "
               "(their put may be in flight), as `pheanq reconcile --min-age`.")
+@import_option
 @pass_context
 def worker_tender(context: Context, use_tube: str | None, worker_command: str | None, min_workers: int,
                   spare_workers: int, max_workers: int, max_worker_age: float, max_worker_buffer: int,
                   max_worker_memory: float | None, max_worker_tasks: int | None, shutdown_timeout: float,
-                  allow_second_tender: bool, reconcile_interval: float, min_age: float) -> None:
+                  allow_second_tender: bool, reconcile_interval: float, min_age: float,
+                  python_imports: tuple[str, ...]) -> None:
     """Keep a pool of task-workers alive for the tube (SIGTERM: drain and stop; SIGHUP: replace them)."""
     command = DEFAULT_WORKER_COMMAND if worker_command is None else _split_command(worker_command)
     limits = PoolLimits(min_workers, spare_workers, max_workers, max_worker_age, max_worker_buffer,
@@ -108,6 +120,9 @@ def worker_tender(context: Context, use_tube: str | None, worker_command: str | 
     worker_env = {_FLAG_ENV[key]: str(value) for key, value in context.flags.items() if value is not None}
     if "PHEANQ_CONFIG" in worker_env:
         worker_env["PHEANQ_CONFIG"] = os.path.abspath(worker_env["PHEANQ_CONFIG"])
+    if python_imports:
+        modules = check_importable([*context.settings.python_imports, *python_imports])
+        worker_env["PHEANQ_PYTHON_IMPORTS"] = ",".join(modules)
     options = TenderOptions(context.tubes(use_tube), command, limits, shutdown_timeout, allow_second_tender,
                             worker_env, reconcile_interval, min_age)
     sys.exit(Tender(options, context.run_dir, context.dispatch).run())

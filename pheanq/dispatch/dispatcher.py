@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 
-from pheanq import tasklog
+from pheanq import task_registry, tasklog
 from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, ReservedJob
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
@@ -35,6 +35,7 @@ from pheanq.errors import (
 )
 from pheanq.lease import stale_after
 from pheanq.limits import MAX_BURIED_REASON, MAX_BURIED_RECORDS, body_preview
+from pheanq.python_call import PREFIX as PYTHON_PREFIX
 from pheanq.run_at import put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
@@ -72,8 +73,9 @@ class Dispatcher:
 
     @functools.cached_property
     def _commands(self) -> list[str]:
-        """The commands this process may run (its settings do not change): every claim names them."""
-        return list(self.settings.registry())
+        """The commands this process may run (its settings do not change), and the Python tasks its imports
+        registered (a worker imports them before its first claim): every claim names them."""
+        return [*self.settings.registry(), *(PYTHON_PREFIX + name for name in task_registry.names())]
 
     def close(self) -> None:
         self.beanstalkd.close()
@@ -262,8 +264,8 @@ class Dispatcher:
             return None
         if claim.outcome is ClaimOutcome.UNREGISTERED:
             # Kept, not failed: after the command is registered (or on a worker that has it), a kick runs it.
-            self.bury(job, f"task {task_id}: command {claim.row.command!r} is not registered on this worker "
-                           f"(known: {', '.join(sorted(self._commands)) or 'none'}); the task is left as it is")
+            self.bury(job, f"task {task_id}: {_unregistered(claim.row.command, self._commands)}; the task is left "
+                           "as it is")
             return None
         if claim.outcome is ClaimOutcome.EARLY:
             wait = put_delay(claim.row.run_at, utc_now())
@@ -346,6 +348,16 @@ class Dispatcher:
                         self.beanstalkd.delete(job_id)
         except (StoreUnavailable, TubeUnavailable) as error:
             log.warning("tasks left pending were not all sent (%s); the reconciler will send them", error)
+
+def _unregistered(command: str, known: list[str]) -> str:
+    """Why a worker does not run `command`, naming what it runs instead."""
+    if command.startswith(PYTHON_PREFIX):
+        tasks = sorted(name[len(PYTHON_PREFIX):] for name in known if name.startswith(PYTHON_PREFIX))
+        return f"Python task {command[len(PYTHON_PREFIX):]!r} is not registered on this worker (its imports " \
+               f"register: {', '.join(tasks) or 'none'}; start it with --import of the module that defines the task)"
+    commands = sorted(name for name in known if not name.startswith(PYTHON_PREFIX))
+    return f"command {command!r} is not registered on this worker (known: {', '.join(commands) or 'none'})"
+
 
 def _seconds_until_stale(row: TaskRow) -> int:
     last = row.heartbeat or row.modified

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from pheanq import tasklog
 from pheanq.beanstalkd import BeanstalkdConnection, ReservedJob
@@ -42,23 +42,26 @@ class AttemptEnds:
         self.send_released = send_released
 
     def finish(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
-               reserved: bool = True) -> bool:
+               reserved: bool = True, result: str | None = None) -> bool:
         """Record the attempt's end (`done`, `failed` or `cancelled`), delete its job, and send what the end
         released; False when the attempt no longer owns the task (its result is not recorded, its log entry
         is). With `reserved` (the caller holds the job), the job is deleted even then: it is this attempt's
-        reservation. A `failed` end of an attempt that a cancel was requested for is `cancelled`."""
-        return self._end(attempt, status, exit_code, log_text, reserved) is not None
+        reservation. A `failed` end of an attempt that a cancel was requested for is `cancelled`. `result`: a
+        Python task's return value as JSON, kept on the row."""
+        return self._end(attempt, status, exit_code, log_text, reserved, result) is not None
 
     def fail(self, attempt: Attempt, exit_code: int | None, log_text: str | None,
-             reserved: bool = True) -> Status | None:
+             reserved: bool = True, errors: Sequence[str] = ()) -> Status | None:
         """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
         attempt, else `failed` (`cancelled` when a cancel was requested while it ran); returns which, or None
         when the attempt no longer owns the task. With `reserved` (the caller holds the job), the job is
-        released with that delay; else whoever reserves it next finds the task early and delays it."""
+        released with that delay; else whoever reserves it next finds the task early and delays it. `errors`: the
+        class names of a Python task's exception, which the policy may name as not retried."""
         task_id, number = attempt.row.id, attempt.row.attempts
         # The same attempt's failure always leads to the same step (its jitter too): a write repeated after its
         # answer was lost is the same write, and is found committed.
-        step = after_failure(attempt.row.retry, number, exit_code, seed=f"{task_id}:{attempt.row.nonce}:{number}")
+        step = after_failure(attempt.row.retry, number, exit_code, seed=f"{task_id}:{attempt.row.nonce}:{number}",
+                             errors=errors)
         entry = (log_text or "") + step.note or None
         if step.wait is None:
             return self._end(attempt, Status.FAILED, exit_code, entry, reserved)
@@ -126,10 +129,10 @@ class AttemptEnds:
         self._end(attempt, Status.CANCELLED, None, entry, reserved=True)
 
     def _end(self, attempt: Attempt, status: Status, exit_code: int | None, log_text: str | None,
-             reserved: bool) -> Status | None:
+             reserved: bool, result: str | None = None) -> Status | None:
         """Record an attempt's end; the status it ended in, or None when the attempt no longer owns the task."""
         task_id, number = attempt.row.id, attempt.row.attempts
-        moved = self.store.tasks.finish_task(task_id, number, status, exit_code, log_text)
+        moved = self.store.tasks.finish_task(task_id, number, status, exit_code, log_text, result)
         if moved is None:
             self._lost_attempt(attempt, log_text, reserved)
             return None

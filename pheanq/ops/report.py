@@ -3,6 +3,7 @@ JSON. Every text formatter passes what a task or a job body controls through `vi
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,8 @@ from pheanq.errors import InvalidInput, TubeUnavailable
 from pheanq.limits import LISTING_PAGE
 from pheanq.ops.buried import BuriedList
 from pheanq.ops.terminal import one_line, visible
+from pheanq.python_call import PREFIX as PYTHON_PREFIX
+from pheanq.python_call import PythonCall, to_json
 from pheanq.retry import describe_retry
 from pheanq.status import Status
 from pheanq.storage.tables import TaskRow, WorkerRow
@@ -111,7 +114,8 @@ def _duration(seconds: float) -> str:
 def task_report(row: TaskRow) -> dict[str, Any]:
     try:
         description = decode_data(row.data)
-        line = shlex.join([description.command, *description.command_line()])
+        line = python_call_text(description) if isinstance(description, PythonCall) else \
+            shlex.join([description.command, *description.command_line()])
     except InvalidInput:
         line = row.command
     return {
@@ -122,7 +126,34 @@ def task_report(row: TaskRow) -> dict[str, Any]:
         "heartbeat": _time(row.heartbeat), "run_at": _time(row.run_at), "data": row.data, "log": row.log,
         "retry": describe_retry(row.retry), "unique_key": row.unique_key, "batch": row.batch_id,
         "callback_of": row.callback_of, "waiting_for": row.waiting_for if row.status is Status.WAITING else None,
+        "result": _json_or_text(row.result), "progress": _json_or_text(row.progress),
     }
+
+
+def python_call_text(call: PythonCall) -> str:
+    """A Python task's call as a person reads it: `billing.send_invoice(42, email=false)` (values in JSON)."""
+    arguments = [to_json(value) for value in call.args]
+    arguments += [f"{name}={to_json(value)}" for name, value in call.kwargs.items()]
+    return f"{call.name}({', '.join(arguments)})"
+
+
+def progress_text(progress: Any) -> str | None:
+    """`3 of 5 (60%): step 3`, from a task's progress JSON."""
+    if not isinstance(progress, dict) or progress.get("done") is None:
+        return None
+    done, total, message = progress["done"], progress.get("total"), progress.get("message")
+    text = f"{done} of {total}" + (f" ({100 * done / total:.0f}%)" if total else "") if total is not None \
+        else f"{done} done"
+    return text + (f": {message}" if message else "")
+
+
+def _json_or_text(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def format_task(report: dict[str, Any]) -> str:
@@ -131,6 +162,12 @@ def format_task(report: dict[str, Any]) -> str:
               "started", "finished", "modified", "heartbeat"]
     lines = [f"task {report['id']}"]
     lines += [f"  {name:<13}{'-' if report[name] is None else one_line(report[name])}" for name in fields]
+    progress = progress_text(report["progress"])
+    if progress is not None:
+        lines.append(f"  {'progress':<13}{one_line(progress)}")
+    if report["status"] == Status.DONE.value and report["command"].startswith(PYTHON_PREFIX):
+        result = to_json(report["result"])
+        lines.append(f"  {'result':<13}{one_line(result if len(result) <= 500 else result[:497] + '...')}")
     lines.append("log:")
     lines.append(visible(report["log"].rstrip("\n")) if report["log"] else "  (empty)")
     return "\n".join(lines)

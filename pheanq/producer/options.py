@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
-from collections.abc import Iterable
-from typing import TypedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
 
 from pheanq.clock import utc_now
 from pheanq.errors import InvalidInput
@@ -77,6 +77,8 @@ class QueueOptions:
     unique_key: str | None = None
     after: tuple[int, ...] = ()
     batch: int | None = None
+    # The options the call named, so that a task's own defaults (a `@task`'s) fill only the others.
+    given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_whole_number("priority", self.priority, 0, MAX_PRIORITY)
@@ -111,7 +113,15 @@ class QueueOptions:
             return _DEFAULTS
         if unknown := sorted(keywords.keys() - _NAMES):
             raise InvalidInput(f"unknown option {unknown[0]!r} (known: {', '.join(_NAMES_IN_ORDER)})")
-        return cls(**keywords)  # type: ignore[arg-type]  # `after` may come as any iterable of ids; it is made a tuple
+        # `after` may come as any iterable of ids; it is made a tuple
+        return cls(**keywords, given=frozenset(keywords))  # type: ignore[arg-type]
+
+    def with_defaults(self, defaults: Mapping[str, Any]) -> QueueOptions:
+        """These options, with `defaults` (a task's own) for those the call did not name."""
+        missing = {key: value for key, value in defaults.items() if key not in self.given}
+        if not missing:
+            return self
+        return QueueOptions.of({**{key: getattr(self, key) for key in self.given}, **missing})  # type: ignore[typeddict-item]
 
     def runs_from(self, now: dt.datetime) -> dt.datetime | None:
         """The UTC time (naive, as stored) from which the task may run, or None for "now"."""
@@ -119,5 +129,5 @@ class QueueOptions:
 
 
 _DEFAULTS = QueueOptions()
-_NAMES_IN_ORDER = tuple(field.name for field in dataclasses.fields(QueueOptions))
+_NAMES_IN_ORDER = tuple(field.name for field in dataclasses.fields(QueueOptions) if field.name != "given")
 _NAMES = frozenset(_NAMES_IN_ORDER)

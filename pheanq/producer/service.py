@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import threading
+import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pheanq.beanstalkd import BeanstalkdConnection
 from pheanq.body import encode_body, encode_data, new_nonce
@@ -18,13 +20,13 @@ from pheanq.clock import utc_now
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.description import Chain, TaskDescription
 from pheanq.dispatch import Dispatcher, PlannedJob
-from pheanq.errors import InvalidInput, NotFound
+from pheanq.errors import InvalidInput, NotFound, WrongStatus
 from pheanq.limits import MAX_NAME, MAX_TASK_ID, check_whole_number
 from pheanq.producer.after_commit import send_after_commit
 from pheanq.producer.batch import Batch
 from pheanq.producer.cancel import CancelResult, cancel_task
 from pheanq.producer.options import QueueKeywords, QueueOptions, Unpack
-from pheanq.status import Status
+from pheanq.status import FINAL, Status
 from pheanq.storage import Store
 from pheanq.storage.tables import TaskRow
 from pheanq.storage.tasks import NewTask
@@ -140,6 +142,20 @@ class TaskQueueService:
         row = self.store.tasks.find_task(task_id)
         return None if row is None else row.status
 
+    def result(self, task_id: int, wait: float = 0) -> Any:
+        """A Python task's return value, once it is `done` (None when it returned None or a value that could
+        not be stored: its log says which). With `wait`, waits up to that many seconds for the task to end.
+        NotFound when there is no such task; WrongStatus when it has not ended `done` (by then)."""
+        deadline = time.monotonic() + wait
+        while True:
+            row = self.find_task(task_id)
+            if row.status is Status.DONE:
+                return None if row.result is None else json.loads(row.result)
+            if row.status in FINAL or time.monotonic() >= deadline:
+                ended = "ended" if row.status in FINAL else "is"
+                raise WrongStatus(f"task {task_id} {ended} {row.status.value}: it has no result")
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
     def find_task(self, task_id: int) -> TaskRow:
         row = self.store.tasks.find_task(task_id)
         if row is None:
@@ -149,6 +165,7 @@ class TaskQueueService:
     def _plan(self, description: TaskDescription, options: QueueOptions) -> tuple[PlannedJob, NewTask]:
         """The row to insert for a task and the job to put once it has an id; InvalidInput for a bad task."""
         _check_description(description)
+        options = options.with_defaults(description.queue_defaults)
         tube = check_tube_name(options.tube or description.tube or self.settings.default_tube)
         nonce = new_nonce()
         # Too big a body is refused before any write.

@@ -134,6 +134,15 @@ class ClaimStatements:
                 .values(heartbeat=utc_now())
             ).rowcount == 1
 
+    def record_progress(self, task_id: int, attempt: int, progress: str) -> bool:
+        """A Python task's progress (JSON), written while this attempt holds the task; False when it does not."""
+        c = task_table.c
+        with self.database.transaction() as conn:
+            return conn.execute(
+                task_table.update().where(c.id == task_id, c.status == Status.WORKING.value, c.attempts == attempt)
+                .values(progress=progress)
+            ).rowcount == 1
+
 
 def _refusal(row: TaskRow, nonce: str | None, job_id: int, tubes: Sequence[str],
              commands: Sequence[str]) -> ClaimOutcome | None:

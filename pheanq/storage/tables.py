@@ -64,6 +64,10 @@ task_table = sa.Table(
     # Who asked to cancel the task while it was `working`: its worker stops the command and ends the task
     # (`cancelled`, or `done` when the command had already completed); no other attempt follows.
     sa.Column("cancel_requested_by", sa.String(255), nullable=True),
+    # A Python task's return value as JSON, once it is done (NULL: none, or not storable; its log says which).
+    sa.Column("result", _LongText, nullable=True),
+    # The last progress a Python task reported, as JSON {"done", "total", "message"}.
+    sa.Column("progress", sa.String(600), nullable=True),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
@@ -210,6 +214,8 @@ class TaskRow:
     callback_of: int | None = None
     nonce: str | None = None
     cancel_requested_by: str | None = None
+    result: str | None = None
+    progress: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

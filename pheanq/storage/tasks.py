@@ -221,14 +221,15 @@ class TaskStatements:
         return self._move_settled(task_id, attempt, Status.STALLED, log=log, worker=None)
 
     def finish_task(self, task_id: int, attempt: int, status: Status, exit_code: int | None,
-                    log: str | None) -> Moved | None:
+                    log: str | None, result: str | None = None) -> Moved | None:
         """Record the end of an attempt (`done`, `failed` or `cancelled`), and what it sets in motion (see
         pheanq.storage.workflows); None when the attempt no longer owns the task.
 
         A `stalled` task still belongs to its last attempt until another worker claims it, so a result
         that arrives late (after a database outage) is kept rather than run again."""
         now = utc_now()
-        return self._move_settled(task_id, attempt, status, exit_code=exit_code, log=log, finished=now)
+        stored = {} if result is None else {"result": result}
+        return self._move_settled(task_id, attempt, status, exit_code=exit_code, log=log, finished=now, **stored)
 
     def retry_task(self, task_id: int, attempt: int, exit_code: int | None, log: str,
                    run_at: dt.datetime) -> Moved | None:

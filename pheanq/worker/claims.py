@@ -4,7 +4,7 @@ ended. The writes themselves are the dispatcher's (pheanq.dispatch): this module
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from pheanq.beanstalkd import ReservedJob
 from pheanq.body import decode_body
@@ -77,13 +77,19 @@ class TaskClaims:
             self._unresolved = None
             self.dispatch.beanstalkd.close()
 
-    def mark_done(self, package: WorkPackage, log_text: str | None, exit_code: int = 0) -> bool:
-        return self.dispatch.ends.finish(package, Status.DONE, exit_code, log_text)
+    def mark_done(self, package: WorkPackage, log_text: str | None, exit_code: int = 0,
+                  result: str | None = None) -> bool:
+        return self.dispatch.ends.finish(package, Status.DONE, exit_code, log_text, result=result)
 
-    def mark_failed(self, package: WorkPackage, log_text: str | None, exit_code: int | None = None) -> bool:
+    def mark_failed(self, package: WorkPackage, log_text: str | None, exit_code: int | None = None,
+                    errors: Sequence[str] = ()) -> bool:
         """Record a failed attempt: `retrying` after a backoff delay when its retry policy allows another
-        attempt, else `failed`."""
-        return self.dispatch.ends.fail(package, exit_code, log_text) is not None
+        attempt (and does not name the Python exception's class in `errors` as not retried), else `failed`."""
+        return self.dispatch.ends.fail(package, exit_code, log_text, errors=errors) is not None
+
+    def record_progress(self, package: WorkPackage, progress: str) -> bool:
+        """Write a Python task's progress (JSON) to its row while this attempt holds it."""
+        return self.dispatch.store.claims.record_progress(package.task_id, package.attempt, progress)
 
     def release_task(self, package: WorkPackage, log_text: str) -> bool:
         """Give a claimed task back: the row returns to `new` and the job to its tube."""

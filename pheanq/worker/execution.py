@@ -26,6 +26,8 @@ class Outcome:
     exit_code: int | None
     log: str
     output_bytes: int = 0
+    result: str | None = None           # a Python task's return value as JSON
+    errors: tuple[str, ...] = ()        # the classes of a Python task's exception, for its retry policy
 
 
 def execute(package: WorkPackage, settings: Settings, worker_name: str,

@@ -22,6 +22,7 @@ from typing import TextIO, TypeVar
 from pheanq import tasklog
 from pheanq.dispatch import Dispatcher, WorkPackage
 from pheanq.errors import StoreUnavailable, TubeUnavailable
+from pheanq.python_call import PythonCall
 from pheanq.status import Status
 from pheanq.worker.claims import TaskClaims
 from pheanq.worker.cron import WorkerLimits
@@ -30,6 +31,8 @@ from pheanq.worker.execution import Outcome, execute
 from pheanq.worker.holds import CancelWatch, LeaseHold, lease_interval
 from pheanq.worker.paused import PausedTubes
 from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, StateLine, StateWriter
+from pheanq.worker.python_execution import execute_python
+from pheanq.worker.python_pool import PythonPool
 from pheanq.worker.undumpable import make_undumpable
 
 log = logging.getLogger("pheanq.worker")
@@ -59,7 +62,7 @@ class TaskWorker:
 
     def __init__(self, dispatch: Dispatcher, tubes: Sequence[str], *, stop_when_empty: bool = False,
                  stop_when_drained: bool = False, max_tasks: int | None = None, limits: WorkerLimits | None = None,
-                 out: TextIO = sys.stdout) -> None:
+                 out: TextIO = sys.stdout, python: PythonPool | None = None) -> None:
         self.dispatch = dispatch
         self.claims = TaskClaims(dispatch)
         self.name = dispatch.worker_name
@@ -75,11 +78,14 @@ class TaskWorker:
         self.interrupted = False   # SIGINT: stop the task in hand now
         self.tasks_run = 0
         self._backoff = Backoff()
+        self.python = python      # runs Python tasks (pheanq.worker.python_pool); None: commands only
 
     def run(self) -> int:
         """Work until stopped; returns the process exit code."""
         make_undumpable()  # before the first task's command: its parent's environment holds the credentials
         self._install_signal_handlers()
+        if self.python is not None:
+            self.python.prepare()  # the first child is forked before the first job comes, not while it waits
         log.info("worker %s watching %s on beanstalkd %s", self.name, ",".join(self.tubes),
                  self.dispatch.beanstalkd.server)
         self._state.say(StateLine(Line.READY))
@@ -117,8 +123,12 @@ class TaskWorker:
             self._state.say(StateLine(Line.BUSY, package.task_id))
             self._work(package)
             self.tasks_run += 1
+            if self.python is not None and not self._stopping():
+                self.python.prepare()
             self._state.say(StateLine(Line.READY))
         self._settle_unresolved_claim()
+        if self.python is not None:
+            self.python.close()
         log.info("worker %s stops after %d task(s)", self.name, self.tasks_run)
         return EXIT_INTERRUPTED if self.interrupted else 0
 
@@ -151,10 +161,7 @@ class TaskWorker:
         log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
         cancel = CancelWatch(self.claims, package)
         lease = LeaseHold(self.claims, package, lambda: self.interrupted)
-        outcome = execute(package, self.dispatch.settings, self.name,
-                          lambda: cancel.reason_to_stop() or lease.reason_to_stop(),
-                          on_start=lambda pid: self._state.say(StateLine(Line.CHILD, pid)),
-                          on_exit=lambda code: self._state.say(StateLine(Line.EXITED, code)))
+        outcome = self._execute(package, lambda: cancel.reason_to_stop() or lease.reason_to_stop())
         log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
         if outcome.status is Status.CANCELLED:
             self._record(lambda: self.claims.end_cancelled(package, outcome.exit_code, outcome.log), package)
@@ -162,6 +169,20 @@ class TaskWorker:
             self._record(lambda: self.claims.release_task(package, outcome.log), package)
         else:
             self._record(lambda: self._finish(package, outcome), package)
+
+    def _execute(self, package: WorkPackage, keep_running: Callable[[], str | None]) -> Outcome:
+        """Run the task: a Python task in this worker's child process, a command as a process of its own."""
+        def on_start(pid: int) -> None:
+            self._state.say(StateLine(Line.CHILD, pid))
+
+        def on_exit(code: int) -> None:
+            self._state.say(StateLine(Line.EXITED, code))
+
+        call = package.description
+        if isinstance(call, PythonCall) and self.python is not None:
+            return execute_python(package, call, self.python, self.dispatch.settings, self.name, keep_running,
+                                  on_start, on_exit, lambda progress: self.claims.record_progress(package, progress))
+        return execute(package, self.dispatch.settings, self.name, keep_running, on_start=on_start, on_exit=on_exit)
 
     def _hand_back(self, package: WorkPackage) -> None:
         log.info("task %d: not started, the worker is stopping; it goes back to its tube", package.task_id)
@@ -171,8 +192,8 @@ class TaskWorker:
 
     def _finish(self, package: WorkPackage, outcome: Outcome) -> bool:
         if outcome.status is Status.DONE:
-            return self.claims.mark_done(package, outcome.log, 0)
-        return self.claims.mark_failed(package, outcome.log, outcome.exit_code)
+            return self.claims.mark_done(package, outcome.log, 0, outcome.result)
+        return self.claims.mark_failed(package, outcome.log, outcome.exit_code, outcome.errors)
 
     def _record(self, write: Callable[[], bool], package: WorkPackage) -> None:
         """Record a task's result, waiting out a database outage while keeping the job reserved. Writing again is

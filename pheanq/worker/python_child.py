@@ -1,0 +1,188 @@
+"""What runs inside a Python task's child process, forked by its worker (pheanq.worker.python_pool).
+
+The child reads tasks from its worker, one JSON line each, and runs them one after another until the worker
+closes the pipe or the child has run its share (`max_tasks_per_child`). For each task it says, in order:
+its stdout and stderr (fds 1 and 2, on the worker's output pipe), then ``EXITED 0`` (returned) or
+``EXITED 1`` (raised) on the worker's own state-line output, then the outcome as one JSON line on the
+message pipe. The state line goes first for the same reason a command's exit is said before its result
+is recorded: a tender that hears it knows the task completed even if the worker dies before it records
+it (pheanq.tender.recovery), so a completed task is never run again.
+
+Nothing of pheanq's own state is used here: the worker's database connections are forgotten without being
+closed (they are the worker's), and the child ends with os._exit, so nothing the worker holds is finalised
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from pheanq import task_context, task_registry
+from pheanq.limits import MAX_RESULT_BYTES
+from pheanq.retry import class_name
+from pheanq.worker.child import linux_prctl
+
+# Exit code of a child whose on_child_start hook failed (it ran no task).
+EXIT_HOOK_FAILED = 3
+# The longest traceback an attempt's log keeps (its head and tail).
+MAX_TRACEBACK = 16384
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildPipes:
+    """The child's ends: tasks come in, messages go out, output goes to fds 1 and 2; `state` is a copy of the
+    worker's state-line output (None when the worker has none to share)."""
+
+    tasks: int
+    messages: int
+    output: int
+    state: int | None
+
+
+def child_main(pipes: ChildPipes, parent: int, max_tasks: int, forget: Callable[[], None]) -> NoReturn:
+    """The forked child's whole life; it never returns."""
+    code = 1
+    try:
+        _detach(parent, pipes)
+        forget()
+        code = _serve(pipes, max_tasks)
+    except BaseException:  # the child must end here, whatever happened, and never return into the worker's code
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            _flush_output()
+        os._exit(code)
+
+
+def _detach(parent: int, pipes: ChildPipes) -> None:
+    """Its own session (a stop signals its whole group), death with the worker, default signals, and fds 1 and 2
+    on the output pipe."""
+    os.setsid()
+    prctl = linux_prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the worker died before the line above took effect
+        os._exit(137)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(pipes.output, 1)
+    os.dup2(pipes.output, 2)
+    os.close(pipes.output)
+    # The child's own streams, for as long as it lives (os._exit ends it: nothing is left to close).
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+
+
+def _serve(pipes: ChildPipes, max_tasks: int) -> int:
+    for hook in task_registry.hooks("child"):
+        try:
+            hook()
+        except Exception:
+            print(f"pheanq: the on_child_start hook {getattr(hook, '__qualname__', hook)!r} failed:", file=sys.stderr)
+            traceback.print_exc()
+            return EXIT_HOOK_FAILED
+    tasks = os.fdopen(pipes.tasks, "rb", buffering=0)
+    reader = io.BufferedReader(tasks)
+    for _ in range(max_tasks):
+        line = reader.readline()
+        if not line:
+            return 0  # the worker closed the pipe: it is stopping, or retiring this child
+        outcome = _run(json.loads(line), pipes)
+        _flush_output()
+        if pipes.state is not None:
+            _write(pipes.state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+        _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
+    return 0
+
+
+def _run(order: dict[str, Any], pipes: ChildPipes) -> dict[str, Any]:
+    """Run one task; its outcome as the worker reads it."""
+    registered = task_registry.lookup(order["name"])
+    if registered is None:  # the claim checked the name against this worker's tasks: only a bug gets here
+        return {"ok": False, "errors": [], "error": f"task {order['name']!r} is not registered in this child"}
+
+    def report(message: dict[str, Any]) -> None:
+        _write(pipes.messages, (json.dumps(message, separators=(",", ":")) + "\n").encode())
+
+    context = task_context.TaskContext(order["task_id"], order["name"], order["attempt"], order.get("batch_id"),
+                                       _report=report)
+    task_context.enter(context)
+    try:
+        value = registered.function(*order["args"], **order["kwargs"])
+        if registered.is_async:
+            value = asyncio.run(value)
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            return {"ok": True, "result": None, "note": "the task called sys.exit(0): no result"}
+        return _failure(stop)
+    except BaseException as error:  # KeyboardInterrupt, GeneratorExit: the attempt failed, the child lives on
+        return _failure(error)
+    finally:
+        context.flush()
+        task_context.enter(None)
+    return {"ok": True, **_result(value)}
+
+
+def _result(value: Any) -> dict[str, Any]:
+    """The return value as the row keeps it, or a note saying why it is not kept."""
+    if value is None:
+        return {"result": None}
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        return {"result": None, "note": f"the return value is not JSON ({type(value).__name__}: {error}); "
+                                        "it is not stored"}
+    if len(text.encode()) > MAX_RESULT_BYTES:
+        return {"result": None, "note": f"the return value is {len(text.encode())} bytes of JSON, more than "
+                                        f"{MAX_RESULT_BYTES}; it is not stored"}
+    return {"result": text}
+
+
+def _failure(error: BaseException) -> dict[str, Any]:
+    # From the task's own frame: the first one is this module's call of the function.
+    trace = error.__traceback__.tb_next if error.__traceback__ is not None else None
+    text = "".join(traceback.format_exception(type(error), error, trace))
+    if len(text) > MAX_TRACEBACK:
+        half = MAX_TRACEBACK // 2
+        text = f"{text[:half]}\n[... pheanq cut {len(text) - MAX_TRACEBACK} characters here ...]\n{text[-half:]}"
+    names = [class_name(cls) for cls in type(error).__mro__ if issubclass(cls, BaseException)]
+    return {"ok": False, "errors": names, "error": f"{type(error).__name__}: {_short(error)}", "traceback": text}
+
+
+def _short(error: BaseException) -> str:
+    try:
+        text = str(error)
+    except Exception:
+        return "(its message cannot be shown)"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _flush_output() -> None:
+    """Everything the task printed reaches the pipe before its outcome is said (the worker's own stream objects
+    too: logging handlers made before the fork write through them, to fd 2)."""
+    for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s}.values():
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,102 @@
+"""Run one claimed Python task in the worker's child (pheanq.worker.python_pool) and say how it went.
+
+The verdicts follow a command's: returned → `done` (its return value kept as the result), raised →
+`failed` with the exception and its traceback in the log (or `retrying`, unless the retry policy names the
+exception's class as not retried), stopped by a time limit → `failed`, by a cancel → `cancelled`, by a lost
+lease or SIGINT → handed back. A child that died by itself is judged by its exit, as a command is: 0 is
+`done` (with no result), anything else `failed`; so a tender that records it for a dead worker agrees.
+A child stopped for using more than `max_child_memory` fails the attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from pheanq import tasklog
+from pheanq.config import Settings
+from pheanq.dispatch import WorkPackage
+from pheanq.errors import StoreUnavailable
+from pheanq.python_call import PythonCall
+from pheanq.status import Status
+from pheanq.worker.execution import Outcome
+from pheanq.worker.holds import CANCELLED, timed_out, with_time_limit
+from pheanq.worker.python_pool import MEMORY_STOP, PythonPool, PythonRun
+
+log = logging.getLogger("pheanq.worker")
+
+# A task's progress reaches its row at most this often (and its last value when the attempt ends).
+PROGRESS_WRITE_SECONDS = 1.0
+
+
+def execute_python(package: WorkPackage, call: PythonCall, pool: PythonPool, settings: Settings, worker_name: str,
+                   keep_running: Callable[[], str | None], on_start: Callable[[int], None],
+                   on_exit: Callable[[int], None], record_progress: Callable[[str], bool]) -> Outcome:
+    """Run the task in the pool's child to its end (or until `keep_running` gives a reason to stop it)."""
+    progress = ProgressWriter(record_progress)
+    run = pool.run(package, call, with_time_limit(package.row.timeout, keep_running), on_start, on_exit,
+                   progress.offer)
+    progress.flush()
+    return verdict(package, settings, worker_name, run)
+
+
+def verdict(package: WorkPackage, settings: Settings, worker_name: str, run: PythonRun) -> Outcome:
+    timing = f"after {run.seconds:.2f}s"
+
+    def entry(text: str, output: str | None) -> str:
+        return tasklog.attempt(package.attempt, worker_name, text, output)
+
+    if package.row.timeout is not None and run.stopped == timed_out(package.row.timeout):
+        return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: {run.stopped}; its child "
+                                                                 "process was stopped", run.output))
+    if run.stopped == CANCELLED:
+        return Outcome(Status.CANCELLED, run.exit_code, entry(f"stopped {timing}: {CANCELLED}", run.output))
+    if run.stopped is not None and run.stopped.startswith(MEMORY_STOP):
+        return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: {run.stopped}; it was "
+                                                                 "stopped", run.output))
+    if run.stopped is not None:
+        return Outcome(Status.NEW, run.exit_code, entry(f"interrupted {timing}: {run.stopped}; the task "
+                                                              "goes back to its tube", run.output))
+    outcome = run.outcome
+    if outcome is None:
+        if run.exit_code == 0:
+            return Outcome(Status.DONE, 0, entry(f"done {timing}: its child process exited with code 0 "
+                                                       "before the function returned; no result", run.output))
+        ending = f"killed by signal {-run.exit_code}" if run.exit_code < 0 else f"exit code {run.exit_code}"
+        return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: its child process died "
+                                                                 f"({ending}) before the function returned",
+                                                                 run.output))
+    if outcome["ok"]:
+        note = f"; {outcome['note']}" if outcome.get("note") else ""
+        kept = run.output if settings.log_worker_output_on_success else None
+        return Outcome(Status.DONE, 0, entry(f"done {timing}{note}", kept), result=outcome.get("result"))
+    kept = run.output if settings.log_worker_output_on_failure else ""
+    details = (kept or "") + ("" if not kept or kept.endswith("\n") else "\n") + outcome.get("traceback", "")
+    return Outcome(Status.FAILED, 1, entry(f"failed {timing}: {outcome['error']}", details),
+                   errors=tuple(outcome.get("errors", ())))
+
+
+class ProgressWriter:
+    """Writes a task's progress to its row at most once a PROGRESS_WRITE_SECONDS, and the last one at the end.
+    Progress is for people watching: a database hiccup loses an update, never the task."""
+
+    def __init__(self, record: Callable[[str], bool]) -> None:
+        self.record = record
+        self.latest: str | None = None
+        self.written: str | None = None
+        self.last_write = 0.0
+
+    def offer(self, progress: str) -> None:
+        self.latest = progress
+        if time.monotonic() - self.last_write >= PROGRESS_WRITE_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.latest is None or self.latest == self.written:
+            return
+        self.last_write = time.monotonic()
+        with contextlib.suppress(StoreUnavailable):
+            self.record(self.latest)
+            self.written = self.latest
