@@ -9,8 +9,10 @@ function of an application whose import costs ~300 ms:
 - ``celery``: Celery's prefork pool, ``--concurrency 2``, redis broker, late acks;
 - ``pheanq-command``: pheanq today, the function run as a registered command ``python -m benchapp.run``
   (a fresh interpreter per task), two ``pheanq task-worker`` processes on SQLite;
-- ``pheanq-python``: pheanq's ``@task`` functions in preloaded children, once issue 12 builds them (shown
-  as not built until then).
+- ``pheanq-python``: pheanq's ``@task`` functions (scripts/benchapp/pheanq_tasks.py), two ``pheanq task-worker
+  --import benchapp.pheanq_tasks`` processes on SQLite, each running tasks in its forked child, reused
+  (the default, ``max_tasks_per_child`` 1000);
+- ``pheanq-py-fork``: the same with ``max_tasks_per_child`` 1, a fresh fork per task.
 
 For each: tasks/s (workers started and warm, a burst of tasks queued, from the first put to the last
 function's end) and pickup latency (tasks queued 50 ms apart to idle workers, further apart for a system
@@ -31,14 +33,18 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import BenchError, beanstalkd, fresh_database, machine, spawn, stop
+
+if TYPE_CHECKING:
+    from pheanq.producer.service import TaskQueueService
 
 SCRIPTS = Path(__file__).resolve().parent
 WORKERS = 2
 WORKLOADS = ("noop", "cpu", "heavy")
-SYSTEMS = ("rq-fork", "rq-simple", "celery", "pheanq-command", "pheanq-python")
-NOT_BUILT = {"pheanq-python": "not built yet (issue 12)"}
+SYSTEMS = ("rq-fork", "rq-simple", "celery", "pheanq-command", "pheanq-python", "pheanq-py-fork")
+NOT_BUILT: dict[str, str] = {}
 LATENCY_SPACING = 0.05
 
 
@@ -72,15 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=400, help="tasks per throughput burst (peers, pheanq)")
     parser.add_argument("--command-tasks", type=int, default=40, help="the same for pheanq's command path")
     parser.add_argument("--latency-tasks", type=int, default=60)
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated, of {', '.join(SYSTEMS)} (rq-fork is always measured: ratios use it)")
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args(argv)
+    chosen = {"rq-fork", *options.systems.split(",")}
+    if unknown := sorted(chosen - set(SYSTEMS)):
+        parser.error(f"unknown system {unknown[0]!r} (known: {', '.join(SYSTEMS)})")
     figures: dict[str, dict[str, dict[str, list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="pheanq-bench-python-") as directory:
         bench = Bench(Path(directory), options.peers_python, options.tasks, options.command_tasks,
                       options.latency_tasks)
         for run in range(options.runs):
             for system in SYSTEMS:
-                if system in NOT_BUILT:
+                if system in NOT_BUILT or system not in chosen:
                     continue
                 for workload in WORKLOADS:
                     print(f"bench-python: run {run + 1}/{options.runs} {system} {workload}", file=sys.stderr)
@@ -141,6 +152,29 @@ def peers_env() -> dict[str, str]:
 
 def measure_pheanq_command(bench: Bench, workload: str) -> dict[str, float]:
     from pheanq import TaskDescription
+
+    def queue(service: TaskQueueService, key: str, out: Path) -> None:
+        service.queue_task(TaskDescription("bench", [workload, key, str(out)]))
+
+    return measure_pheanq(bench, workload, [], {}, queue, tasks=bench.command_tasks,
+                          latency_tasks=max(5, bench.latency_tasks // 4))
+
+
+def measure_pheanq_python(bench: Bench, workload: str, tasks_per_child: int) -> dict[str, float]:
+    from benchapp.pheanq_tasks import TASKS
+
+    def queue(service: TaskQueueService, key: str, out: Path) -> None:
+        TASKS[workload].options(service=service).queue(key, str(out))
+
+    return measure_pheanq(bench, workload, ["--import", "benchapp.pheanq_tasks"],
+                          {"PHEANQ_MAX_TASKS_PER_CHILD": str(tasks_per_child)}, queue)
+
+
+def measure_pheanq(bench: Bench, workload: str, worker_args: list[str], worker_env: dict[str, str],
+                   queue: Callable[[TaskQueueService, str, Path], None], tasks: int | None = None,
+                   latency_tasks: int | None = None) -> dict[str, float]:
+    """Two `pheanq task-worker` processes with `worker_args` on a fresh SQLite database and beanstalkd; `queue`
+    queues one task."""
     from pheanq.config import load_settings
     from pheanq.producer.service import TaskQueueService
 
@@ -151,7 +185,7 @@ def measure_pheanq_command(bench: Bench, workload: str) -> dict[str, float]:
     config.chmod(0o600)
     with beanstalkd() as address:
         env = {**os.environ, "PHEANQ_DATABASE_URL": url, "PHEANQ_BEANSTALKD": f"{address[0]}:{address[1]}",
-               "PHEANQ_CONFIG": str(config), "PYTHONPATH": str(SCRIPTS)}
+               "PHEANQ_CONFIG": str(config), "PYTHONPATH": str(SCRIPTS), **worker_env}
         service = TaskQueueService(load_settings({"database_url": url, "beanstalkd": f"{address[0]}:{address[1]}",
                                                   "commands": {"bench": [sys.executable]}}, environ={}))
 
@@ -160,16 +194,15 @@ def measure_pheanq_command(bench: Bench, workload: str) -> dict[str, float]:
             for n in range(count):
                 key = f"pheanq-{bench.serial}-{out.stem}-{n}"
                 queued[key] = time.time()
-                service.queue_task(TaskDescription("bench", [workload, key, str(out)]))
+                queue(service, key, out)
                 if spacing:
                     time.sleep(spacing)
             return queued
 
-        workers = [spawn([sys.executable, "-m", "pheanq", "task-worker"], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL) for _ in range(WORKERS)]
+        workers = [spawn([sys.executable, "-m", "pheanq", "task-worker", *worker_args], env=env, cwd=SCRIPTS,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(WORKERS)]
         try:
-            return burst_and_latency(bench, workload, enqueue, tasks=bench.command_tasks,
-                                     latency_tasks=max(5, bench.latency_tasks // 4))
+            return burst_and_latency(bench, workload, enqueue, tasks=tasks, latency_tasks=latency_tasks)
         finally:
             for worker in workers:
                 stop(worker)
@@ -181,6 +214,8 @@ MEASURE: dict[str, Callable[[Bench, str], dict[str, float]]] = {
     "rq-simple": lambda bench, workload: measure_rq(bench, workload, "rq-simple"),
     "celery": measure_celery,
     "pheanq-command": measure_pheanq_command,
+    "pheanq-python": lambda bench, workload: measure_pheanq_python(bench, workload, 1000),
+    "pheanq-py-fork": lambda bench, workload: measure_pheanq_python(bench, workload, 1),
 }
 
 
@@ -245,6 +280,8 @@ def format_table(figures: dict[str, dict[str, dict[str, list[float]]]], runs: in
     for system in SYSTEMS:
         if system in NOT_BUILT:
             lines.append(f"{system:16} {NOT_BUILT[system]}")
+            continue
+        if system not in figures:
             continue
         for workload in WORKLOADS:
             measured = figures[system][workload]
