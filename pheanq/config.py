@@ -150,9 +150,10 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({error})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not valid TOML (not UTF-8 text)") from None
-    unknown = sorted(set(data) - set(_PARSERS))
+    known = [key for key in _PARSERS if key not in _PYTHON_SECTION.values()] + ["python"]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(_PARSERS)})")
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
     return data
 
 
@@ -304,12 +305,15 @@ def _python_section(section: Any) -> dict[str, Any]:
         return {}
     if not isinstance(section, dict):
         raise ConfigError("python: expected a table ([python] with imports = [...])")
-    names = {"imports": "python_imports", "max_tasks_per_child": "max_tasks_per_child",
-             "max_child_memory": "max_child_memory"}
-    unknown = sorted(set(section) - set(names))
+    unknown = sorted(set(section) - set(_PYTHON_SECTION))
     if unknown:
-        raise ConfigError(f"python: unknown setting {unknown[0]!r} (known: {', '.join(names)})")
-    return {names[key]: value for key, value in section.items()}
+        raise ConfigError(f"python: unknown setting {unknown[0]!r} (known: {', '.join(_PYTHON_SECTION)})")
+    return {_PYTHON_SECTION[key]: value for key, value in section.items()}
+
+
+# The keys of pheanq.toml's [python] table, and the settings they are.
+_PYTHON_SECTION = {"imports": "python_imports", "max_tasks_per_child": "max_tasks_per_child",
+                   "max_child_memory": "max_child_memory"}
 
 
 def _parse_imports(key: str, value: Any) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ from pheanq.storage.tables import TaskRow, WorkerRow
 
 # A tender reports every 2 s; one silent for longer than this is shown as possibly gone.
 STALE_REPORT_SECONDS = 15
+# How many running tasks' progress `pheanq status` shows.
+PROGRESS_SHOWN = 20
 # beanstalkd's per-tube figures shown beside the table's counts.
 TUBE_FIGURES = ("current-jobs-ready", "current-jobs-reserved", "current-jobs-delayed", "current-jobs-buried",
                 "current-watching")
@@ -43,6 +45,9 @@ def status_report(dispatch: Dispatcher) -> dict[str, Any]:
     report["paused"] = {tube: _time(until) for tube, until in sorted(dispatch.store.admin.paused_tubes(
         utc_now()).items())}
     report["pool"] = pool_report(dispatch.store.admin.list_pool())
+    report["progress"] = [{"id": task_id, "command": command, "tube": tube, "progress": _json_or_text(progress)}
+                          for task_id, command, tube, progress in dispatch.store.tasks.progress_of_working(
+                              PROGRESS_SHOWN)]
     try:
         for tube in tubes:
             stats = dispatch.beanstalkd.tube_stats(tube)
@@ -85,6 +90,11 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"beanstalkd: {one_line(report['beanstalkd_error'])}")
     for tube, until in report["paused"].items():
         lines.append(f"tube {one_line(tube)} is paused until {until} (`pheanq resume --use-tube {one_line(tube)}`)")
+    for entry in report["progress"]:
+        progress = progress_text(entry["progress"])
+        if progress is not None:
+            name = entry["command"].removeprefix(PYTHON_PREFIX)
+            lines.append(f"task {entry['id']} {one_line(name)} ({one_line(entry['tube'])}): {one_line(progress)}")
     lines.append("")
     if not report["pool"]:
         lines.append("worker-tenders: none reported")

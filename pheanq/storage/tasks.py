@@ -303,6 +303,15 @@ class TaskStatements:
         with self.database.transaction() as conn:
             return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
 
+    def progress_of_working(self, limit: int) -> list[tuple[int, str, str, str]]:
+        """(id, command, tube, progress JSON) of at most `limit` working tasks that report progress, oldest
+        first."""
+        c = task_table.c
+        query = sa.select(c.id, c.command, c.tube, c.progress).where(
+            c.status == Status.WORKING.value, c.progress.is_not(None)).order_by(c.id).limit(limit)
+        with self.database.transaction() as conn:
+            return [(int(task_id), command, tube, progress) for task_id, command, tube, progress in conn.execute(query)]
+
     def delete_done_before(self, cutoff: dt.datetime) -> int:
         """Delete done tasks finished before `cutoff`, except those a batch still running counts, and those a
         waiting task has not yet counted off."""
