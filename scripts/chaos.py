@@ -4,7 +4,9 @@ completed is run again, while workers, beanstalkd, the database and the tender a
 Each scenario gets its own temp directory, its own beanstalkd on a free loopback port, its own database
 (a fresh SQLite file unless --database-url is given; the PostgreSQL scenario always starts a private,
 throwaway cluster), a pheanq.toml registering one command, ``chaos``, which sleeps for the task's argument
-and then appends its task id (``$PHEANQ_TASK_ID``) to ``ran.txt`` with one short O_APPEND write. pheanq is
+and then appends its task id (``$PHEANQ_TASK_ID``) to ``ran.txt`` with one short O_APPEND write (the
+``python-*`` scenarios queue the Python task of chaostasks.py instead, which does the same in a worker's
+forked child). pheanq is
 driven only through its public surface: ``TaskQueueService.queue_task`` in this process, and the CLI
 (``db upgrade``, ``worker-tender``, ``reconcile``, ``buried``, ``status``) in child processes.
 
@@ -52,6 +54,7 @@ from typing import Any, TextIO
 import greenstalk
 import psutil
 import sqlalchemy as sa
+from chaostasks import sleep_and_record
 
 from pheanq import TaskDescription, TaskPendingWarning, TaskQueueService, load_settings
 from pheanq.errors import PheanqError
@@ -74,6 +77,7 @@ WORKER_DIED_MARK = re.compile(r"worker \d+ died \(")
 TENDER_RESENT_MARK = re.compile(r"reconciled tube \S+: .*?sent again (\d+)")
 COMPLETED_ATTEMPT = re.compile(r"^--- attempt \d+ on \S+: (done|failed)\b", re.MULTILINE)
 BEANSTALKD = "/usr/bin/beanstalkd"
+SCRIPTS = Path(__file__).resolve().parent
 
 
 # --- what a run is asked, and what a scenario found -----------------------------------------------------------
@@ -451,8 +455,9 @@ class Lab:
     """One scenario's directory, beanstalkd, database, configuration, tube and counts."""
 
     def __init__(self, name: str, plan: Plan, directory: Path, pending: set[int],
-                 cluster: PostgresCluster | None = None, binlog: bool = False) -> None:
+                 cluster: PostgresCluster | None = None, binlog: bool = False, python: bool = False) -> None:
         self.name = name
+        self.python = python            # tasks are the Python task of scripts/chaostasks.py, not the command
         self.cluster = cluster
         self.plan = plan
         self.rng = random.Random(f"{plan.seed}:{name}")
@@ -470,6 +475,8 @@ class Lab:
         self._write_config()
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("PHEANQ_")}
         self.env["PHEANQ_CONFIG"] = str(self.config)
+        if python:
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), self.env.get("PYTHONPATH")]))
         self.outcome = Outcome(name, directory=str(directory))
         self.queued: list[int] = []
         self.pending = pending          # ids whose queue_task warned TaskPendingWarning
@@ -517,6 +524,8 @@ class Lab:
     def start_tender(self, workers: int, *extra: str, spare: int = 0) -> Tender:
         args = ["--min-workers", str(workers), "--spare-workers", str(spare), "--max-workers", str(workers + spare),
                 "--reconcile-interval", str(TENDER_RECONCILE_INTERVAL), *extra]
+        if self.python:
+            args += ["--import", "chaostasks"]
         tender = Tender(self, args, len(self.tenders) + 1)
         self.tenders.append(tender)
         wait_until(lambda: len(tender.workers()) >= min(workers, 1) or tender.process.poll() is not None, 30,
@@ -544,7 +553,9 @@ class Lab:
     def queue(self, service: TaskQueueService, duration: float, ttr: int = 60) -> int | None:
         """One task; its id (remembered as queued), or None when queue_task raised (not accepted)."""
         try:
-            task_id = service.queue_task(TaskDescription(COMMAND, [f"{duration:.3f}"]), ttr=ttr)
+            description = sleep_and_record.describe(round(duration, 3), str(self.ran_file)) if self.python \
+                else TaskDescription(COMMAND, [f"{duration:.3f}"])
+            task_id = service.queue_task(description, ttr=ttr)
         except PheanqError:
             self.refused += 1
             return None
@@ -589,6 +600,16 @@ class Lab:
         wait_until(lambda: not self.feeding(), timeout, f"queueing the tasks ({len(self.queued)} queued)")
 
     # --- the table ---
+
+    def longest_running_task(self, tender: Tender) -> float:
+        """The largest duration among the tasks running now: from their commands' command lines, or for Python
+        tasks (run in the worker's own child, whose command line is the worker's) from the table."""
+        if not self.python:
+            return tender.longest_running_task()
+        with self.engine().connect() as conn:
+            rows = conn.execute(sa.text("SELECT data FROM pheanq_task WHERE status = 'working' AND tube = :tube"),
+                                {"tube": self.tube}).scalars().all()
+        return max((float(json.loads(data)["args"][0]) for data in rows), default=0.0)
 
     def engine(self) -> sa.Engine:
         if self._engine is None:
@@ -977,7 +998,7 @@ def tender_restart(lab: Lab) -> None:
     codes = [tender.terminate(90)]
     tender = lab.start_tender(workers, "--shutdown-timeout", "0.3")
     wait_until(lambda: len(lab.queued) >= 0.6 * tasks, limit, "60% of the tasks to be queued")
-    wait_until(lambda: tender.longest_running_task() >= 1.0, limit, "a long task to run")
+    wait_until(lambda: lab.longest_running_task(tender) >= 1.0, limit, "a long task to run")
     codes.append(tender.terminate(60))
     interrupting = re.findall(r"--shutdown-timeout passed: interrupting (\d+) worker", tender.log_text())
     lab.start_tender(workers)
@@ -994,6 +1015,7 @@ class Scenario:
     run: Callable[[Lab], None]
     binlog: bool = False
     postgres: bool = False
+    python: bool = False        # the tasks are Python tasks run in the workers' children
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -1006,6 +1028,8 @@ SCENARIOS: dict[str, Scenario] = {
     "hostile-bodies": Scenario(hostile_bodies),
     "tender-restart": Scenario(tender_restart),
     "workflows": Scenario(workflows),
+    "python-kill-workers": Scenario(kill_workers, python=True),
+    "python-tender-restart": Scenario(tender_restart, python=True),
 }
 
 
@@ -1102,7 +1126,7 @@ def run_scenario(name: str, plan: Plan, base: Path | None = None) -> Outcome:
             if scenario.postgres:
                 cluster = PostgresCluster()
                 cluster.start()
-            lab = Lab(name, plan, directory, pending, cluster, binlog=scenario.binlog)
+            lab = Lab(name, plan, directory, pending, cluster, binlog=scenario.binlog, python=scenario.python)
             outcome = lab.outcome
             scenario.run(lab)
         except ScenarioFailed as error:

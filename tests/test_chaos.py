@@ -27,6 +27,8 @@ SEED = 20240611
 
 def _load_chaos() -> ModuleType:
     """scripts/chaos.py is a script, not a package module: load it from its path."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))  # what it imports beside it (chaostasks), as running it would find
     spec = importlib.util.spec_from_file_location("chaos", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -117,6 +119,20 @@ def test_workflows_under_worker_kills(tmp_path: Path) -> None:
     chains = 40 // 4
     assert_promise_kept(outcome, chains * 4 + 1)
     assert outcome.figures["killed"] >= 5, outcome.line()
+
+
+def test_python_tasks_under_worker_kills(tmp_path: Path) -> None:
+    """Busy workers killed -9 while their forked children run Python tasks: each child dies with its worker, the
+    task runs again elsewhere, and no task whose function completed runs twice."""
+    outcome = run("python-kill-workers", tmp_path)
+    assert_promise_kept(outcome, TASKS)
+    assert outcome.figures["killed"] >= 5, outcome.line()
+
+
+def test_python_tasks_across_tender_restarts(tmp_path: Path) -> None:
+    outcome = run("python-tender-restart", tmp_path)
+    assert_promise_kept(outcome, TASKS)
+    assert outcome.figures["interrupted"] >= 1, "the short --shutdown-timeout interrupted a long task"
 
 
 # --- the harness itself -------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ MakeService = Callable[..., TaskQueueService]
 def test_a_task_is_named_by_its_module_and_qualified_name_unless_it_is_given_a_name() -> None:
     assert pytasks.add.name == "pytasks.add"
     assert pytasks.echo.name == "pytasks.renamed-echo"
-    assert pytasks.add.__name__ == "add" and pytasks.add.__doc__ == pytasks.add.function.__doc__
+    assert pytasks.add.__name__ == "add" and pytasks.add.__wrapped__ is pytasks.add.function
 
 
 def test_a_plain_call_runs_the_function_here_and_now() -> None:
@@ -45,7 +45,7 @@ def test_progress_outside_a_worker_is_kept_in_the_context_only_and_bad_values_ar
     assert (context.done, context.total) == (3, 10) and context.message is not None and len(context.message) == 200
     for done, total in ((-1, None), (1, -1), (True, None)):
         with pytest.raises(InvalidInput, match="progress"):
-            context.progress(done, total)  # type: ignore[arg-type]
+            context.progress(done, total)
 
 
 @pytest.mark.parametrize("name", ["", "has space", "a..b", "1abc", "x" * 201, "ends.", "py:x y"])
@@ -78,7 +78,7 @@ def test_two_functions_under_one_name_are_refused_but_the_same_function_again_is
 
 def test_arguments_that_do_not_bind_to_the_signature_are_refused_naming_the_task() -> None:
     with pytest.raises(InvalidInput, match=r"task pytasks\.add: missing a required argument: 'a'"):
-        pytasks.add.describe()
+        pytasks.add.describe()  # type: ignore[call-arg]
     with pytest.raises(InvalidInput, match=r"task pytasks\.add: got an unexpected keyword argument 'c'"):
         pytasks.add.describe(1, c=2)  # type: ignore[call-arg]
     with pytest.raises(InvalidInput, match="too many positional arguments"):
@@ -163,7 +163,7 @@ def test_options_are_checked_when_given_and_per_run_options_are_refused_on_the_d
     with pytest.raises(InvalidInput, match="priority must be a whole number"):
         pytasks.add.options(priority=-1)
     with pytest.raises(InvalidInput, match="@task takes no unique_key="):
-        task(name="tests.keyed", unique_key="k")(lambda: None)  # type: ignore[call-overload]
+        task(name="tests.keyed", unique_key="k")(lambda: None)
 
 
 def test_a_retry_policy_names_exception_classes_and_only_those_and_their_subclasses_end_the_task() -> None:

@@ -40,6 +40,10 @@ R = TypeVar("R")
 class PythonTask(Generic[P, R]):
     """A registered task function: call it to run it here; `.queue(...)` to run it on a worker."""
 
+    # Copied from the function (functools.update_wrapper), as a decorator's result keeps them.
+    __name__: str
+    __wrapped__: Callable[P, R]
+
     def __init__(self, function: Callable[P, R], name: str, defaults: QueueKeywords,
                  service: TaskQueueService | None = None) -> None:
         self.function = function
