@@ -25,6 +25,7 @@ import time
 from pheanq import tasklog
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import StoreUnavailable, TubeUnavailable
+from pheanq.python_call import PREFIX as PYTHON_PREFIX
 from pheanq.status import Status
 from pheanq.storage.tables import TaskRow
 
@@ -72,7 +73,11 @@ def recover_task(dispatch: Dispatcher, task: OrphanedTask) -> str:
             return f"attempt {held.attempts} already settled"
         return "stalled: its worker died while the command ran; it runs again"
     verdict = "done" if task.exit_code == 0 else f"failed: exit code {task.exit_code}"
-    entry = tasklog.attempt(held.attempts, task.worker, f"{verdict}; {task.why}, so its tender recorded the result")
+    # A Python task's return value (or traceback) went to its worker only: the exit code is all the tender has.
+    lost = "; its return value was not stored" if task.exit_code == 0 and held.command.startswith(PYTHON_PREFIX) \
+        else ""
+    entry = tasklog.attempt(held.attempts, task.worker,
+                            f"{verdict}; {task.why}, so its tender recorded the result{lost}")
     if task.exit_code == 0:
         ended = Status.DONE if dispatch.ends.finish(dead, Status.DONE, 0, entry, reserved=False) else None
     else:

@@ -16,6 +16,8 @@ from pheanq.errors import ConfigError
 from pheanq.worker.python_pool import PythonPool
 
 log = logging.getLogger("pheanq.worker")
+# In a child: what it inherited from its worker and must never finalise (see start_python).
+_INHERITED: list[object] = []
 
 
 def import_tasks(modules: Iterable[str]) -> list[str]:
@@ -34,18 +36,20 @@ def import_tasks(modules: Iterable[str]) -> list[str]:
 
 
 def check_importable(modules: Iterable[str]) -> list[str]:
-    """The modules, each found on the path without being run (a worker-tender checks what its workers will
-    import, without importing the application itself); ConfigError names one that is not found."""
+    """The modules, each of whose top-level package is found on the path (a worker-tender checks what its
+    workers will import without running any of the application: finding a submodule would import its
+    package); ConfigError names one that is not found."""
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     found = []
     for module in dict.fromkeys(modules):
+        package = module.partition(".")[0]
         try:
-            spec = importlib.util.find_spec(module)
+            spec = importlib.util.find_spec(package)
         except (ImportError, ValueError) as error:
             raise ConfigError(f"cannot import {module!r}: {error}") from None
         if spec is None:
-            raise ConfigError(f"cannot import {module!r}: no module named {module!r}")
+            raise ConfigError(f"cannot import {module!r}: no module named {package!r}")
         found.append(module)
     return found
 
@@ -70,7 +74,11 @@ def start_python(dispatch: Dispatcher, settings: Settings, modules: Iterable[str
     database = dispatch.store.database
 
     def forget_in_child() -> None:
-        # The connections are the worker's: a child that closed them would end the worker's sessions too.
+        # The connections are the worker's: a child that closed them would end the worker's sessions too. Their
+        # pool is kept referenced for the child's whole life, so that no collected connection is finalised (a
+        # PostgreSQL connection's finaliser says goodbye to the server on the worker's socket); the child ends
+        # with os._exit, which finalises nothing.
+        _INHERITED.append(database.engine.pool)
         database.engine.dispose(close=False)
 
     return PythonPool(settings.max_tasks_per_child, settings.max_child_memory, settings.max_log_bytes,
