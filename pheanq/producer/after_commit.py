@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from pheanq.config import mask_url
 from pheanq.errors import InvalidInput, PheanqError
@@ -82,14 +82,24 @@ def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
 
 def _check_same_database(dispatch: Dispatcher, connection: Any) -> None:
     """The row must land in the table pheanq reads: the session has to use pheanq's database."""
-    mine, theirs = make_url(dispatch.store.database.url), connection.engine.url
-
-    def where(url: Any) -> tuple[Any, ...]:
-        database = url.database
-        if url.get_backend_name() == "sqlite" and database and database != ":memory:":
-            database = os.path.realpath(database)
-        return url.get_backend_name(), url.host, url.port, database
-
-    if where(mine) != where(theirs):
+    theirs = connection.engine.url
+    if not same_database(make_url(dispatch.store.database.url), theirs):
         raise InvalidInput(f"queue_task(session=...): the session uses {mask_url(theirs.render_as_string())}"
                            f" but pheanq's database is {dispatch.store.safe_url}; both must be the same database")
+
+
+def same_database(mine: URL, theirs: URL) -> bool:
+    """Whether two URLs name one database: the same kind of server, host, port (a default one written or
+    not) and database; for SQLite, the same file."""
+
+    def where(url: URL) -> tuple[Any, ...]:
+        backend = "mysql" if url.get_backend_name() == "mariadb" else url.get_backend_name()
+        database = url.database
+        if backend == "sqlite" and database and database != ":memory:":
+            database = os.path.realpath(database)
+        return backend, url.host or None, url.port or _DEFAULT_PORTS.get(backend), database
+
+    return where(mine) == where(theirs)
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}

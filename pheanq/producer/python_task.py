@@ -71,13 +71,16 @@ class PythonTask(Generic[P, R]):
         """Queue a run of the task with these arguments; returns its task id at once."""
         return self._service().queue_task(self.describe(*args, **kwargs))
 
-    def options(self, *, session: Session | None = None, service: TaskQueueService | None = None,
-                **options: Unpack[QueueKeywords]) -> BoundTask[P, R]:
+    def options(self, *, session: Session | None = None, django_db: str | None = None,
+                service: TaskQueueService | None = None, **options: Unpack[QueueKeywords]) -> BoundTask[P, R]:
         """The task with queue options for the next `.queue(...)`: those of `queue_task` (tube, priority, delay,
         ttr, timeout, run_at, retry, unique_key, after, batch), `session=` to queue in a SQLAlchemy session's
-        transaction, `service=` for another TaskQueueService than the default one."""
+        transaction, `django_db=` (a name in Django's DATABASES) to queue in Django's transaction on that
+        database, `service=` for another TaskQueueService than the default one."""
         QueueOptions.of(options)  # a bad option fails here, not at .queue()
-        return BoundTask(self, options, session, service or self.service)
+        if session is not None and django_db is not None:
+            raise InvalidInput("options() takes session= or django_db=, not both: a task joins one transaction")
+        return BoundTask(self, options, session, service or self.service, django_db)
 
     def _service(self) -> TaskQueueService:
         from pheanq.producer.service import default_service
@@ -92,17 +95,19 @@ class BoundTask(Generic[P, R]):
     """A task with options for queueing it (see `PythonTask.options`)."""
 
     def __init__(self, task: PythonTask[P, R], options: QueueKeywords, session: Session | None,
-                 service: TaskQueueService | None) -> None:
+                 service: TaskQueueService | None, django_db: str | None = None) -> None:
         self.task = task
         self.queue_options = options
         self.session = session
         self.service = service
+        self.django_db = django_db
 
     def queue(self, *args: P.args, **kwargs: P.kwargs) -> int:
         from pheanq.producer.service import default_service
 
         service = self.service or default_service()
-        return service.queue_task(self.task.describe(*args, **kwargs), session=self.session, **self.queue_options)
+        return service.queue_task(self.task.describe(*args, **kwargs), session=self.session, django_db=self.django_db,
+                                  **self.queue_options)
 
 
 @overload

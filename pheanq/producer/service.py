@@ -25,6 +25,7 @@ from pheanq.limits import MAX_NAME, MAX_TASK_ID, check_whole_number
 from pheanq.producer.after_commit import send_after_commit
 from pheanq.producer.batch import Batch
 from pheanq.producer.cancel import CancelResult, cancel_task
+from pheanq.producer.django_enqueue import send_after_django_commit
 from pheanq.producer.options import QueueKeywords, QueueOptions, Unpack
 from pheanq.status import FINAL, Status
 from pheanq.storage import Store
@@ -62,22 +63,30 @@ class TaskQueueService:
         self.dispatch.close()
 
     def queue_task(self, description: TaskDescription, *, session: Session | None = None,
-                   **options: Unpack[QueueKeywords]) -> int:
+                   django_db: str | None = None, **options: Unpack[QueueKeywords]) -> int:
         """Record the task as `new`, then put its job; returns the task id. The options are those of
         `QueueOptions` (pheanq.producer.options): tube, priority, delay, ttr, timeout, run_at, retry,
         unique_key, after, batch.
 
         With `session`, the row is written in that SQLAlchemy session's transaction and the job is put
-        only after it commits (a rollback sends nothing). When beanstalkd does not take the job, the
+        only after it commits (a rollback sends nothing). With `django_db` (a name in Django's DATABASES), the
+        same in the transaction Django has open on that database, or at once in Django's autocommit mode (see
+        pheanq.producer.django_enqueue). When beanstalkd does not take the job, the
         task is kept as `new` with no job, a `TaskPendingWarning` is issued, and the reconciler sends it
         later: a task whose id was returned is never lost.
         """
         _check_description(description)
         checked = QueueOptions.of(options)
         job, task = self._plan(description, checked)
-        if session is not None:
+        if session is not None or django_db is not None:
+            which = "session" if django_db is None else "django_db"
+            if session is not None and django_db is not None:
+                raise InvalidInput("queue_task takes session= or django_db=, not both: a task joins one transaction")
             if checked.after or checked.batch is not None:
-                raise InvalidInput("queue_task(session=...) cannot be combined with after= or batch=")
+                raise InvalidInput(f"queue_task({which}=...) cannot be combined with after= or batch=")
+            if django_db is not None:
+                return send_after_django_commit(self.dispatch, django_db, job, task)
+            assert session is not None
             return send_after_commit(self.dispatch, session, job, task)
         return self.dispatch.send_inserted(job, self.store.tasks.insert_task(task))
 
@@ -190,10 +199,10 @@ def default_service() -> TaskQueueService:
         return _default[1]
 
 
-def queue_task(description: TaskDescription, *, session: Session | None = None,
+def queue_task(description: TaskDescription, *, session: Session | None = None, django_db: str | None = None,
                **options: Unpack[QueueKeywords]) -> int:
     """Queue a task with the default service; see `TaskQueueService.queue_task`."""
-    return default_service().queue_task(description, session=session, **options)
+    return default_service().queue_task(description, session=session, django_db=django_db, **options)
 
 
 def _check_description(description: object) -> None:
@@ -203,6 +212,7 @@ def _check_description(description: object) -> None:
 
 def _options_without_session(what: str, options: QueueKeywords) -> QueueOptions:
     """The options of a call that writes in a transaction of its own: `session=` is named, not just unknown."""
-    if "session" in options:
-        raise InvalidInput(f"{what} takes no session=: queue the tasks with queue_task(session=...) one by one")
+    for keyword in ("session", "django_db"):
+        if keyword in options:
+            raise InvalidInput(f"{what} takes no {keyword}=: queue the tasks with queue_task({keyword}=...) one by one")
     return QueueOptions.of(options)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, Prog
 
 from pheanq.config import mask_url
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
+from pheanq.storage.lent import LendingEngine
 from pheanq.storage.tables import metadata, task_table
 
 # No wait on a database server is unbounded: a half-open connection (a server gone mid-answer, a cut
@@ -32,18 +33,35 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
+        self._lending: LendingEngine | None = None
 
     @property
     def safe_url(self) -> str:
         return mask_url(self.url)
 
     def close(self) -> None:
+        if self._lending is not None:
+            self._lending.close()
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         try:
             with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, ProgrammingError) as error:
+            raise self._explain(error) from error
+
+    @contextmanager
+    def lent(self, dbapi_connection: Any) -> Iterator[Connection]:
+        """A Connection over a DBAPI connection the application lends (see pheanq.storage.lent): statements
+        run in the application's transaction, which pheanq neither begins, commits, rolls back nor closes."""
+        if self._lending is None:
+            with self.transaction():
+                pass  # a first connection of pheanq's own prepares the dialect that lent connections share
+            self._lending = LendingEngine(self.engine)
+        try:
+            with self._lending.connection(dbapi_connection) as conn:
                 yield conn
         except (OperationalError, ProgrammingError) as error:
             raise self._explain(error) from error
