@@ -106,7 +106,12 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
         outcome = _run(json.loads(line), pipes)
         _flush_output()
         if pipes.state is not None:
-            _write(pipes.state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+            try:
+                _write(pipes.state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+            except OSError:
+                # Nobody reads the worker's state lines any more (its tender was killed): the worker carries on
+                # without them, and so does the child; the outcome still goes to the worker.
+                pipes = dataclasses.replace(pipes, state=None)
         _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
     return 0
 
