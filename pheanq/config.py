@@ -150,9 +150,9 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({error})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not valid TOML (not UTF-8 text)") from None
-    unknown = sorted(set(data) - set(_PARSERS))
+    unknown = sorted(set(data) - set(_PARSERS) - {"python"})  # [python] is read by _python_section
     if unknown:
-        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(_PARSERS)})")
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(_PARSERS)}, python)")
     return data
 
 
