@@ -99,14 +99,20 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
             return EXIT_HOOK_FAILED
     tasks = os.fdopen(pipes.tasks, "rb", buffering=0)
     reader = io.BufferedReader(tasks)
+    state = pipes.state
     for _ in range(max_tasks):
         line = reader.readline()
         if not line:
             return 0  # the worker closed the pipe: it is stopping, or retiring this child
         outcome = _run(json.loads(line), pipes)
         _flush_output()
-        if pipes.state is not None:
-            _write(pipes.state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+        if state is not None:
+            try:
+                _write(state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+            except BrokenPipeError:
+                # Nobody reads the worker's state lines any more (its tender was killed): the worker carries
+                # on without them (pheanq.worker.protocol), and so does its child, to hand over the outcome.
+                state = None
         _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
     return 0
 
