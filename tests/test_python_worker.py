@@ -152,6 +152,24 @@ def test_a_raising_task_fails_with_exit_code_1_its_exception_traceback_output_an
     assert traceback.rstrip("\n").endswith("ValueError: bad value boom")
 
 
+def test_the_traceback_of_a_raising_async_task_starts_at_the_task_s_own_frame(
+    sqlite_url: str, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+) -> None:
+    """As for a plain function: what the log shows first is the task's code, not how pheanq (and asyncio) got
+    there."""
+    service = make_service(sqlite_url)
+    task_id = pytasks.async_fail.options(service=service).queue("async boom")
+    drain(start_worker, python_env(make_env, sqlite_url))
+
+    row = service.find_task(task_id)
+    assert (row.status, row.exit_code) == (Status.FAILED, 1)
+    log = log_of(service, task_id)
+    traceback = log[log.index("Traceback (most recent call last):"):]
+    frames = re.findall(r'^  File "([^"]+)", line \d+, in (\S+)$', traceback, re.M)
+    assert frames and frames[0] == (pytasks.__file__, "async_fail"), traceback
+    assert "python_child.py" not in traceback and "asyncio" not in traceback, traceback
+
+
 def test_the_decorator_s_retry_policy_runs_a_failing_task_three_times(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
 ) -> None:
