@@ -18,7 +18,15 @@ import greenstalk
 import psutil
 import pytasks
 import pytest
-from support import Beanstalkd, TenderProcess, kill_worker_once_its_command_exited, process_gone, wait_for
+from support import (
+    Beanstalkd,
+    TenderProcess,
+    kill_worker_once_its_command_exited,
+    one_error_line,
+    pheanq,
+    process_gone,
+    wait_for,
+)
 
 from pheanq import Retry, Status
 from pheanq.producer.service import TaskQueueService
@@ -93,6 +101,18 @@ def test_a_worker_tender_with_import_runs_python_tasks_to_their_results(
     stop(tender)
 
 
+def test_a_worker_tender_whose_import_is_not_found_exits_2_with_one_line_naming_the_module(
+    sqlite_url: str, tmp_path: Path, make_env: MakeEnv,
+) -> None:
+    """The tender finds the module without importing the application; one it cannot find is a set-up mistake
+    reported at once, not a pool of workers that each fail to start."""
+    env = make_env(sqlite_url, PYTHONPATH=str(TESTS), PHEANQ_RUN_DIR=str(tmp_path / "run"))
+    result = pheanq(["worker-tender", "--import", "pytasks", "--import", "no_such_module"], env, tmp_path)
+    assert result.returncode == 2
+    assert one_error_line(result) == "pheanq: error: cannot import 'no_such_module': no module named 'no_such_module'"
+    assert result.stdout == ""
+
+
 def test_kill_9_of_a_worker_kills_its_python_child_and_the_task_is_taken_over_and_done_once(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, start_tender: StartTender,
 ) -> None:
@@ -106,7 +126,10 @@ def test_kill_9_of_a_worker_kills_its_python_child_and_the_task_is_taken_over_an
 
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: process_gone(child), 5, f"the killed worker's child {child} to die with it (PDEATHSIG)")
-    tender.wait_log(f"worker {victim} ", timeout=10)
+    died = wait_for(lambda: [line for line in tender.tender_lines(f"worker {victim} ")
+                             if re.search(rf"worker {victim} (ended|died) \(signal 9\)", line)], 10,
+                    f"the tender to notice worker {victim} died")[0]
+    assert f"while running task {task_id}; the tender settles the task" in died, died
     assert worker_of(tender, task_id, nth=1) != victim  # another worker takes it over
     wait_for(lambda: len(runs_of(runs, "start", task_id)) == 2, 15, "the task to start again")
     go.touch()
