@@ -139,3 +139,32 @@ def pid() -> int:
 @task
 def queue_another(a: int) -> int:
     return add.queue(a, 1)
+
+
+@task
+def big_result(size: int) -> str:
+    return "x" * size
+
+
+@task
+def held(runs: str, go: str, fail: bool = False) -> str:
+    """Appends ``start <task id> <pid>`` to RUNS, waits for GO to exist (a minute at most), then appends
+    ``done <task id>``: a run that was cut short has a start and no done. With `fail`, it then raises
+    Permanent."""
+    task_id = current_task().task_id
+    with open(runs, "a") as out:
+        out.write(f"start {task_id} {os.getpid()}\n")
+    deadline = time.monotonic() + 60
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(runs, "a") as out:
+        out.write(f"done {task_id}\n")
+    if fail:
+        raise Permanent("held, then failed")
+    return "held"
+
+
+@task
+async def async_fail(message: str) -> None:
+    await asyncio.sleep(0)
+    raise ValueError(message)

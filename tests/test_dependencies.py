@@ -154,10 +154,12 @@ def test_a_chain_of_three_runs_in_order_across_two_workers(
 ) -> None:
     runs = register_work_script(tmp_path, ORDERED)
     service = make_service(db_url)
-    ids = service.queue_chain(TaskDescription("work", ["a"]).then(TaskDescription("work", ["b"]))
-                              .then(TaskDescription("work", ["c"])))
     env = make_env(db_url)
     workers = [start_worker([], env), start_worker([], env)]
+    for worker in workers:  # both wait for jobs before the chain comes (on a loaded machine, one starts late)
+        worker.wait_line("READY", timeout=30)
+    ids = service.queue_chain(TaskDescription("work", ["a"]).then(TaskDescription("work", ["b"]))
+                              .then(TaskDescription("work", ["c"])))
     wait_for(lambda: service.status_of(ids[-1]) is Status.DONE, 30, "the chain to finish")
     assert runs.read_text().splitlines() == ["a start", "a end", "b start", "b end", "c start", "c end"]
     ran_on = {service.find_task(task_id).worker for task_id in ids}

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -37,6 +38,8 @@ EXIT_HOOK_FAILED = 3
 # The longest traceback an attempt's log keeps (its head and tail).
 MAX_TRACEBACK = 16384
 _PR_SET_PDEATHSIG = 1
+# Where asyncio's own frames come from (asyncio.run's, above an async task's first frame).
+_ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,19 +102,21 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
             return EXIT_HOOK_FAILED
     tasks = os.fdopen(pipes.tasks, "rb", buffering=0)
     reader = io.BufferedReader(tasks)
+    state = pipes.state
     for _ in range(max_tasks):
         line = reader.readline()
         if not line:
             return 0  # the worker closed the pipe: it is stopping, or retiring this child
         outcome = _run(json.loads(line), pipes)
         _flush_output()
-        if pipes.state is not None:
+        if state is not None:
             try:
-                _write(pipes.state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+                _write(state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
             except OSError:
-                # Nobody reads the worker's state lines any more (its tender was killed): the worker carries on
-                # without them, and so does the child; the outcome still goes to the worker.
-                pipes = dataclasses.replace(pipes, state=None)
+                # Nobody reads the worker's state lines any more (its tender was killed), or the task closed the
+                # descriptor: the worker carries on without them (pheanq.worker.protocol), and so does its child,
+                # to hand over the outcome.
+                state = None
         _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
     return 0
 
@@ -135,9 +140,9 @@ def _run(order: dict[str, Any], pipes: ChildPipes) -> dict[str, Any]:
     except SystemExit as stop:
         if stop.code in (0, None):
             return {"ok": True, "result": None, "note": "the task called sys.exit(0): no result"}
-        return _failure(stop)
+        return _failure(stop, registered.is_async)
     except BaseException as error:  # KeyboardInterrupt, GeneratorExit: the attempt failed, the child lives on
-        return _failure(error)
+        return _failure(error, registered.is_async)
     finally:
         context.flush()
         task_context.enter(None)
@@ -159,15 +164,26 @@ def _result(value: Any) -> dict[str, Any]:
     return {"result": text}
 
 
-def _failure(error: BaseException) -> dict[str, Any]:
-    # From the task's own frame: the first one is this module's call of the function.
+def _failure(error: BaseException, is_async: bool = False) -> dict[str, Any]:
+    # From the task's own frame: the first one is this module's call of the function (and, for a coroutine,
+    # those after it are asyncio.run's).
     trace = error.__traceback__.tb_next if error.__traceback__ is not None else None
+    if is_async:
+        trace = _past_asyncio(trace)
     text = "".join(traceback.format_exception(type(error), error, trace))
     if len(text) > MAX_TRACEBACK:
         half = MAX_TRACEBACK // 2
         text = f"{text[:half]}\n[... pheanq cut {len(text) - MAX_TRACEBACK} characters here ...]\n{text[-half:]}"
     names = [class_name(cls) for cls in type(error).__mro__ if issubclass(cls, BaseException)]
     return {"ok": False, "errors": names, "error": f"{type(error).__name__}: {_short(error)}", "traceback": text}
+
+
+def _past_asyncio(trace: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback from its first frame outside asyncio (the task's coroutine); as it is when all are asyncio's."""
+    found = trace
+    while found is not None and found.tb_frame.f_code.co_filename.startswith(_ASYNCIO):
+        found = found.tb_next
+    return found if found is not None else trace
 
 
 def _short(error: BaseException) -> str:
