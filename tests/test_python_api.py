@@ -223,3 +223,13 @@ def test_bad_python_settings_are_refused_naming_the_setting(tmp_path: Path, toml
     config.chmod(0o600)
     with pytest.raises(ConfigError, match=message):
         load_settings({"config_file": str(config)}, environ={})
+
+
+def test_the_raised_state_line_names_a_class_and_nothing_else() -> None:
+    from pheanq.worker.protocol import Line, StateLine, parse
+
+    assert parse("RAISED pytasks.Permanent") == StateLine(Line.RAISED, name="pytasks.Permanent")
+    assert str(StateLine(Line.RAISED, name="builtins.ValueError")) == "RAISED builtins.ValueError"
+    for junk in ("RAISED", "RAISED Permanent", "RAISED a.b c", "RAISED a..b", "RAISED " + "a." * 300 + "b"):
+        assert parse(junk) is None, junk
+    assert parse("EXITED 1") == StateLine(Line.EXITED, 1)

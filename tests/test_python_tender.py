@@ -188,8 +188,6 @@ def test_kill_9_of_the_tender_lets_a_worker_s_python_child_finish_its_task_done_
     assert (len(runs_of(runs, "start", task_id)), len(runs_of(runs, "done", task_id))) == (1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="pheanq bug: the tender learns only `EXITED 1` of a raising Python task, "
-                   "so it applies the retry policy without the exception's class (pheanq/tender/recovery.py)")
 def test_a_non_retryable_exception_whose_worker_died_before_recording_it_is_not_retried_by_the_tender(
     sqlite_url: str, tmp_path: Path, make_service: MakeService, start_tender: StartTender,
 ) -> None:

@@ -27,7 +27,7 @@ from pheanq.body import encode_body
 from pheanq.producer.service import TaskQueueService
 
 TUBE = "pheanq"  # the default tube
-STATE_LINE = re.compile(r"^(READY|BUSY [1-9][0-9]*|CHILD [1-9][0-9]*|EXITED -?[0-9]+)$")
+STATE_LINE = re.compile(r"^(READY|BUSY [1-9][0-9]*|CHILD [1-9][0-9]*|EXITED -?[0-9]+|RAISED [A-Za-z_.0-9]+)$")
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]

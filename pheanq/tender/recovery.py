@@ -42,6 +42,7 @@ class OrphanedTask:
     worker: str             # the dead worker's name (host:pid), as the task's row records its holder
     exit_code: int | None   # the command's own exit code when it ended by itself, else None
     why: str                # how the worker ended, for the task's log
+    errors: tuple[str, ...] = ()  # a Python task's exception its retry policy does not retry (its RAISED line)
 
 
 def reap_exit_code(pid: int, wait: float = REAP_WAIT_SECONDS) -> int | None:
@@ -81,7 +82,7 @@ def recover_task(dispatch: Dispatcher, task: OrphanedTask) -> str:
     if task.exit_code == 0:
         ended = Status.DONE if dispatch.ends.finish(dead, Status.DONE, 0, entry, reserved=False) else None
     else:
-        ended = dispatch.ends.fail(dead, task.exit_code, entry, reserved=False)
+        ended = dispatch.ends.fail(dead, task.exit_code, entry, reserved=False, errors=task.errors)
     if ended is None:
         return f"attempt {held.attempts} already settled"
     if ended is Status.RETRYING:

@@ -94,6 +94,7 @@ class WorkerProcess:
         self.task_id: int | None = None
         self.child_pid: int | None = None       # the current task's command
         self.exit_code: int | None = None       # that command's own exit code, once it ended by itself
+        self.raised: str | None = None          # a Python task's exception that its retry policy does not retry
         self.output_bytes = 0
         self.tasks_started = 0
         self.memory_mb: float | None = None
@@ -112,16 +113,18 @@ class WorkerProcess:
         if line is None:
             return
         if line.kind is Line.READY:
-            self.task_id, self.child_pid, self.exit_code = None, None, None
+            self.task_id, self.child_pid, self.exit_code, self.raised = None, None, None, None
             self._become(WorkerState.IDLE, now)
         elif line.kind is Line.BUSY:
-            self.task_id, self.child_pid, self.exit_code = line.number, None, None
+            self.task_id, self.child_pid, self.exit_code, self.raised = line.number, None, None, None
             self.tasks_started += 1
             self._become(WorkerState.BUSY, now)
         elif line.kind is Line.CHILD:
             self.child_pid = line.number
         elif line.kind is Line.EXITED and self.task_id is not None:
             self.exit_code = line.number
+        elif line.kind is Line.RAISED and self.task_id is not None:
+            self.raised = line.name
 
     def orphaned_task(self, ending: str) -> OrphanedTask | None:
         """The task this worker held when it died without settling it, or None."""
@@ -132,7 +135,7 @@ class WorkerProcess:
         if exit_code is None and self.child_pid is not None:
             exit_code = reap_exit_code(self.child_pid)
         return OrphanedTask(self.task_id, f"{socket.gethostname()}:{self.pid}", exit_code,
-                            f"worker {self.pid} died ({ending})")
+                            f"worker {self.pid} died ({ending})", () if self.raised is None else (self.raised,))
 
     def _become(self, state: WorkerState, now: float) -> None:
         if self.state is not WorkerState.RETIRING:

@@ -2,7 +2,9 @@
 
 ``READY`` (waiting for a job), ``BUSY <task id>`` (running that task), ``CHILD <pid>`` (its command
 started) and ``EXITED <code>`` (the command ended by itself: said before the result is recorded, so that
-a tender can record it if the worker dies in between). Human logs go to standard error. A worker that
+a tender can record it if the worker dies in between). A Python task that raised an exception its retry
+policy does not retry says ``RAISED <module.Class>`` just before its ``EXITED 1``, so that a tender recording
+the failure follows the same policy. Human logs go to standard error. A worker that
 exits with EXIT_INTERRUPTED (SIGINT) handed its task back; exit 0 means it recorded its last task.
 """
 
@@ -12,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import os
+import re
 from typing import TextIO
 
 EXIT_INTERRUPTED = 130
@@ -22,15 +25,24 @@ class Line(str, enum.Enum):
     BUSY = "BUSY"
     CHILD = "CHILD"
     EXITED = "EXITED"
+    RAISED = "RAISED"
 
 
 @dataclasses.dataclass(frozen=True)
 class StateLine:
     kind: Line
     number: int | None = None     # the task id, the pid or the exit code
+    name: str | None = None       # RAISED: the exception class's name
 
     def __str__(self) -> str:
+        if self.name is not None:
+            return f"{self.kind.value} {self.name}"
         return self.kind.value if self.number is None else f"{self.kind.value} {self.number}"
+
+
+# A class as a retry policy names it (pheanq.retry.class_name), and no longer than a pipe writes at once.
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+MAX_NAME = 400
 
 
 def parse(text: str) -> StateLine | None:
@@ -38,6 +50,9 @@ def parse(text: str) -> StateLine | None:
     words = text.split()
     if words == [Line.READY.value]:
         return StateLine(Line.READY)
+    if len(words) == 2 and words[0] == Line.RAISED.value and len(words[1]) <= MAX_NAME \
+            and _CLASS_NAME.match(words[1]):
+        return StateLine(Line.RAISED, name=words[1])
     if len(words) != 2 or words[0] not in (Line.BUSY.value, Line.CHILD.value, Line.EXITED.value):
         return None
     if not words[1].lstrip("-").isdigit():

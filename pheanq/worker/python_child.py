@@ -32,6 +32,7 @@ from pheanq import task_context, task_registry
 from pheanq.limits import MAX_RESULT_BYTES
 from pheanq.retry import class_name
 from pheanq.worker.child import linux_prctl
+from pheanq.worker.protocol import MAX_NAME
 
 # Exit code of a child whose on_child_start hook failed (it ran no task).
 EXIT_HOOK_FAILED = 3
@@ -107,11 +108,12 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
         line = reader.readline()
         if not line:
             return 0  # the worker closed the pipe: it is stopping, or retiring this child
-        outcome = _run(json.loads(line), pipes)
+        order = json.loads(line)
+        outcome = _run(order, pipes)
         _flush_output()
         if state is not None:
             try:
-                _write(state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
+                _write(state, _state_lines(outcome, order.get("final_errors", [])))
             except OSError:
                 # Nobody reads the worker's state lines any more (its tender was killed), or the task closed the
                 # descriptor: the worker carries on without them (pheanq.worker.protocol), and so does its child,
@@ -119,6 +121,16 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
                 state = None
         _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
     return 0
+
+
+def _state_lines(outcome: dict[str, Any], final_errors: list[str]) -> bytes:
+    """``EXITED 0`` or ``EXITED 1``, after ``RAISED <class>`` when the exception is one the task's retry policy
+    does not retry: one write, so that the tender reads both or neither."""
+    if outcome["ok"]:
+        return b"EXITED 0\n"
+    final = next((name for name in outcome.get("errors", ()) if name in final_errors and len(name) <= MAX_NAME),
+                 None)
+    return (b"" if final is None else f"RAISED {final}\n".encode()) + b"EXITED 1\n"
 
 
 def _run(order: dict[str, Any], pipes: ChildPipes) -> dict[str, Any]:

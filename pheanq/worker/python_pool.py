@@ -31,6 +31,7 @@ import psutil
 
 from pheanq.dispatch import WorkPackage
 from pheanq.python_call import PythonCall
+from pheanq.retry import Retry
 from pheanq.worker.child import BoundedOutput, stop_tree
 from pheanq.worker.python_child import ChildPipes, child_main
 
@@ -87,7 +88,9 @@ class PythonPool:
         output = BoundedOutput(self.max_output)
         on_start(child.pid)
         order = {"task_id": package.task_id, "name": call.name, "args": call.args, "kwargs": call.kwargs,
-                 "attempt": package.attempt, "batch_id": package.row.batch_id}
+                 "attempt": package.attempt, "batch_id": package.row.batch_id,
+                 # What the child tells the tender of an exception the task's retry policy does not retry.
+                 "final_errors": sorted(Retry.from_json(package.row.retry).error_names)}
         child.send((json.dumps(order, separators=(",", ":"), ensure_ascii=False) + "\n").encode())
         stopped: str | None = None
         outcome: dict[str, Any] | None = None
