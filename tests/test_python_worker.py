@@ -304,6 +304,26 @@ def test_progress_moves_on_the_row_while_the_task_runs_and_ends_at_its_last_valu
     assert "  progress     5 of 5 (100%): step 5" in shown.stdout.splitlines(), shown.stdout
 
 
+def test_status_and_batch_show_list_the_progress_of_running_tasks(
+    sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,
+) -> None:
+    service = make_service(sqlite_url)
+    with service.create_batch("progressing") as batch:
+        task_id = batch.add(pytasks.progress.describe(40, 0.1))
+    env = python_env(make_env, sqlite_url)
+    worker = start_worker(["--import", "pytasks", "--stop-when-drained"], env)
+    wait_for(lambda: service.find_task(task_id).progress is not None, 20, "the task's first progress on its row")
+    status = pheanq(["status"], env, tmp_path).stdout
+    assert re.search(rf"^task {task_id} pytasks\.progress \(pheanq\): \d+ of 40 \(\d+%\): step \d+$", status,
+                     re.MULTILINE), status
+    shown = pheanq(["batch", "show", str(batch.id)], env, tmp_path).stdout
+    assert re.search(rf"^  task {task_id}: \d+ of 40 \(\d+%\): step \d+$", shown, re.MULTILINE), shown
+    running = json.loads(pheanq(["batch", "show", str(batch.id), "--json"], env, tmp_path).stdout)["running"]
+    assert running[str(task_id)]["total"] == 40, running
+    assert worker.wait(30) == 0, worker.log
+    assert service.batch(batch.id).progress().running == {}, "a finished batch runs nothing"
+
+
 @pytest.mark.parametrize("setting", ["env", "toml"])
 def test_max_tasks_per_child_is_read_from_the_environment_and_from_the_python_table(
     setting: str, sqlite_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,

@@ -206,13 +206,17 @@ def format_buried(listing: BuriedList, limit: int = LISTING_PAGE) -> str:
 
 def format_batch(summary: str, fields: Mapping[str, Any], callbacks: Mapping[str, int | None]) -> str:
     """`pheanq batch show`: a batch's `summary` line (which holds its name), its times and who cancelled it
-    (from `fields`), and each callback's task."""
+    (from `fields`), each callback's task, and the progress its running tasks report."""
     lines = [one_line(summary)]
     for name in ("created", "closed", "finished", "cancelled_by"):
         value = fields[name]
         lines.append(f"  {name:<13}{'-' if value is None else one_line(value)}")
     for which, task_id in callbacks.items():
         lines.append(f"  {which + ' task':<13}{'not queued' if task_id is None else task_id}")
+    for task_id, progress in fields.get("running", {}).items():
+        text = progress_text(progress)
+        if text is not None:
+            lines.append(f"  task {task_id}: {one_line(text)}")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Protocol
@@ -28,6 +29,9 @@ from pheanq.producer.cancel import cancel_batch
 from pheanq.producer.options import QueueKeywords, Unpack
 from pheanq.status import FAILURES, PENDING, Status
 from pheanq.storage.workflows import CALLBACKS
+
+# How many running tasks' progress a batch's progress carries.
+RUNNING_SHOWN = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,8 @@ class BatchProgress:
     finished: dt.datetime | None
     cancelled_by: str | None
     callbacks: dict[str, int | None]   # which -> the callback task's id once queued (only those set)
+    # The progress its running Python tasks report (the first RUNNING_SHOWN): task id -> {done, total, message}.
+    running: dict[int, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -116,8 +122,11 @@ class Batch:
             counts = self.dispatch.store.workflows.count_batch(self.id)  # its rows are all kept while it runs
             done, failed = counts.get(Status.DONE, 0), sum(counts.get(status, 0) for status in FAILURES)
             cancelled, pending = counts.get(Status.CANCELLED, 0), sum(counts.get(status, 0) for status in PENDING)
+        running = {} if row.finished else {
+            task_id: json.loads(progress) for task_id, _, _, progress in
+            self.dispatch.store.tasks.progress_of_working(RUNNING_SHOWN, self.id)}
         return BatchProgress(row.id, row.name, state, row.total, done, failed, cancelled, pending, row.created,
-                             row.closed, row.finished, row.cancelled_by, callbacks)
+                             row.closed, row.finished, row.cancelled_by, callbacks, running)
 
     def _joining(self, options: QueueKeywords) -> QueueKeywords:
         if "batch" in options:

@@ -303,12 +303,14 @@ class TaskStatements:
         with self.database.transaction() as conn:
             return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
 
-    def progress_of_working(self, limit: int) -> list[tuple[int, str, str, str]]:
-        """(id, command, tube, progress JSON) of at most `limit` working tasks that report progress, oldest
-        first."""
+    def progress_of_working(self, limit: int, batch_id: int | None = None) -> list[tuple[int, str, str, str]]:
+        """(id, command, tube, progress JSON) of at most `limit` working tasks (of the batch, if given) that report
+        progress, oldest first."""
         c = task_table.c
         query = sa.select(c.id, c.command, c.tube, c.progress).where(
             c.status == Status.WORKING.value, c.progress.is_not(None)).order_by(c.id).limit(limit)
+        if batch_id is not None:
+            query = query.where(c.batch_id == batch_id)
         with self.database.transaction() as conn:
             return [(int(task_id), command, tube, progress) for task_id, command, tube, progress in conn.execute(query)]
 
