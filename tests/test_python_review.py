@@ -1,0 +1,117 @@
+"""Review of Python tasks: each test proves one bug found in the worker's Python children (or a guarantee that was
+checked), against real `pheanq task-worker` processes, a real beanstalkd and real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pyreview
+import pytest
+from support import WorkerProcess, wait_for
+
+from pheanq import Status
+from pheanq.producer.service import TaskQueueService
+
+TESTS = Path(__file__).resolve().parent
+FINAL = (Status.DONE, Status.FAILED, Status.CANCELLED)
+
+
+def _run_all(service: TaskQueueService, make_env: Callable[..., dict[str, str]],
+             start_worker: Callable[..., WorkerProcess], url: str, ids: list[int], **env: str) -> WorkerProcess:
+    worker = start_worker(["--import", "pyreview", "--stop-when-drained"],
+                          make_env(url, PYTHONPATH=str(TESTS), **env))
+    code = worker.wait(120)
+    assert code == 0, f"the worker exited {code}:\n{worker.log}"
+    wait_for(lambda: all(service.status_of(task_id) in FINAL for task_id in ids), 10, "the tasks ended")
+    return worker
+
+
+def test_a_task_that_raised_is_never_recorded_done_when_its_child_exits_right_after_its_outcome(
+    sqlite_url: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """With max_tasks_per_child=1 a child exits 0 right after its outcome. A worker that saw the exit before it had
+    read the outcome (it was busy with the task's progress) judged the task by the exit code alone: `done`, no
+    result, for a task that raised; and it said `EXITED 0` after the child's own `EXITED 1`."""
+    service = make_service(sqlite_url)
+    ids = [pyreview.progress_then_raise.options(service=service).queue(300) for _ in range(25)]
+    worker = _run_all(service, make_env, start_worker, sqlite_url, ids, PHEANQ_MAX_TASKS_PER_CHILD="1")
+    statuses = [service.status_of(task_id) for task_id in ids]
+    assert statuses == [Status.FAILED] * len(ids), [service.find_task(t).log for t in ids
+                                                    if service.status_of(t) is not Status.FAILED][:1]
+    assert "EXITED 0" not in worker.stdout_lines
+
+
+def test_a_task_that_forks_a_process_ending_in_sys_exit_gets_its_own_outcome_and_the_next_task_its_own(
+    sqlite_url: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A task's own fork returned into pheanq's child code (sys.exit(0) in it): that process reported an outcome
+    (and `EXITED 0`) of its own. The worker took it for the task's, and the task's real outcome for the next
+    task's: each task after it got the outcome of the one before."""
+    service = make_service(sqlite_url)
+    forked = pyreview.fork_and_exit.options(service=service).queue()
+    ids = [pyreview.whoami.options(service=service).queue() for _ in range(4)]
+    worker = _run_all(service, make_env, start_worker, sqlite_url, [forked, *ids])
+    assert str(service.result(forked)).startswith("parent"), service.find_task(forked).log
+    assert [service.result(task_id) for task_id in ids] == ids
+    assert worker.stdout_lines.count("EXITED 0") == 5, worker.stdout_lines
+
+
+@pytest.mark.parametrize("kind", ["control", "huge", "surrogate"])
+def test_a_task_s_progress_that_its_row_cannot_hold_never_takes_its_worker_down(
+    db_url: str, kind: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """progress() accepted values whose JSON the row's progress column (600 characters) or its database cannot take
+    (a 200-character message of control characters is 1,200 characters of JSON; a whole number of 700 digits; a
+    lone surrogate, as a file name read with surrogateescape has): the worker's write failed with an error it did
+    not expect, and the worker died holding the task."""
+    service = make_service(db_url)
+    task_id = pyreview.odd_progress.options(service=service).queue(kind)
+    _run_all(service, make_env, start_worker, db_url, [task_id])
+    assert service.result(task_id) == kind, service.find_task(task_id).log
+
+
+def test_a_task_returning_a_surrogateescaped_name_is_done_without_its_child_dying(
+    db_url: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A return value holding a lone surrogate (a non-UTF-8 file name from os.listdir) made the child's result check
+    fail outside its try: the child died (exit code 1) after the function completed, and the task was `failed`
+    (and retried) instead of `done` with a note."""
+    service = make_service(db_url)
+    task_id = pyreview.surrogate_result.options(service=service).queue()
+    _run_all(service, make_env, start_worker, db_url, [task_id])
+    row = service.find_task(task_id)
+    assert row.status is Status.DONE, row.log
+    assert "not stored" in row.log or row.result is not None, row.log
+
+
+def test_a_task_raising_with_a_surrogateescaped_name_fails_and_its_worker_lives(
+    db_url: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """An exception whose message holds a lone surrogate (a non-UTF-8 file name put in an f-string) reached the
+    worker's log text as is: no database can store it, and the worker died recording the failure."""
+    service = make_service(db_url)
+    task_id = pyreview.surrogate_error.options(service=service).queue()
+    _run_all(service, make_env, start_worker, db_url, [task_id])
+    row = service.find_task(task_id)
+    assert row.status is Status.FAILED, row.log
+    assert "ValueError: cannot process caf" in row.log
+
+
+def test_a_task_whose_decorator_returns_a_coroutine_runs_it(
+    sqlite_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """An async function under a sync decorator (functools.wraps) returns a coroutine: the child never ran it, and
+    recorded the task `done` (its value "not JSON") though none of its body ran."""
+    service = make_service(sqlite_url)
+    marker = tmp_path / "ran"
+    task_id = pyreview.wrapped_coroutine.options(service=service).queue(str(marker))
+    _run_all(service, make_env, start_worker, sqlite_url, [task_id])
+    assert service.result(task_id) == "ran", service.find_task(task_id).log
+    assert marker.read_text() == "ran"
