@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -99,12 +100,20 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
             return EXIT_HOOK_FAILED
     tasks = os.fdopen(pipes.tasks, "rb", buffering=0)
     reader = io.BufferedReader(tasks)
+    child = os.getpid()
     for _ in range(max_tasks):
         line = reader.readline()
         if not line:
             return 0  # the worker closed the pipe: it is stopping, or retiring this child
-        outcome = _run(json.loads(line), pipes)
+        order = json.loads(line)
+        outcome = _run(order, pipes)
         _flush_output()
+        if os.getpid() != child:
+            # A process the task forked came back here (its function returned, raised or called sys.exit in
+            # it): only the child says how a task went, so it ends without a word (its EXITED line would tell
+            # the tender the task completed; its outcome would be taken for the task's).
+            os._exit(0 if outcome["ok"] else 1)
+        outcome["task_id"] = order["task_id"]
         if pipes.state is not None:
             try:
                 _write(pipes.state, f"EXITED {0 if outcome['ok'] else 1}\n".encode())
@@ -122,15 +131,19 @@ def _run(order: dict[str, Any], pipes: ChildPipes) -> dict[str, Any]:
     if registered is None:  # the claim checked the name against this worker's tasks: only a bug gets here
         return {"ok": False, "errors": [], "error": f"task {order['name']!r} is not registered in this child"}
 
+    child = os.getpid()
+
     def report(message: dict[str, Any]) -> None:
-        _write(pipes.messages, (json.dumps(message, separators=(",", ":")) + "\n").encode())
+        if os.getpid() == child:  # never from a process the task forked
+            message = {**message, "task_id": order["task_id"]}
+            _write(pipes.messages, (json.dumps(message, separators=(",", ":")) + "\n").encode())
 
     context = task_context.TaskContext(order["task_id"], order["name"], order["attempt"], order.get("batch_id"),
                                        _report=report)
     task_context.enter(context)
     try:
         value = registered.function(*order["args"], **order["kwargs"])
-        if registered.is_async:
+        if registered.is_async or inspect.iscoroutine(value):  # an async function under a plain decorator too
             value = asyncio.run(value)
     except SystemExit as stop:
         if stop.code in (0, None):
@@ -150,11 +163,12 @@ def _result(value: Any) -> dict[str, Any]:
         return {"result": None}
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:
-        return {"result": None, "note": f"the return value is not JSON ({type(value).__name__}: {error}); "
-                                        "it is not stored"}
-    if len(text.encode()) > MAX_RESULT_BYTES:
-        return {"result": None, "note": f"the return value is {len(text.encode())} bytes of JSON, more than "
+        size = len(text.encode())  # UnicodeEncodeError: a lone surrogate (a file name read with surrogateescape)
+    except Exception as error:  # whatever the value's own methods raise: the function completed all the same
+        return {"result": None, "note": f"the return value is not JSON ({type(value).__name__}: "
+                                        f"{_short(error)}); it is not stored"}
+    if size > MAX_RESULT_BYTES:
+        return {"result": None, "note": f"the return value is {size} bytes of JSON, more than "
                                         f"{MAX_RESULT_BYTES}; it is not stored"}
     return {"result": text}
 
@@ -167,15 +181,22 @@ def _failure(error: BaseException) -> dict[str, Any]:
         half = MAX_TRACEBACK // 2
         text = f"{text[:half]}\n[... pheanq cut {len(text) - MAX_TRACEBACK} characters here ...]\n{text[-half:]}"
     names = [class_name(cls) for cls in type(error).__mro__ if issubclass(cls, BaseException)]
-    return {"ok": False, "errors": names, "error": f"{type(error).__name__}: {_short(error)}", "traceback": text}
+    return {"ok": False, "errors": names, "error": f"{type(error).__name__}: {_short(error)}",
+            "traceback": _storable(text)}
 
 
 def _short(error: BaseException) -> str:
     try:
-        text = str(error)
+        text = _storable(str(error))
     except Exception:
         return "(its message cannot be shown)"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _storable(text: str) -> str:
+    """`text` as every database stores it: a lone surrogate (a file name read with surrogateescape, in a
+    message) shown as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _flush_output() -> None:
