@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -79,3 +80,11 @@ async def wrapped_coroutine(path: str) -> str:
     with open(path, "w") as out:
         out.write("ran")
     return "ran"
+
+
+@task
+def leave_an_alarm(seconds: int) -> str:
+    """Arms an alarm it never cancels (a timeout used only on a path that did not happen): it goes off in the
+    child after the task, and its default action kills the child."""
+    signal.alarm(seconds)
+    return "armed"

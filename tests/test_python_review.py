@@ -3,6 +3,8 @@ checked), against real `pheanq task-worker` processes, a real beanstalkd and rea
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,3 +122,22 @@ def test_a_task_whose_decorator_returns_a_coroutine_runs_it(
     _run_all(service, make_env, start_worker, sqlite_url, [task_id])
     assert service.result(task_id) == "ran", service.find_task(task_id).log
     assert marker.read_text() == "ran"
+
+
+def test_a_child_that_died_between_tasks_is_replaced_before_the_next_task_is_judged_by_its_death(
+    sqlite_url: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A child that died while it waited for its next task (an alarm a task left armed, the OOM killer) was handed
+    that task all the same: the task never started, yet was recorded `failed` ("its child process died (killed by
+    signal 14) before the function returned"); had the child exited 0, `done` without running."""
+    service = make_service(sqlite_url)
+    worker = start_worker(["--import", "pyreview"], make_env(sqlite_url, PYTHONPATH=str(TESTS)))
+    first = pyreview.leave_an_alarm.options(service=service).queue(1)
+    assert service.result(first, wait=30) == "armed"
+    time.sleep(2)  # the alarm goes off in the idle child
+    second = pyreview.whoami.options(service=service).queue()
+    wait_for(lambda: service.status_of(second) in FINAL, 30, "the second task ended")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.log
+    assert service.result(second) == second, service.find_task(second).log

@@ -73,7 +73,15 @@ class PythonPool:
         self.forks = 0
 
     def prepare(self) -> None:
-        """Have a child ready for the next task (fork one now if there is none)."""
+        """Have a child ready for the next task (fork one now if there is none, or if it died while it waited)."""
+        if self.child is not None and self.child.exit_seen() is not None:
+            # An alarm a task left armed, a thread that called os._exit, the OOM killer: the next task must not be
+            # handed to a dead child, and judged by its death without having started.
+            code = self.child.reap()
+            self.child.drain(BoundedOutput(self.max_output))
+            log.warning("the Python child %d ended between tasks (%s); forking another", self.child.pid,
+                        f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+            self.child = None
         if self.child is None:
             self.child = self._fork()
 
