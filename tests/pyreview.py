@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import os
 import signal
 import sys
@@ -88,3 +89,18 @@ def leave_an_alarm(seconds: int) -> str:
     child after the task, and its default action kills the child."""
     signal.alarm(seconds)
     return "armed"
+
+
+@task
+def close_streams() -> str:
+    """Closes fds 0, 1 and 2 and leaves sys.stdout on a StringIO, as a careless daemonising helper does."""
+    sys.stdout = io.StringIO()
+    for fd in (0, 1, 2):
+        os.close(fd)
+    return "closed"
+
+
+@task
+def print_and_fail(text: str) -> None:
+    print(text)
+    raise RuntimeError("failed after printing")

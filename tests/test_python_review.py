@@ -141,3 +141,18 @@ def test_a_child_that_died_between_tasks_is_replaced_before_the_next_task_is_jud
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0, worker.log
     assert service.result(second) == second, service.find_task(second).log
+
+
+def test_a_task_that_closes_its_stdout_and_stderr_leaves_the_next_task_of_its_child_both(
+    sqlite_url: str, make_service: Callable[..., TaskQueueService], make_env: Callable[..., dict[str, str]],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A task that closed fds 1 and 2 (or left sys.stdout on a StringIO) took them from every later task of its child:
+    their print() raised OSError (a task that only printed failed) or vanished, and their output was lost."""
+    service = make_service(sqlite_url)
+    closer = pyreview.close_streams.options(service=service).queue()
+    printer = pyreview.print_and_fail.options(service=service).queue("printed by the next task")
+    _run_all(service, make_env, start_worker, sqlite_url, [closer, printer])
+    assert service.result(closer) == "closed"
+    log = service.find_task(printer).log or ""
+    assert "RuntimeError: failed after printing" in log and "printed by the next task" in log, log

@@ -78,16 +78,35 @@ def _detach(parent: int, pipes: ChildPipes) -> None:
         os._exit(137)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_DFL)
+    _restore_streams(pipes)
+
+
+def _restore_streams(pipes: ChildPipes) -> None:
+    """fds 0 (/dev/null), 1 and 2 (the output pipe) and sys.stdin/stdout/stderr on them: set up once, and set
+    again after a task that closed or replaced them, so that the next task of this child has them too. The
+    child keeps `pipes.output` open (not inheritable) to do this."""
     null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
+    if not _same_file(0, null):
+        os.dup2(null, 0)
     os.close(null)
-    os.dup2(pipes.output, 1)
-    os.dup2(pipes.output, 2)
-    os.close(pipes.output)
+    for fd in (1, 2):
+        if not _same_file(fd, pipes.output):
+            os.dup2(pipes.output, fd)
     # The child's own streams, for as long as it lives (os._exit ends it: nothing is left to close).
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        stream = getattr(sys, name)
+        if getattr(stream, "_pheanq_fd", None) != fd or stream.closed:
+            stream = open(fd, mode, buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+            stream._pheanq_fd = fd  # type: ignore[attr-defined]
+            setattr(sys, name, stream)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    try:
+        mine, theirs = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def _serve(pipes: ChildPipes, max_tasks: int) -> int:
@@ -108,6 +127,8 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
         order = json.loads(line)
         outcome = _run(order, pipes)
         _flush_output()
+        with contextlib.suppress(OSError):
+            _restore_streams(pipes)
         if os.getpid() != child:
             # A process the task forked came back here (its function returned, raised or called sys.exit in
             # it): only the child says how a task went, so it ends without a word (its EXITED line would tell
