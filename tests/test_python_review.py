@@ -3,17 +3,22 @@ checked), against real `pheanq task-worker` processes, a real beanstalkd and rea
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pyreview
 import pytest
 from support import WorkerProcess, wait_for
 
 from pheanq import Status
+from pheanq.dispatch import WorkPackage
 from pheanq.producer.service import TaskQueueService
+from pheanq.worker.python_pool import PythonPool
 
 TESTS = Path(__file__).resolve().parent
 FINAL = (Status.DONE, Status.FAILED, Status.CANCELLED)
@@ -156,3 +161,30 @@ def test_a_task_that_closes_its_stdout_and_stderr_leaves_the_next_task_of_its_ch
     assert service.result(closer) == "closed"
     log = service.find_task(printer).log or ""
     assert "RuntimeError: failed after printing" in log and "printed by the next task" in log, log
+
+
+def test_an_outcome_that_came_while_the_worker_decided_to_stop_the_child_is_the_task_s(tmp_path: Path) -> None:
+    """A stop (SIGINT, a lost lease, the time limit) decided at a poll while the child's outcome was already in the
+    pipe, unread, killed a child whose function had completed (it had said `EXITED 0`) and handed the task back:
+    it ran again. Here a real child runs a real task while the first poll takes long enough for it to finish."""
+    state_read, state_write = os.pipe()
+    pool = PythonPool(10, None, 65536, lambda: None, state_output=state_write)
+    os.close(state_write)
+    polls: list[float] = []
+
+    def keep_running() -> str | None:
+        polls.append(time.monotonic())
+        time.sleep(1.0)  # the function returns meanwhile, and its outcome waits in the pipe
+        return "the worker was interrupted (SIGINT)"
+
+    package = cast(WorkPackage, SimpleNamespace(task_id=7, attempt=1, row=SimpleNamespace(batch_id=None)))
+    call = pyreview.whoami.describe()
+    try:
+        run = pool.run(package, call, keep_running, lambda pid: None, lambda code: None, lambda text: None,
+                       poll_seconds=0.0)
+    finally:
+        pool.close()
+        said = os.read(state_read, 4096)
+        os.close(state_read)
+    assert said == b"EXITED 0\n"
+    assert run.stopped is None and run.outcome is not None and run.outcome["result"] == "7", run
