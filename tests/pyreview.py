@@ -104,3 +104,8 @@ def close_streams() -> str:
 def print_and_fail(text: str) -> None:
     print(text)
     raise RuntimeError("failed after printing")
+
+
+@task
+def keywords(**kwargs: Any) -> dict[str, Any]:
+    return kwargs

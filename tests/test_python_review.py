@@ -17,6 +17,7 @@ from support import WorkerProcess, wait_for
 
 from pheanq import Status
 from pheanq.dispatch import WorkPackage
+from pheanq.errors import InvalidInput
 from pheanq.producer.service import TaskQueueService
 from pheanq.worker.python_pool import PythonPool
 
@@ -188,3 +189,15 @@ def test_an_outcome_that_came_while_the_worker_decided_to_stop_the_child_is_the_
         os.close(state_read)
     assert said == b"EXITED 0\n"
     assert run.stopped is None and run.outcome is not None and run.outcome["result"] == "7", run
+
+
+def test_a_keyword_argument_name_that_is_not_text_any_database_stores_is_refused_naming_it(
+    sqlite_url: str, make_service: Callable[..., TaskQueueService],
+) -> None:
+    """Keyword names were not checked as text, as every other string of a Python task's call is: a name with a lone
+    surrogate (from a dict of file names read with surrogateescape) passed, and queue() failed later with a bare
+    UnicodeEncodeError rather than InvalidInput naming the argument."""
+    service = make_service(sqlite_url)
+    with pytest.raises(InvalidInput, match="not valid Unicode text"):
+        pyreview.keywords.options(service=service).queue(**{"caf\udce9": 1})
+    assert pyreview.keywords.describe(**{"café": 1}).kwargs == {"café": 1}
