@@ -35,6 +35,9 @@ MAX_BURIED_RECORDS = 1000
 # A Python task's stored result (bytes of JSON) and its progress message (characters): more is not stored.
 MAX_RESULT_BYTES = 65536
 MAX_PROGRESS_MESSAGE = 200
+# A progress as its row keeps it (the `progress` column's size, characters of JSON), and its largest numbers.
+MAX_PROGRESS_JSON = 600
+MAX_PROGRESS_NUMBER = 2**63 - 1
 # What a listing prints at once unless told otherwise (its --limit): one screenful or so.
 LISTING_PAGE = 50
 # Rows one statement or one transaction takes at most: a batch's chunk, a page of cancels or of the

@@ -42,6 +42,7 @@ class PythonCall(TaskDescription):
         for key, value in (kwargs or {}).items():
             if not isinstance(key, str):
                 raise InvalidInput(f"keyword argument names are text, not {type(key).__name__}")
+            check_text(f"the keyword argument name {key!r}", key)
             self.kwargs[key] = check_json(f"argument {key!r}", value)
         if tube is not None:
             self.tube = tube

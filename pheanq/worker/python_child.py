@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -81,16 +82,35 @@ def _detach(parent: int, pipes: ChildPipes) -> None:
         os._exit(137)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_DFL)
+    _restore_streams(pipes)
+
+
+def _restore_streams(pipes: ChildPipes) -> None:
+    """fds 0 (/dev/null), 1 and 2 (the output pipe) and sys.stdin/stdout/stderr on them: set up once, and set
+    again after a task that closed or replaced them, so that the next task of this child has them too. The
+    child keeps `pipes.output` open (not inheritable) to do this."""
     null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
+    if not _same_file(0, null):
+        os.dup2(null, 0)
     os.close(null)
-    os.dup2(pipes.output, 1)
-    os.dup2(pipes.output, 2)
-    os.close(pipes.output)
+    for fd in (1, 2):
+        if not _same_file(fd, pipes.output):
+            os.dup2(pipes.output, fd)
     # The child's own streams, for as long as it lives (os._exit ends it: nothing is left to close).
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        stream = getattr(sys, name)
+        if getattr(stream, "_pheanq_fd", None) != fd or stream.closed:
+            stream = open(fd, mode, buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+            stream._pheanq_fd = fd  # type: ignore[attr-defined]
+            setattr(sys, name, stream)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    try:
+        mine, theirs = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def _serve(pipes: ChildPipes, max_tasks: int) -> int:
@@ -104,6 +124,7 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
     tasks = os.fdopen(pipes.tasks, "rb", buffering=0)
     reader = io.BufferedReader(tasks)
     state = pipes.state
+    child = os.getpid()
     for _ in range(max_tasks):
         line = reader.readline()
         if not line:
@@ -111,6 +132,14 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
         order = json.loads(line)
         outcome = _run(order, pipes)
         _flush_output()
+        with contextlib.suppress(OSError):
+            _restore_streams(pipes)
+        if os.getpid() != child:
+            # A process the task forked came back here (its function returned, raised or called sys.exit in
+            # it): only the child says how a task went, so it ends without a word (its EXITED line would tell
+            # the tender the task completed; its outcome would be taken for the task's).
+            os._exit(0 if outcome["ok"] else 1)
+        outcome["task_id"] = order["task_id"]
         if state is not None:
             try:
                 _write(state, _state_lines(outcome, order.get("final_errors", [])))
@@ -139,15 +168,19 @@ def _run(order: dict[str, Any], pipes: ChildPipes) -> dict[str, Any]:
     if registered is None:  # the claim checked the name against this worker's tasks: only a bug gets here
         return {"ok": False, "errors": [], "error": f"task {order['name']!r} is not registered in this child"}
 
+    child = os.getpid()
+
     def report(message: dict[str, Any]) -> None:
-        _write(pipes.messages, (json.dumps(message, separators=(",", ":")) + "\n").encode())
+        if os.getpid() == child:  # never from a process the task forked
+            message = {**message, "task_id": order["task_id"]}
+            _write(pipes.messages, (json.dumps(message, separators=(",", ":")) + "\n").encode())
 
     context = task_context.TaskContext(order["task_id"], order["name"], order["attempt"], order.get("batch_id"),
                                        _report=report)
     task_context.enter(context)
     try:
         value = registered.function(*order["args"], **order["kwargs"])
-        if registered.is_async:
+        if registered.is_async or inspect.iscoroutine(value):  # an async function under a plain decorator too
             value = asyncio.run(value)
     except SystemExit as stop:
         if stop.code in (0, None):
@@ -167,11 +200,12 @@ def _result(value: Any) -> dict[str, Any]:
         return {"result": None}
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:
-        return {"result": None, "note": f"the return value is not JSON ({type(value).__name__}: {error}); "
-                                        "it is not stored"}
-    if len(text.encode()) > MAX_RESULT_BYTES:
-        return {"result": None, "note": f"the return value is {len(text.encode())} bytes of JSON, more than "
+        size = len(text.encode())  # UnicodeEncodeError: a lone surrogate (a file name read with surrogateescape)
+    except Exception as error:  # whatever the value's own methods raise: the function completed all the same
+        return {"result": None, "note": f"the return value is not JSON ({type(value).__name__}: "
+                                        f"{_short(error)}); it is not stored"}
+    if size > MAX_RESULT_BYTES:
+        return {"result": None, "note": f"the return value is {size} bytes of JSON, more than "
                                         f"{MAX_RESULT_BYTES}; it is not stored"}
     return {"result": text}
 
@@ -187,7 +221,8 @@ def _failure(error: BaseException, is_async: bool = False) -> dict[str, Any]:
         half = MAX_TRACEBACK // 2
         text = f"{text[:half]}\n[... pheanq cut {len(text) - MAX_TRACEBACK} characters here ...]\n{text[-half:]}"
     names = [class_name(cls) for cls in type(error).__mro__ if issubclass(cls, BaseException)]
-    return {"ok": False, "errors": names, "error": f"{type(error).__name__}: {_short(error)}", "traceback": text}
+    return {"ok": False, "errors": names, "error": f"{type(error).__name__}: {_short(error)}",
+            "traceback": _storable(text)}
 
 
 def _past_asyncio(trace: types.TracebackType | None) -> types.TracebackType | None:
@@ -200,10 +235,16 @@ def _past_asyncio(trace: types.TracebackType | None) -> types.TracebackType | No
 
 def _short(error: BaseException) -> str:
     try:
-        text = str(error)
+        text = _storable(str(error))
     except Exception:
         return "(its message cannot be shown)"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _storable(text: str) -> str:
+    """`text` as every database stores it: a lone surrogate (a file name read with surrogateescape, in a
+    message) shown as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _flush_output() -> None:

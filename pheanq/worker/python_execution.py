@@ -68,14 +68,22 @@ def verdict(package: WorkPackage, settings: Settings, worker_name: str, run: Pyt
         return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: its child process died "
                                                                  f"({ending}) before the function returned",
                                                                  run.output))
-    if outcome["ok"]:
-        note = f"; {outcome['note']}" if outcome.get("note") else ""
+    if outcome.get("ok") is True:
+        note = f"; {_text(outcome['note'])}" if outcome.get("note") else ""
         kept = run.output if settings.log_worker_output_on_success else None
-        return Outcome(Status.DONE, 0, entry(f"done {timing}{note}", kept), result=outcome.get("result"))
+        result = outcome.get("result")
+        return Outcome(Status.DONE, 0, entry(f"done {timing}{note}", kept),
+                       result=result if isinstance(result, str) and result == _text(result) else None)
     kept = run.output if settings.log_worker_output_on_failure else ""
-    details = (kept or "") + ("" if not kept or kept.endswith("\n") else "\n") + outcome.get("traceback", "")
-    return Outcome(Status.FAILED, 1, entry(f"failed {timing}: {outcome['error']}", details),
-                   errors=tuple(outcome.get("errors", ())))
+    details = (kept or "") + ("" if not kept or kept.endswith("\n") else "\n") + _text(outcome.get("traceback", ""))
+    errors = outcome.get("errors", ())
+    return Outcome(Status.FAILED, 1, entry(f"failed {timing}: {_text(outcome.get('error'))}", details),
+                   errors=tuple(_text(name) for name in errors) if isinstance(errors, list) else ())
+
+
+def _text(value: object) -> str:
+    """Text from the child as every database stores it (a lone surrogate shown as its escape)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ProgressWriter:

@@ -32,6 +32,7 @@ import psutil
 from pheanq.dispatch import WorkPackage
 from pheanq.python_call import PythonCall
 from pheanq.retry import Retry
+from pheanq.task_context import progress_json
 from pheanq.worker.child import BoundedOutput, stop_tree
 from pheanq.worker.python_child import ChildPipes, child_main
 
@@ -73,7 +74,15 @@ class PythonPool:
         self.forks = 0
 
     def prepare(self) -> None:
-        """Have a child ready for the next task (fork one now if there is none)."""
+        """Have a child ready for the next task (fork one now if there is none, or if it died while it waited)."""
+        if self.child is not None and self.child.exit_seen() is not None:
+            # An alarm a task left armed, a thread that called os._exit, the OOM killer: the next task must not be
+            # handed to a dead child, and judged by its death without having started.
+            code = self.child.reap()
+            self.child.drain(BoundedOutput(self.max_output))
+            log.warning("the Python child %d ended between tasks (%s); forking another", self.child.pid,
+                        f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+            self.child = None
         if self.child is None:
             self.child = self._fork()
 
@@ -95,21 +104,36 @@ class PythonPool:
         stopped: str | None = None
         outcome: dict[str, Any] | None = None
         progress: str | None = None
+
+        def take(messages: list[dict[str, Any]]) -> None:
+            nonlocal outcome, progress
+            for message in messages:
+                if message.get("task_id") != package.task_id:
+                    continue  # not about this task: a thread an earlier task left running reports its progress
+                if "progress" in message:
+                    reported = progress_json(message["progress"])
+                    if reported is not None:
+                        progress = reported
+                        on_progress(progress)
+                elif "ok" in message and outcome is None:
+                    outcome = message
+
         next_check = started + poll_seconds
         while outcome is None:
             now = time.monotonic()
             if now >= next_check:
                 stopped = keep_running() or self._over_memory(child)
                 if stopped is not None:
+                    # An outcome that came meanwhile wins: the function completed, and is not run again.
+                    take(child.pending_messages())
+                    if outcome is not None:
+                        stopped = None
                     break
                 next_check = now + poll_seconds
-            for message in child.wait(next_check - now, output):
-                if "progress" in message:
-                    progress = json.dumps(message["progress"], separators=(",", ":"), ensure_ascii=False)
-                    on_progress(progress)
-                elif "ok" in message:
-                    outcome = message
+            take(child.wait(next_check - now, output))
             if outcome is None and child.exit_seen() is not None:
+                # Whatever it said before it ended is in the pipe now: its outcome may be there, unread.
+                take(child.pending_messages())
                 break
         if stopped is not None:
             stop_tree(child.pid)
@@ -119,7 +143,7 @@ class PythonPool:
             on_exit(code)
             child.reap()
         else:
-            code = 0 if outcome["ok"] else 1
+            code = 0 if outcome.get("ok") is True else 1
             child.served += 1
         child.drain(output)
         self._after_task(child)
@@ -216,6 +240,23 @@ class _Child:
                 messages.extend(self._read_messages())
         return messages
 
+    def pending_messages(self) -> list[dict[str, Any]]:
+        """The messages already in the pipe, without waiting for more."""
+        messages: list[dict[str, Any]] = []
+        if self.messages is None:
+            return messages
+        os.set_blocking(self.messages, False)
+        try:
+            while self.messages is not None:
+                try:
+                    messages.extend(self._read_messages())
+                except BlockingIOError:
+                    break
+        finally:
+            if self.messages is not None:
+                os.set_blocking(self.messages, True)
+        return messages
+
     def exit_seen(self) -> int | None:
         """The child's exit code once it has ended (-N: signal N), without reaping it; else None."""
         try:
@@ -304,7 +345,15 @@ class _Child:
         self._pending += chunk
         *lines, rest = self._pending.split(b"\n")
         self._pending = bytearray(rest)
-        return [json.loads(line) for line in lines if line]
+        messages = []
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # not the child's (something the task started wrote on its pipe): not a message
+            if isinstance(message, dict):
+                messages.append(message)
+        return messages
 
     def _close(self) -> None:
         for name in ("tasks", "messages", "output"):
