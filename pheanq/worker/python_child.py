@@ -140,6 +140,9 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
             # the tender the task completed; its outcome would be taken for the task's).
             os._exit(0 if outcome["ok"] else 1)
         outcome["task_id"] = order["task_id"]
+        # From the EXITED line to the outcome, a stop (SIGTERM) waits: the tender and the worker must both learn
+        # that the function completed, or neither (SIGKILL, after the stop's grace, cannot be held back).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         if state is not None:
             try:
                 _write(state, _state_lines(outcome, order.get("final_errors", [])))
@@ -149,6 +152,7 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
                 # to hand over the outcome.
                 state = None
         _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     return 0
 
 

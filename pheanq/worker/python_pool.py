@@ -138,6 +138,11 @@ class PythonPool:
         if stopped is not None:
             stop_tree(child.pid)
             code = child.reap()
+            # The child holds SIGTERM back from its EXITED line to its outcome: a stop that came in between let it
+            # finish saying how the task went, and the function's completion wins over the stop.
+            take(child.pending_messages())
+            if outcome is not None:
+                stopped, code = None, 0 if outcome.get("ok") is True else 1
         elif outcome is None:  # the child ended by itself without saying how the task went: a crash, os._exit
             code = child.exit_seen() or 0
             on_exit(code)
