@@ -79,7 +79,8 @@ def test_a_running_task_is_stopped_by_its_worker_within_seconds(
     assert row.log is not None and "--- cancel requested by bob while " in row.log
     assert "--- attempt 1 on" in row.log and ": stopped after" in row.log and "goes back to its tube" not in row.log
     assert row.exit_code == -15  # the command's own end: SIGTERM
-    assert service.beanstalkd.inspect(row.job_id or 0) is None
+    # The end is committed first, then the job deleted.
+    wait_for(lambda: service.beanstalkd.inspect(row.job_id or 0) is None, 5, "the cancelled task's job deleted")
     # The worker goes on with the next task.
     wait_for(lambda: service.status_of(follower) is Status.DONE, 20, "the next task")
     worker.stop()
