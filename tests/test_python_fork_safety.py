@@ -58,3 +58,23 @@ def _sessions(url: str) -> int | None:
             return int(conn.scalar(sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")))
     finally:
         engine.dispose()
+
+
+def test_the_next_task_of_a_child_finds_the_process_as_the_child_had_it_before_its_first_task(
+    sqlite_url: str, tmp_path: Path, make_service: Callable[..., TaskQueueService],
+    make_env: Callable[..., dict[str, str]], start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A reused child puts back what a task changed of its process: the working directory, the environment, the
+    signal handlers and mask, and an alarm left armed (which would kill the idle child, or the next task)."""
+    service = make_service(sqlite_url)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = pyforksafety.leave_a_mess.options(service=service).queue(str(elsewhere))
+    second = pyforksafety.what_was_left.options(service=service).queue(1.5)
+    worker = start_worker(["--import", "pyforksafety", "--stop-when-drained"],
+                          make_env(sqlite_url, PYTHONPATH=str(TESTS)))
+    assert worker.wait(60) == 0, worker.log
+    assert service.status_of(first) is Status.DONE
+    seen = service.result(second)
+    assert seen == {"cwd": str(tmp_path), "left": None, "pid": seen["pid"], "sigterm": True, "blocked": []}, seen
+    assert f"CHILD {seen['pid']}" in worker.stdout_lines, "both tasks ran in one child"

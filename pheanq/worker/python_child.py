@@ -40,6 +40,9 @@ EXIT_HOOK_FAILED = 3
 # The longest traceback an attempt's log keeps (its head and tail).
 MAX_TRACEBACK = 16384
 _PR_SET_PDEATHSIG = 1
+# Signals the child takes with their default action (the worker's handlers are the worker's), before its first
+# task and after each one.
+_RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
 # Where asyncio's own frames come from (asyncio.run's, above an async task's first frame).
 _ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 
@@ -80,7 +83,7 @@ def _detach(parent: int, pipes: ChildPipes) -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the worker died before the line above took effect
         os._exit(137)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for signum in _RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     _restore_streams(pipes)
 
@@ -105,6 +108,31 @@ def _restore_streams(pipes: ChildPipes) -> None:
             setattr(sys, name, stream)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ProcessState:
+    """What a task may change in its process that the next task of the child must not inherit, as the child
+    had it before its first task."""
+
+    cwd: str
+    environ: dict[str, str]
+
+    @classmethod
+    def now(cls) -> _ProcessState:
+        return cls(os.getcwd(), dict(os.environ))
+
+    def restore(self) -> None:
+        """The working directory, environment, signal handlers, mask and timer as they were."""
+        if os.getcwd() != self.cwd:
+            os.chdir(self.cwd)
+        if os.environ != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        for signum in _RESET_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, 0)  # an alarm the task left armed would kill the child while idle
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def _same_file(fd: int, other: int) -> bool:
     try:
         mine, theirs = os.fstat(fd), os.fstat(other)
@@ -125,6 +153,7 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
     reader = io.BufferedReader(tasks)
     state = pipes.state
     child = os.getpid()
+    before = _ProcessState.now()
     for _ in range(max_tasks):
         line = reader.readline()
         if not line:
@@ -134,6 +163,9 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
         _flush_output()
         with contextlib.suppress(OSError):
             _restore_streams(pipes)
+        if os.getpid() == child:
+            with contextlib.suppress(OSError, ValueError):
+                before.restore()
         if os.getpid() != child:
             # A process the task forked came back here (its function returned, raised or called sys.exit in
             # it): only the child says how a task went, so it ends without a word (its EXITED line would tell
