@@ -327,7 +327,13 @@ class TcpProxy:
             try:
                 client, _ = listener.accept()
             except OSError:
-                return
+                with self._lock:
+                    if self._listener is not listener:
+                        return  # closed: the port is given up
+                # A client that gave up before it was accepted (ECONNABORTED): the proxy serves the next one. Had
+                # this thread ended, every later connection would hang until its client's timeout.
+                time.sleep(0.01)
+                continue
             with self._lock:
                 forwarding = self._forwarding
             if not forwarding:
