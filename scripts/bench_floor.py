@@ -1,5 +1,5 @@
-"""The floors of pheanq's producer path: what the database drivers and greenstalk allow for the same durable work,
-measured beside pheanq's `queue_task` and `queue_many` in one run, on SQLite, PostgreSQL and MariaDB.
+"""The floors of pheanq's hot path: what the database drivers and greenstalk allow for the same durable work,
+measured beside pheanq in one run, on SQLite, PostgreSQL and MariaDB.
 
 - **Enqueue floor**: per task, INSERT the row and commit, then put its job (the minimum durable order: the row
   before the job). Against `TaskQueueService.queue_task`.
@@ -11,10 +11,16 @@ The loops are written on the drivers themselves — `sqlite3`, `psycopg` (statem
 gets a fresh beanstalkd and an empty table; the sides alternate which goes first. Prints a table (or --json)
 with the medians, min and max, the ratio pheanq / floor, and the machine and versions it ran on.
 
-    ./scripts/bench-floor [--database sqlite,postgresql,mysql] [--tasks N] [--runs R] [--json]
+    ./scripts/bench-floor [--database sqlite,postgresql,mysql] [--tasks N] [--tasks-e2e N] [--pickups N]
+                          [--runs R] [--json]
 
-The end-to-end and pickup floors, the workers' memory and the listings on 10 M rows (issue 13's other rows) are
-not measured here yet.
+- **End-to-end floor**: 2 worker processes on the drivers, each: reserve, compare-and-set claim and commit, spawn
+  `/bin/true` (`posix_spawn`, its output read through a pipe) and wait, record the end and commit, delete the
+  job. Against 2 `pheanq task-worker` processes on the same rows and jobs (queued beforehand, not timed).
+- **Pickup floor**: one job at a time on an idle queue, 50 ms apart: put → reserve → claim → the command's start
+  (the command, for both sides, appends its start time to a file). Against pheanq's workers. p50 and p99, ms.
+
+The workers' memory and the listings on 10 M rows (issue 13's other rows) are not measured here yet.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import greenstalk
-from bench import BenchError, beanstalkd, machine, pheanq_queue, stop_all
+from bench import BenchError, beanstalkd, machine, parse_address, pheanq_queue, spawn, stop, stop_all
 
 TUBE = "pheanq"
 PRIORITY = 1024
 TTR = 60
 CHUNK = 500
+WORKERS = 2
+TRUE = "/bin/true"
+# Jobs put one at a time this far apart when pickup is measured: each finds the workers idle.
+PICKUP_SPACING = 0.05
 COLUMNS = ("command", "data", "tube", "status", "priority", "ttr", "created", "modified", "nonce")
 DESCRIPTION = {"command": "true", "arguments": [], "options": {}, "type": "pheanq.description.TaskDescription"}
 DEFAULT_URLS = {
@@ -57,8 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per enqueue run (bulk: 10 times as many)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tasks-e2e", type=int, default=500, help="tasks per end-to-end run")
+    parser.add_argument("--pickups", type=int, default=40, help="jobs per pickup run")
     parser.add_argument("--json", action="store_true")
-    options = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--floor-worker"]:  # a floor worker process: URL HOST:PORT COMMAND...
+        url, address, *command = arguments[1:]
+        return floor_worker(url, parse_address(address), command)
+    options = parser.parse_args(arguments)
     kinds = [kind.strip() for kind in options.database.split(",") if kind.strip()]
     if unknown := [kind for kind in kinds if kind not in DEFAULT_URLS]:
         parser.error(f"unknown database {unknown[0]!r} (sqlite, postgresql, mysql)")
@@ -71,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="pheanq-bench-floor-") as root:
             for kind in kinds:
-                figures[kind] = measure(kind, urls.get(kind, ""), Path(root), options.tasks, options.runs)
+                figures[kind] = measure(kind, urls.get(kind, ""), Path(root), options)
     except BenchError as error:
         print(f"bench-floor: error: {error}", file=sys.stderr)
         return 1
@@ -85,15 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def measure(kind: str, url: str, root: Path, tasks: int, runs: int) -> dict[str, dict[str, list[float]]]:
-    """tasks/s per (row, side), every run."""
-    found: dict[str, dict[str, list[float]]] = {"enqueue": {"pheanq": [], "floor": []},
-                                                "bulk": {"pheanq": [], "floor": []}}
+def measure(kind: str, url: str, root: Path, options: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Per (row, side), every run: tasks/s (enqueue, bulk, e2e) or milliseconds (pickup p50, p99)."""
+    tasks, runs = options.tasks, options.runs
+    found: dict[str, dict[str, list[float]]] = {row: {"pheanq": [], "floor": []}
+                                                for row in ("enqueue", "bulk", "e2e", "pickup_p50", "pickup_p99")}
     plans: list[tuple[str, str, int, Callable[[str, tuple[str, int], int], float]]] = [
         ("enqueue", "pheanq", tasks, pheanq_queue), ("enqueue", "floor", tasks, floor_enqueue),
-        ("bulk", "pheanq", tasks * 10, pheanq_bulk), ("bulk", "floor", tasks * 10, floor_bulk)]
+        ("bulk", "pheanq", tasks * 10, pheanq_bulk), ("bulk", "floor", tasks * 10, floor_bulk),
+        ("e2e", "pheanq", options.tasks_e2e, pheanq_e2e), ("e2e", "floor", options.tasks_e2e, floor_e2e)]
+    pickups: list[tuple[str, Callable[[str, tuple[str, int], int], list[float]]]] = [
+        ("pheanq", pheanq_pickup), ("floor", floor_pickup)]
     for run in range(runs):
-        for pair in (plans[:2], plans[2:]):
+        for pair in (plans[:2], plans[2:4], plans[4:]):
             for row, side, count, take in pair if run % 2 == 0 else pair[::-1]:
                 database = fresh_table(kind, url, root / f"{kind}-{row}-{side}-{run}.db")
                 with beanstalkd() as address:
@@ -101,7 +123,20 @@ def measure(kind: str, url: str, root: Path, tasks: int, runs: int) -> dict[str,
                 found[row][side].append(count / seconds)
                 print(f"bench-floor: {kind} {row} run {run + 1}/{runs} {side}: {count / seconds:.0f} tasks/s",
                       file=sys.stderr, flush=True)
+        for side, pickup in pickups if run % 2 == 0 else pickups[::-1]:
+            database = fresh_table(kind, url, root / f"{kind}-pickup-{side}-{run}.db")
+            with beanstalkd() as address:
+                latencies = pickup(database, address, options.pickups)
+            found["pickup_p50"][side].append(percentile(latencies, 50))
+            found["pickup_p99"][side].append(percentile(latencies, 99))
+            print(f"bench-floor: {kind} pickup run {run + 1}/{runs} {side}: p50 {percentile(latencies, 50):.1f} ms",
+                  file=sys.stderr, flush=True)
     return found
+
+
+def percentile(values: list[float], percent: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(percent / 100 * (len(ordered) - 1))))]
 
 
 def fresh_table(kind: str, url: str, sqlite_file: Path) -> str:
@@ -217,6 +252,46 @@ class Driver:
         self.conn.commit()
         return ids
 
+    def claim(self, task_id: int, nonce: str, job_id: int, worker: str) -> bool:
+        """The compare-and-set claim of a `new` task, committed."""
+        now = _now()
+        m = self.mark
+        cursor = self.conn.cursor()
+        cursor.execute(f"UPDATE pheanq_task SET status = 'working', job_id = {m}, worker = {m}, "
+                       f"attempts = attempts + 1, started = {m}, heartbeat = {m}, modified = {m} "
+                       f"WHERE id = {m} AND status = 'new' AND nonce = {m}",
+                       (job_id, worker, now, now, now, task_id, nonce), **self.prepare)
+        claimed = bool(cursor.rowcount == 1)
+        self.conn.commit()
+        return claimed
+
+    def finish(self, task_id: int, worker: str, code: int) -> None:
+        """The attempt's end, committed (done on exit code 0)."""
+        now = _now()
+        m = self.mark
+        cursor = self.conn.cursor()
+        cursor.execute(f"UPDATE pheanq_task SET status = {m}, exit_code = {m}, finished = {m}, modified = {m} "
+                       f"WHERE id = {m} AND status = 'working' AND worker = {m}",
+                       ("done" if code == 0 else "failed", code, now, now, task_id, worker), **self.prepare)
+        self.conn.commit()
+
+    def count(self, status: str) -> int:
+        cursor = self.conn.cursor()
+        cursor.execute(f"SELECT COUNT(*) FROM pheanq_task WHERE status = {self.mark}", (status,))
+        found = int(cursor.fetchone()[0])
+        self.conn.commit()  # a fresh snapshot next time (PostgreSQL, InnoDB's repeatable read)
+        return found
+
+    def span(self) -> float:
+        """Seconds from the earliest start to the latest end of the done tasks."""
+        cursor = self.conn.cursor()
+        cursor.execute("SELECT MIN(started), MAX(finished) FROM pheanq_task WHERE status = 'done'")
+        first, last = cursor.fetchone()
+        self.conn.commit()
+        if isinstance(first, str):  # SQLite keeps the times as text
+            first, last = dt.datetime.fromisoformat(first), dt.datetime.fromisoformat(last)
+        return float((last - first).total_seconds())
+
     def close(self) -> None:
         self.conn.close()
 
@@ -254,14 +329,154 @@ def floor_bulk(url: str, address: tuple[str, int], tasks: int) -> float:
         driver.close()
 
 
-def _values(data: str, nonce: str) -> tuple[Any, ...]:
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    return ("true", data, TUBE, "new", PRIORITY, TTR, now, now, nonce)
+def floor_worker(url: str, address: tuple[str, int], argv: list[str]) -> int:
+    """A worker on the drivers: reserve, claim (compare-and-set) and commit, spawn `argv` (posix_spawn, its
+    output read through a pipe) and wait, record the end and commit, delete the job; stop after 1 s idle."""
+    driver = Driver(url)
+    client: greenstalk.Client[bytes] = greenstalk.Client(address, encoding=None, use=TUBE, watch=TUBE)
+    name = f"floor:{os.getpid()}"
+    try:
+        while True:
+            try:
+                job = client.reserve(timeout=1)
+            except greenstalk.TimedOutError:
+                return 0
+            body = json.loads(job.body)
+            if driver.claim(int(body["task_id"]), body["nonce"], job.id, name):
+                driver.finish(int(body["task_id"]), name, _spawn(argv))
+            client.delete(job)
+    finally:
+        client.close()
+        driver.close()
 
 
-def _body(task_id: int, nonce: str) -> bytes:
-    return json.dumps({"pheanq": 1, "task_id": task_id, "nonce": nonce, "description": DESCRIPTION},
-                      separators=(",", ":")).encode()
+def _spawn(argv: list[str]) -> int:
+    read, write = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1),
+            (os.POSIX_SPAWN_DUP2, write, 2)])
+    finally:
+        os.close(write)
+    while os.read(read, 65536):
+        pass
+    os.close(read)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def floor_e2e(url: str, address: tuple[str, int], tasks: int) -> float:
+    _queue_fast(url, address, tasks)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--floor-worker", url, f"{address[0]}:{address[1]}",
+            TRUE]
+    return _until_done(url, tasks, [spawn(argv, stdout=subprocess.DEVNULL) for _ in range(WORKERS)])
+
+
+def pheanq_e2e(url: str, address: tuple[str, int], tasks: int) -> float:
+    _queue_fast(url, address, tasks)
+    return _until_done(url, tasks, _pheanq_workers(url, address, ["true", TRUE]))
+
+
+def floor_pickup(url: str, address: tuple[str, int], tasks: int) -> list[float]:
+    """Milliseconds from a put to its command's start, one job at a time on an idle queue."""
+    stamps = Path(tempfile.mkdtemp(prefix="pheanq-floor-pickup-")) / "stamps"
+    argv = [sys.executable, str(Path(__file__).resolve()), "--floor-worker", url, f"{address[0]}:{address[1]}",
+            *_stamp(stamps)]
+    workers = [spawn(argv, stdout=subprocess.DEVNULL) for _ in range(WORKERS)]
+    try:
+        return _paced(url, address, tasks, stamps)
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
+def pheanq_pickup(url: str, address: tuple[str, int], tasks: int) -> list[float]:
+    stamps = Path(tempfile.mkdtemp(prefix="pheanq-pickup-")) / "stamps"
+    workers = _pheanq_workers(url, address, ["stamp", *_stamp(stamps)], stop_when_empty=False)
+    try:
+        return _paced(url, address, tasks, stamps, command="stamp")
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
+def _stamp(path: Path) -> list[str]:
+    """A command that appends the time it started to `path` (the same for pheanq and the floor)."""
+    return ["/bin/sh", "-c", f'date +%s.%N >> "{path}"']
+
+
+def _paced(url: str, address: tuple[str, int], tasks: int, stamps: Path, command: str = "true") -> list[float]:
+    """Put `tasks` jobs PICKUP_SPACING apart (each row inserted first); the pickup of each, in ms."""
+    driver = Driver(url)
+    client: greenstalk.Client[bytes] = greenstalk.Client(address, encoding=None, use=TUBE)
+    data = json.dumps({**DESCRIPTION, "command": command}, separators=(",", ":"))
+    time.sleep(1.0)  # the workers are up and waiting (a reserve of theirs is in progress)
+    put_at: list[float] = []
+    try:
+        for _ in range(tasks):
+            nonce = secrets.token_hex(8)
+            task_id = driver.insert_one(_values(data, nonce, command))
+            put_at.append(time.time())
+            client.put(_body(task_id, nonce, command), priority=PRIORITY, ttr=TTR)
+            time.sleep(PICKUP_SPACING)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            started = stamps.read_text().split() if stamps.exists() else []
+            if len(started) >= tasks:
+                return sorted((float(at) - put) * 1000 for at, put in zip(sorted(map(float, started)), put_at,
+                                                                           strict=False))
+            time.sleep(0.05)
+        raise BenchError(f"only {len(started)} of {tasks} paced tasks started")
+    finally:
+        client.close()
+        driver.close()
+
+
+def _queue_fast(url: str, address: tuple[str, int], tasks: int) -> None:
+    """`tasks` new rows and their jobs, as the bulk floor writes them (not timed)."""
+    floor_bulk(url, address, tasks)
+
+
+def _pheanq_workers(url: str, address: tuple[str, int], command: list[str],
+                    stop_when_empty: bool = True) -> list[subprocess.Popen[bytes]]:
+    config = Path(tempfile.mkdtemp(prefix="pheanq-floor-config-")) / "pheanq.toml"
+    config.write_text(f"[commands]\n{command[0]} = {json.dumps(command[1:])}\n")
+    config.chmod(0o600)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PHEANQ_")}
+    env.update(PHEANQ_DATABASE_URL=url, PHEANQ_BEANSTALKD=f"{address[0]}:{address[1]}", PHEANQ_CONFIG=str(config))
+    argv = [sys.executable, "-m", "pheanq", "task-worker", *(["--stop-when-empty"] if stop_when_empty else [])]
+    return [spawn(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(WORKERS)]
+
+
+def _until_done(url: str, tasks: int, workers: list[subprocess.Popen[bytes]]) -> float:
+    """Seconds from the first task's start to the last one's end, once every task is done (the rows' own times:
+    the workers' start-up is not counted)."""
+    driver = Driver(url)
+    try:
+        deadline = time.monotonic() + 60 + tasks * 0.2
+        while driver.count("done") < tasks:
+            if time.monotonic() > deadline or all(worker.poll() is not None for worker in workers):
+                raise BenchError(f"{driver.count('done')} of {tasks} tasks done; the workers: "
+                                 f"{[worker.poll() for worker in workers]}")
+            time.sleep(0.02)
+        return driver.span()
+    finally:
+        driver.close()
+        for worker in workers:
+            stop(worker)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _values(data: str, nonce: str, command: str = "true") -> tuple[Any, ...]:
+    now = _now()
+    return (command, data, TUBE, "new", PRIORITY, TTR, now, now, nonce)
+
+
+def _body(task_id: int, nonce: str, command: str = "true") -> bytes:
+    return json.dumps({"pheanq": 1, "task_id": task_id, "nonce": nonce,
+                       "description": {**DESCRIPTION, "command": command}}, separators=(",", ":")).encode()
 
 
 # --- the report --------------------------------------------------------------------------------------------------
@@ -279,15 +494,20 @@ def drivers() -> dict[str, str]:
 
 def format_table(figures: dict[str, dict[str, dict[str, list[float]]]], info: dict[str, Any], runs: int) -> str:
     lines = [f"bench-floor: tasks/s, medians of {runs} run(s) (min .. max); ratio = pheanq / floor", "",
-             f"{'database':11} {'row':8} {'pheanq':>24} {'floor':>24} {'ratio':>6}"]
+             f"{'database':11} {'row':10} {'pheanq':>24} {'floor':>24} {'ratio':>6}"]
 
     def side(rates: list[float]) -> str:
         return f"{statistics.median(rates):7.0f} ({min(rates):.0f} .. {max(rates):.0f})"
 
     for kind, rows in figures.items():
         for row, sides in rows.items():
-            ratio = statistics.median(sides["pheanq"]) / statistics.median(sides["floor"])
-            lines.append(f"{kind:11} {row:8} {side(sides['pheanq']):>24} {side(sides['floor']):>24} {ratio:6.2f}")
+            mine, floor = statistics.median(sides["pheanq"]), statistics.median(sides["floor"])
+            if row.startswith("pickup"):
+                lines.append(f"{kind:11} {row:10} {mine:8.1f} ms {'':13} {floor:8.1f} ms {'':13} "
+                             f"{mine - floor:+5.1f} ms")
+                continue
+            lines.append(f"{kind:11} {row:10} {side(sides['pheanq']):>24} {side(sides['floor']):>24} "
+                         f"{mine / floor:6.2f}")
     load = " ".join(f"{value:.2f}" for value in info["load_average"])
     lines.append("")
     lines.append(f"machine: {info['cores']} cores ({info['cpu']}), load {load} at start; Python {info['python']}, "
