@@ -20,7 +20,8 @@ with the medians, min and max, the ratio pheanq / floor, and the machine and ver
 - **Pickup floor**: one job at a time on an idle queue, 50 ms apart: put → reserve → claim → the command's start
   (the command, for both sides, appends its start time to a file). Against pheanq's workers. p50 and p99, ms.
 
-The workers' memory and the listings on 10 M rows (issue 13's other rows) are not measured here yet.
+With SQLite among the databases it also reads the resident memory of an idle `task-worker` and of a
+`worker-tender`. The listings on 10 M rows (issue 13's last row) are not measured here yet.
 """
 
 from __future__ import annotations
@@ -95,12 +96,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         stop_all()
+    memory = resident_memory() if "sqlite" in kinds else {}
     if options.json:
-        print(json.dumps({"runs": options.runs, "tasks": options.tasks, "machine": info, "figures": figures},
-                         indent=2))
+        print(json.dumps({"runs": options.runs, "tasks": options.tasks, "machine": info, "figures": figures,
+                          "resident_mb": memory}, indent=2))
     else:
         print(format_table(figures, info, options.runs))
+        if memory:
+            print(f"resident memory, idle, SQLite: task-worker {memory['worker']:.1f} MB (goal 45), worker-tender "
+                  f"{memory['tender']:.1f} MB (goal 35)")
     return 0
+
+
+def resident_memory() -> dict[str, float]:
+    """MB of resident memory of an idle `pheanq task-worker`, and of a `pheanq worker-tender` (with one worker,
+    not counted), on SQLite."""
+    import psutil
+
+    directory = Path(tempfile.mkdtemp(prefix="pheanq-floor-memory-"))
+    url = fresh_table("sqlite", "", directory / "pheanq.db")
+    found: dict[str, float] = {}
+    with beanstalkd() as address:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PHEANQ_")}
+        env.update(PHEANQ_DATABASE_URL=url, PHEANQ_BEANSTALKD=f"{address[0]}:{address[1]}",
+                   PHEANQ_CONFIG=os.devnull, PHEANQ_RUN_DIR=str(directory / "run"))
+        for name, argv in (("worker", ["task-worker"]),
+                           ("tender", ["worker-tender", "--min-workers", "1", "--spare-workers", "0",
+                                       "--max-workers", "1", "--reconcile-interval", "0"])):
+            process = spawn([sys.executable, "-m", "pheanq", *argv], env=env, cwd=directory,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(3.0)  # started, connected, idle: what it holds while it waits
+                found[name] = psutil.Process(process.pid).memory_info().rss / 2**20
+            finally:
+                stop(process)
+    return found
 
 
 def measure(kind: str, url: str, root: Path, options: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
