@@ -141,7 +141,7 @@ def _check_command(command: Any) -> str:
 
 def _check_argument(index: int, value: Any) -> Argument:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidInput(f"argument {index} is {type(value).__name__} {_shown(value)}; only str and int are "
+        raise InvalidInput(f"argument {index} is {type(value).__name__} {shown(value)}; only str and int are "
                            "allowed")
     if isinstance(value, str):
         check_text(f"argument {index}", value)
@@ -158,7 +158,7 @@ def _check_option_name(name: Any) -> str:
 
 def _check_option_value(name: str, value: Any) -> OptionValue:
     if not isinstance(value, (str, int)):  # bool is an int
-        raise InvalidInput(f"option {name!r} is {type(value).__name__} {_shown(value)}; only str, int and bool "
+        raise InvalidInput(f"option {name!r} is {type(value).__name__} {shown(value)}; only str, int and bool "
                            "are allowed")
     if isinstance(value, str):
         check_text(f"option {name!r}", value)
@@ -185,10 +185,13 @@ def _check_whole(what: str, value: int) -> None:
                            "reads back as text; pass it as a str")
 
 
-def _shown(value: Any) -> str:
-    """`repr(value)` for an error message, short (a huge value must not fill the message, nor fail in repr)."""
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, short (a huge value must not fill the message, nor fail in repr: an
+    int past the conversion limit, an object whose own __repr__ raises)."""
     try:
         text = repr(value)
     except ValueError:
         return "(too long to show)"
+    except Exception:
+        return "(cannot be shown)"
     return text if len(text) <= 80 else text[:77] + "..."

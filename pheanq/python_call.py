@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pheanq.description import TaskDescription, check_text
+from pheanq.description import TaskDescription, check_text, shown
 from pheanq.errors import InvalidInput
 from pheanq.limits import MAX_INT_DIGITS
 
@@ -106,22 +106,14 @@ def check_json(what: str, value: Any, depth: int = 0) -> Any:
         checked: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidInput(f"{what} has the key {_shown(key)} ({type(key).__name__}); JSON object keys are "
+                raise InvalidInput(f"{what} has the key {shown(key)} ({type(key).__name__}); JSON object keys are "
                                    "text")
             checked[check_json(f"{what} key", key, depth + 1)] = check_json(f"{what}[{key!r}]", item, depth + 1)
         return checked
-    raise InvalidInput(f"{what} is {type(value).__name__} {_shown(value)}; a task's arguments are JSON values "
+    raise InvalidInput(f"{what} is {type(value).__name__} {shown(value)}; a task's arguments are JSON values "
                        "(None, bool, int, float, str, list, dict with str keys): pass an id or plain data instead")
 
 
 def to_json(value: Any) -> str:
     """`value` (already checked) as compact JSON text."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        return "(cannot be shown)"
-    return text if len(text) <= 80 else text[:77] + "..."

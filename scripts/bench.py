@@ -492,11 +492,24 @@ def format_table(measurements: list[Measurement], info: dict[str, Any], runs: in
     for m in measurements:
         lines.append(f"{m.name:<17} N={m.tasks:<6} pheanq {side(m.pheanq):<26} "
                      f"baseline {side(m.baseline):<26} ratio {m.ratio:.2f}")
-    load = " ".join(f"{value:.2f}" for value in info["load_average"])
-    lines.append(f"machine: {info['cores']} cores ({info['cpu']}), load {load} at start; Python {info['python']}, "
-                 f"SQLite {info['sqlite']}, beanstalkd {info['beanstalkd']}, SQLAlchemy {info['sqlalchemy']}, "
-                 f"greenstalk {info['greenstalk']}")
+    lines.append(machine_line(info))
     return "\n".join(lines)
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """The machine and versions of `machine()` (and any versions added to it) as one line."""
+    load = " ".join(f"{value:.2f}" for value in info["load_average"])
+    versions = {"Python": info["python"], "SQLite": info["sqlite"], "beanstalkd": info["beanstalkd"],
+                "SQLAlchemy": info["sqlalchemy"], "greenstalk": info["greenstalk"]}
+    versions.update({name: info[key] for name, key in (("psycopg", "psycopg"), ("PyMySQL", "pymysql")) if key in info})
+    return f"machine: {info['cores']} cores ({info['cpu']}), load {load} at start; " + \
+        ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
+def percentile(values: list[float], percent: float) -> float:
+    """The value at `percent` of the sorted values (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(percent / 100 * (len(ordered) - 1))))]
 
 
 def positive(text: str) -> int:

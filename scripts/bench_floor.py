@@ -42,7 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import greenstalk
-from bench import BenchError, beanstalkd, machine, parse_address, pheanq_queue, spawn, stop, stop_all
+from bench import (
+    BenchError,
+    beanstalkd,
+    machine,
+    machine_line,
+    parse_address,
+    percentile,
+    pheanq_queue,
+    spawn,
+    stop,
+    stop_all,
+)
 
 TUBE = "pheanq"
 PRIORITY = 1024
@@ -162,11 +173,6 @@ def measure(kind: str, url: str, root: Path, options: argparse.Namespace) -> dic
             print(f"bench-floor: {kind} pickup run {run + 1}/{runs} {side}: p50 {percentile(latencies, 50):.1f} ms",
                   file=sys.stderr, flush=True)
     return found
-
-
-def percentile(values: list[float], percent: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(percent / 100 * (len(ordered) - 1))))]
 
 
 def fresh_table(kind: str, url: str, sqlite_file: Path) -> str:
@@ -538,11 +544,8 @@ def format_table(figures: dict[str, dict[str, dict[str, list[float]]]], info: di
                 continue
             lines.append(f"{kind:11} {row:10} {side(sides['pheanq']):>24} {side(sides['floor']):>24} "
                          f"{mine / floor:6.2f}")
-    load = " ".join(f"{value:.2f}" for value in info["load_average"])
     lines.append("")
-    lines.append(f"machine: {info['cores']} cores ({info['cpu']}), load {load} at start; Python {info['python']}, "
-                 f"SQLite {info['sqlite']}, beanstalkd {info['beanstalkd']}, SQLAlchemy {info['sqlalchemy']}, "
-                 f"greenstalk {info['greenstalk']}, psycopg {info['psycopg']}, PyMySQL {info['pymysql']}")
+    lines.append(machine_line(info))
     return "\n".join(lines)
 
 

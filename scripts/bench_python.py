@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import BenchError, beanstalkd, fresh_database, machine, spawn, stop
+from bench import BenchError, beanstalkd, fresh_database, machine, percentile, spawn, stop
 
 if TYPE_CHECKING:
     from pheanq.producer.service import TaskQueueService
@@ -265,12 +265,6 @@ def read_done(out: Path) -> dict[str, tuple[float, float]]:
         key, start, end = line.split()
         done[key] = (float(start), float(end))
     return done
-
-
-def percentile(values: list[float], percent: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(percent / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def format_table(figures: dict[str, dict[str, dict[str, list[float]]]], runs: int) -> str:

@@ -40,7 +40,7 @@ def what_was_left(wait: float) -> dict[str, object]:
     import signal
     import time
 
-    time.sleep(wait)
+    time.sleep(wait)  # the pause is what is tested: longer than the alarm the task before left armed
     return {"cwd": os.getcwd(), "left": os.environ.get("PYFORKSAFETY_LEFT"), "pid": os.getpid(),
             "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
             "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, set()))}

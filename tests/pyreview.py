@@ -77,7 +77,7 @@ def _sync_wrapper(function: Callable[..., Coroutine[Any, Any, Any]]) -> Callable
 @task
 @_sync_wrapper
 async def wrapped_coroutine(path: str) -> str:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a real await: the coroutine only runs if it is awaited
     with open(path, "w") as out:
         out.write("ran")
     return "ran"

@@ -79,13 +79,13 @@ def progress(steps: int, pause: float = 0.0) -> int:
     context = current_task()
     for step in range(1, steps + 1):
         context.progress(step, steps, f"step {step}")
-        time.sleep(pause)
+        time.sleep(pause)  # the task's work between two reports of its progress
     return steps
 
 
 @task
 async def async_add(a: int, b: int) -> int:
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # the task's work: a real await on the child's event loop
     return a + b
 
 
@@ -97,7 +97,7 @@ def wait_for_file(path: str, started: str = "", seconds: float = 60) -> str:
     while not Path(path).exists():
         if time.monotonic() > deadline:
             raise TimeoutError(path)
-        time.sleep(0.02)
+        time.sleep(0.02)  # the poll of a deadline wait: the task runs until the test lets it
     return "went"
 
 
@@ -121,8 +121,8 @@ _hoard: list[bytes] = []
 def leak(megabytes: int) -> int:
     for _ in range(megabytes):
         _hoard.append(b"x" * 2**20)
-        time.sleep(0.005)
-    time.sleep(1)
+        time.sleep(0.005)  # the leak grows over time, so the worker's memory poll sees it pass the limit
+    time.sleep(1)  # the leak is held long enough for the poll to see it
     return len(_hoard)
 
 
@@ -156,7 +156,7 @@ def held(runs: str, go: str, fail: bool = False) -> str:
         out.write(f"start {task_id} {os.getpid()}\n")
     deadline = time.monotonic() + 60
     while not Path(go).exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.02)  # the poll of a deadline wait: the task runs until the test lets it
     with open(runs, "a") as out:
         out.write(f"done {task_id}\n")
     if fail:
@@ -166,5 +166,5 @@ def held(runs: str, go: str, fail: bool = False) -> str:
 
 @task
 async def async_fail(message: str) -> None:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a real await before the raise: the traceback passes through the event loop
     raise ValueError(message)

@@ -332,7 +332,7 @@ class TcpProxy:
                         return  # closed: the port is given up
                 # A client that gave up before it was accepted (ECONNABORTED): the proxy serves the next one. Had
                 # this thread ended, every later connection would hang until its client's timeout.
-                time.sleep(0.01)
+                time.sleep(0.01)  # a listener that keeps failing must not spin: a moment before the next accept
                 continue
             with self._lock:
                 forwarding = self._forwarding
@@ -465,3 +465,30 @@ def kill_worker_once_its_command_exited(sqlite_url: str, tender: TenderProcess, 
 def claims(service: TaskQueueService) -> TaskClaims:
     """The worker's side of `service`: reserve and claim tasks, and record how their attempts ended."""
     return TaskClaims(service.dispatch)
+
+
+# --- Python tasks: the test applications (pytasks.py and others beside this file) and the workers that import them
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def python_env(make_env: Callable[..., dict[str, str]], url: str, **extra: str) -> dict[str, str]:
+    """A worker's environment in which `--import pytasks` (or another module of tests/) finds the test application."""
+    return make_env(url, PYTHONPATH=str(TESTS), **extra)
+
+
+def drain(start_worker: Callable[..., WorkerProcess], env: Mapping[str, str], *modules: str,
+          timeout: float = 60) -> WorkerProcess:
+    """Run a worker importing `modules` (default pytasks) until its tube is drained; it must exit 0."""
+    imports = [arg for module in (modules or ("pytasks",)) for arg in ("--import", module)]
+    worker: WorkerProcess = start_worker([*imports, "--stop-when-drained"], env)
+    assert worker.wait(timeout) == 0, worker.log
+    return worker
+
+
+def log_of(service: TaskQueueService, task_id: int) -> str:
+    """The task's log, which must have something in it."""
+    log = service.find_task(task_id).log
+    assert log is not None
+    return log

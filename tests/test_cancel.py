@@ -27,7 +27,7 @@ StartWorker = Callable[..., WorkerProcess]
 SLEEPER = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(float(sys.argv[1]))"  # the task's work
 # Ignores SIGTERM, says so by creating the file it is given, then sleeps a minute.
 STUBBORN = "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
-           "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+           "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"  # the task's work: it outlives the stop
 WORKFLOWS_PAGE = Path(__file__).parent.parent / "docs" / "workflows.rst"
 
 

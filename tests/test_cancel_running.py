@@ -24,7 +24,7 @@ StartWorker = Callable[..., WorkerProcess]
 
 # Appends its task id to the file it is given, then sleeps SECONDS.
 RECORDING_SLEEPER = ("import os, sys, time; open(sys.argv[1], 'a').write(os.environ['PHEANQ_TASK_ID'] + '\\n'); "
-                     "time.sleep(float(sys.argv[2]))")
+                     "time.sleep(float(sys.argv[2]))")  # the task's work
 
 
 def setup(tmp_path: Path) -> Path:

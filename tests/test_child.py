@@ -201,10 +201,10 @@ pidfile, linger = sys.argv[1], float(sys.argv[2])
 escaped = pidfile + ".escaped"
 # The child under test. Its sleeps are its work: the grandchildren live until killed, and the child
 # itself lives `linger` seconds. One grandchild stays in the child's process group, one leaves it with setsid().
-same = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+same = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # lives until killed
 escaper = subprocess.Popen([sys.executable, "-c",
     "import os, sys, time; os.setsid(); open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
-    "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)", escaped])
+    "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)", escaped])  # lives until killed
 while not os.path.exists(escaped):
     time.sleep(0.01)  # the child under test waits for its grandchild's pid file (the test holds the deadline)
 print("family started", flush=True)  # before the pid file, which tells the test it may stop the child

@@ -24,8 +24,6 @@ from pheanq import Status
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.tables import task_table
 
-pytest.importorskip("django", reason="Django is in the dev extra: ./scripts/test installs it")
-
 TESTS = Path(__file__).parent
 TASK = "py:djangoproject.billing.tasks.pay_invoice"  # a Python task's command: py:<its name>
 

@@ -14,33 +14,15 @@ from pathlib import Path
 
 import pytasks
 import pytest
-from support import WorkerProcess, process_gone, wait_for, write_config
+from support import WorkerProcess, drain, log_of, process_gone, python_env, wait_for, write_config
 
 from pheanq import Status
 from pheanq.producer.service import TaskQueueService
 
-TESTS = Path(__file__).parent
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
 StartWorker = Callable[..., WorkerProcess]
 CUT = re.compile(r"\n\[\.\.\. pheanq cut (\d+) bytes of output here \.\.\.\]\n")
-
-
-def python_env(make_env: MakeEnv, url: str, **extra: str) -> dict[str, str]:
-    """A worker's environment in which `--import pytasks` finds the test application."""
-    return make_env(url, PYTHONPATH=str(TESTS), **extra)
-
-
-def drain(start_worker: StartWorker, env: dict[str, str]) -> WorkerProcess:
-    worker = start_worker(["--import", "pytasks", "--stop-when-drained"], env)
-    assert worker.wait(60) == 0, worker.log
-    return worker
-
-
-def log_of(service: TaskQueueService, task_id: int) -> str:
-    log = service.find_task(task_id).log
-    assert log is not None
-    return log
 
 
 def started_child(started: Path) -> int:

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pyforksafety
 import sqlalchemy as sa
-from support import WorkerProcess, wait_for
+from support import WorkerProcess, drain, python_env, wait_for
 
 from pheanq import Status
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.engine import create_engine
-
-TESTS = Path(__file__).resolve().parent
 
 
 def test_children_that_collect_garbage_and_queue_tasks_leave_the_worker_s_connections_alone(
@@ -28,9 +26,7 @@ def test_children_that_collect_garbage_and_queue_tasks_leave_the_worker_s_connec
     ids = [pyforksafety.collect_garbage.options(service=service).queue() for _ in range(6)]
     ids += [pyforksafety.queue_from_the_child.options(service=service).queue(1) for _ in range(3)]
     # A fresh child per task: every one of them inherits the worker's connections, and ends.
-    env = make_env(db_url, PYTHONPATH=str(TESTS), PHEANQ_MAX_TASKS_PER_CHILD="1")
-    worker = start_worker(["--import", "pyforksafety", "--stop-when-drained"], env)
-    assert worker.wait(60) == 0, worker.log
+    worker = drain(start_worker, python_env(make_env, db_url, PHEANQ_MAX_TASKS_PER_CHILD="1"), "pyforksafety")
     wait_for(lambda: all(service.status_of(task_id) is Status.DONE for task_id in ids), 10, "the tasks done")
     children = {service.result(task_id) for task_id in ids[:6]}
     assert len(children) == 6, "each task ran in a child of its own"
@@ -71,9 +67,7 @@ def test_the_next_task_of_a_child_finds_the_process_as_the_child_had_it_before_i
     elsewhere.mkdir()
     first = pyforksafety.leave_a_mess.options(service=service).queue(str(elsewhere))
     second = pyforksafety.what_was_left.options(service=service).queue(1.5)
-    worker = start_worker(["--import", "pyforksafety", "--stop-when-drained"],
-                          make_env(sqlite_url, PYTHONPATH=str(TESTS)))
-    assert worker.wait(60) == 0, worker.log
+    worker = drain(start_worker, python_env(make_env, sqlite_url), "pyforksafety")
     assert service.status_of(first) is Status.DONE
     seen = service.result(second)
     assert seen == {"cwd": str(tmp_path), "left": None, "pid": seen["pid"], "sigterm": True, "blocked": []}, seen

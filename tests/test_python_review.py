@@ -13,7 +13,7 @@ from typing import cast
 
 import pyreview
 import pytest
-from support import WorkerProcess, wait_for
+from support import WorkerProcess, drain, python_env, wait_for
 
 from pheanq import Status
 from pheanq.dispatch import WorkPackage
@@ -21,16 +21,12 @@ from pheanq.errors import InvalidInput
 from pheanq.producer.service import TaskQueueService
 from pheanq.worker.python_pool import PythonPool
 
-TESTS = Path(__file__).resolve().parent
 FINAL = (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
 def _run_all(service: TaskQueueService, make_env: Callable[..., dict[str, str]],
              start_worker: Callable[..., WorkerProcess], url: str, ids: list[int], **env: str) -> WorkerProcess:
-    worker = start_worker(["--import", "pyreview", "--stop-when-drained"],
-                          make_env(url, PYTHONPATH=str(TESTS), **env))
-    code = worker.wait(120)
-    assert code == 0, f"the worker exited {code}:\n{worker.log}"
+    worker = drain(start_worker, python_env(make_env, url, **env), "pyreview", timeout=120)
     wait_for(lambda: all(service.status_of(task_id) in FINAL for task_id in ids), 10, "the tasks ended")
     return worker
 
@@ -138,7 +134,7 @@ def test_a_child_that_died_between_tasks_is_replaced_before_the_next_task_is_jud
     that task all the same: the task never started, yet was recorded `failed` ("its child process died (killed by
     signal 14) before the function returned"); had the child exited 0, `done` without running."""
     service = make_service(sqlite_url)
-    worker = start_worker(["--import", "pyreview"], make_env(sqlite_url, PYTHONPATH=str(TESTS)))
+    worker = start_worker(["--import", "pyreview"], python_env(make_env, sqlite_url))
     first = pyreview.leave_an_alarm.options(service=service).queue(1)
     assert service.result(first, wait=30) == "armed"
     time.sleep(2)  # the alarm goes off in the idle child

@@ -25,13 +25,13 @@ from support import (
     one_error_line,
     pheanq,
     process_gone,
+    python_env,
     wait_for,
 )
 
 from pheanq import Retry, Status
 from pheanq.producer.service import TaskQueueService
 
-TESTS = Path(__file__).parent
 TUBE = "pheanq"  # the default tube
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -44,7 +44,7 @@ def start_tender(tmp_path: Path, make_env: MakeEnv) -> Iterator[StartTender]:
     started: list[TenderProcess] = []
 
     def start(database_url: str, *args: str) -> TenderProcess:
-        env = make_env(database_url, PYTHONPATH=str(TESTS), PHEANQ_RUN_DIR=str(tmp_path / "run"))
+        env = python_env(make_env, database_url, PHEANQ_RUN_DIR=str(tmp_path / "run"))
         tender = TenderProcess(["--import", "pytasks", *args], env, tmp_path)
         started.append(tender)
         return tender
@@ -106,7 +106,7 @@ def test_a_worker_tender_whose_import_is_not_found_exits_2_with_one_line_naming_
 ) -> None:
     """The tender finds the module without importing the application; one it cannot find is a set-up mistake
     reported at once, not a pool of workers that each fail to start."""
-    env = make_env(sqlite_url, PYTHONPATH=str(TESTS), PHEANQ_RUN_DIR=str(tmp_path / "run"))
+    env = python_env(make_env, sqlite_url, PHEANQ_RUN_DIR=str(tmp_path / "run"))
     result = pheanq(["worker-tender", "--import", "pytasks", "--import", "no_such_module"], env, tmp_path)
     assert result.returncode == 2
     assert one_error_line(result) == "pheanq: error: cannot import 'no_such_module': no module named 'no_such_module'"

@@ -15,40 +15,18 @@ from pathlib import Path
 
 import pytasks
 import pytest
-from support import WorkerProcess, one_error_line, pheanq, wait_for
+from support import WorkerProcess, drain, log_of, one_error_line, pheanq, python_env, wait_for
 
 from pheanq import Status
 from pheanq.limits import MAX_RESULT_BYTES
 from pheanq.ops.buried import list_buried
 from pheanq.producer.service import TaskQueueService
 
-TESTS = Path(__file__).parent
 TUBE = "pheanq"  # the default tube
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
 StartWorker = Callable[..., WorkerProcess]
 
-
-def python_env(make_env: MakeEnv, url: str, **extra: str) -> dict[str, str]:
-    """A worker's environment in which `--import pytasks` finds the test application."""
-    return make_env(url, PYTHONPATH=str(TESTS), **extra)
-
-
-def drain(start_worker: StartWorker, env: dict[str, str], *modules: str) -> WorkerProcess:
-    """Run a worker importing `modules` (default pytasks) until its tube is drained; it must exit 0."""
-    imports = [arg for module in (modules or ("pytasks",)) for arg in ("--import", module)]
-    worker = start_worker([*imports, "--stop-when-drained"], env)
-    assert worker.wait(60) == 0, worker.log
-    return worker
-
-
-def log_of(service: TaskQueueService, task_id: int) -> str:
-    log = service.find_task(task_id).log
-    assert log is not None
-    return log
-
-
-# --- results, on every database ---------------------------------------------------------------------------------
 
 def test_a_returned_json_value_is_the_task_s_result_in_the_service_and_in_pheanq_show(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv, start_worker: StartWorker,

@@ -37,7 +37,7 @@ from pheanq.tender.registry import Registration
 MakeEnv = Callable[..., dict[str, str]]
 # Holds an exclusive flock on the file argv[1] (made if missing) until killed.
 HOLD_LOCK = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); " \
-            "print('locked', flush=True); time.sleep(60)"
+            "print('locked', flush=True); time.sleep(60)"  # holds the lock until killed
 
 
 @dataclasses.dataclass

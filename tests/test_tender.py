@@ -59,7 +59,7 @@ TASK_SCRIPT = """
         f.write(f"start {task_id} {os.getpid()}\\n")
     if options.get("detach"):
         # A process the task leaves behind in a session of its own: it lives until its tender kills it.
-        detached = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", __file__],
+        detached = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", __file__],  # lives on
                                     start_new_session=True)
         with open(runs, "a") as f:
             f.write(f"detached {task_id} {detached.pid}\\n")

@@ -291,9 +291,15 @@ def _exit_seen(process: subprocess.Popen[bytes]) -> int | None:
     if process.returncode is not None or not hasattr(os, "waitid"):
         return process.poll()
     try:
-        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return exit_unreaped(process.pid)
     except ChildProcessError:
         return process.poll()
+
+
+def exit_unreaped(pid: int) -> int | None:
+    """The exit code (-N: signal N) of this process's child `pid` once it has ended, leaving it unreaped (waitid
+    with WNOWAIT); None while it runs. ChildProcessError when `pid` is no child of this process (any more)."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     if info is None:
         return None
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status

@@ -58,14 +58,26 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
 def _verdict(package: WorkPackage, settings: Settings, result: ChildResult) -> tuple[Status, str, str | None]:
     """How the attempt ended: its status, what its log entry says, and the output the entry keeps."""
     timing = f"after {result.seconds:.2f}s"
-    if package.row.timeout is not None and result.stopped == timed_out(package.row.timeout):
-        return Status.FAILED, f"failed {timing}: {result.stopped}; its command was stopped", result.output
-    if result.stopped == CANCELLED:
-        return Status.CANCELLED, f"stopped {timing}: {CANCELLED}", result.output
     if result.stopped is not None:
-        return Status.NEW, f"interrupted {timing}: {result.stopped}; the task goes back to its tube", result.output
+        status, verdict = stop_verdict(package, result.stopped, timing, "its command")
+        return status, verdict, result.output
     if result.exit_code == 0:
         return Status.DONE, f"done {timing}", result.output if settings.log_worker_output_on_success else None
-    ending = f"killed by signal {-result.exit_code}" if result.exit_code < 0 else f"exit code {result.exit_code}"
+    ending = exit_words(result.exit_code)
     return Status.FAILED, f"failed {timing}: {ending}", \
         result.output if settings.log_worker_output_on_failure else None
+
+
+def stop_verdict(package: WorkPackage, stopped: str, timing: str, what: str) -> tuple[Status, str]:
+    """How an attempt the worker stopped ended (`stopped` says why; `what` names what was stopped): its time limit
+    fails it, a cancel cancels it, anything else (SIGINT, a lost lease) hands the task back."""
+    if package.row.timeout is not None and stopped == timed_out(package.row.timeout):
+        return Status.FAILED, f"failed {timing}: {stopped}; {what} was stopped"
+    if stopped == CANCELLED:
+        return Status.CANCELLED, f"stopped {timing}: {CANCELLED}"
+    return Status.NEW, f"interrupted {timing}: {stopped}; the task goes back to its tube"
+
+
+def exit_words(code: int) -> str:
+    """`exit code 3`, or `killed by signal 9` for -9."""
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"

@@ -21,8 +21,8 @@ from pheanq.dispatch import WorkPackage
 from pheanq.errors import StoreUnavailable
 from pheanq.python_call import PythonCall
 from pheanq.status import Status
-from pheanq.worker.execution import Outcome
-from pheanq.worker.holds import CANCELLED, timed_out, with_time_limit
+from pheanq.worker.execution import Outcome, exit_words, stop_verdict
+from pheanq.worker.holds import with_time_limit
 from pheanq.worker.python_pool import MEMORY_STOP, PythonPool, PythonRun
 
 log = logging.getLogger("pheanq.worker")
@@ -48,23 +48,18 @@ def verdict(package: WorkPackage, settings: Settings, worker_name: str, run: Pyt
     def entry(text: str, output: str | None) -> str:
         return tasklog.attempt(package.attempt, worker_name, text, output)
 
-    if package.row.timeout is not None and run.stopped == timed_out(package.row.timeout):
-        return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: {run.stopped}; its child "
-                                                                 "process was stopped", run.output))
-    if run.stopped == CANCELLED:
-        return Outcome(Status.CANCELLED, run.exit_code, entry(f"stopped {timing}: {CANCELLED}", run.output))
     if run.stopped is not None and run.stopped.startswith(MEMORY_STOP):
         return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: {run.stopped}; it was "
-                                                                 "stopped", run.output))
+                                                           "stopped", run.output))
     if run.stopped is not None:
-        return Outcome(Status.NEW, run.exit_code, entry(f"interrupted {timing}: {run.stopped}; the task "
-                                                              "goes back to its tube", run.output))
+        status, said = stop_verdict(package, run.stopped, timing, "its child process")
+        return Outcome(status, run.exit_code, entry(said, run.output))
     outcome = run.outcome
     if outcome is None:
         if run.exit_code == 0:
             return Outcome(Status.DONE, 0, entry(f"done {timing}: its child process exited with code 0 "
                                                        "before the function returned; no result", run.output))
-        ending = f"killed by signal {-run.exit_code}" if run.exit_code < 0 else f"exit code {run.exit_code}"
+        ending = exit_words(run.exit_code)
         return Outcome(Status.FAILED, run.exit_code, entry(f"failed {timing}: its child process died "
                                                                  f"({ending}) before the function returned",
                                                                  run.output))

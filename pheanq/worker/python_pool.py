@@ -33,7 +33,7 @@ from pheanq.dispatch import WorkPackage
 from pheanq.python_call import PythonCall
 from pheanq.retry import Retry
 from pheanq.task_context import progress_json
-from pheanq.worker.child import BoundedOutput, stop_tree
+from pheanq.worker.child import BoundedOutput, exit_unreaped, stop_tree
 from pheanq.worker.python_child import ChildPipes, child_main
 
 log = logging.getLogger("pheanq.worker")
@@ -265,12 +265,9 @@ class _Child:
     def exit_seen(self) -> int | None:
         """The child's exit code once it has ended (-N: signal N), without reaping it; else None."""
         try:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return exit_unreaped(self.pid)
         except ChildProcessError:
             return -9
-        if info is None:
-            return None
-        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def reap(self) -> int:
         """Wait for the child's end; its exit code (-N: signal N)."""
