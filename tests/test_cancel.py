@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
-from support import WorkerProcess, claims, pheanq, wait_for, write_config
+from support import WorkerProcess, claims, pheanq, process_gone, wait_for, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
@@ -71,8 +70,7 @@ def test_a_running_task_is_stopped_by_its_worker_within_seconds(
     result = service.cancel_task(task_id, by="bob")
     assert (result.cancelled, result.was) == (True, Status.WORKING)
     assert "its worker" in result.message
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
-             "the cancelled command to be stopped")
+    wait_for(lambda: process_gone(pid), 10, "the cancelled command to be stopped")
     assert time.monotonic() - asked < 5
     wait_for(lambda: service.status_of(task_id) is Status.CANCELLED, 10, "the worker to end the task cancelled")
     row = service.find_task(task_id)
@@ -103,8 +101,7 @@ def test_a_cancelled_command_that_ignores_sigterm_is_killed_when_the_docs_say(
     pid = int(next(line for line in worker.stdout_lines if line.startswith("CHILD ")).split()[1])
     asked = time.monotonic()
     assert service.cancel_task(task_id, by="bob").cancelled
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             bound + 5, "the cancelled command to be killed")
+    wait_for(lambda: process_gone(pid), bound + 5, "the cancelled command to be killed")
     took = time.monotonic() - asked
     assert grace <= took <= bound + 1.0, f"the command lived {took:.1f}s after the cancel"
     wait_for(lambda: "the task was cancelled" in (service.find_task(task_id).log or ""), 10, "the stopped attempt")

@@ -8,9 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
-from support import Beanstalkd, WorkerProcess, pheanq, wait_for, write_config
+from support import Beanstalkd, WorkerProcess, pheanq, process_gone, wait_for, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription
 from pheanq.producer.service import TaskQueueService
@@ -42,7 +41,7 @@ def test_a_command_past_its_timeout_is_stopped_and_its_attempt_fails_saying_so(
     assert row.finished is not None and row.started is not None
     assert 1.0 <= (row.finished - row.started).total_seconds() < 10
     child = int(row.log.splitlines()[1])  # the command printed its pid before it slept
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert process_gone(child)
 
 
 def test_a_command_within_its_timeout_and_past_its_ttr_ends_done(
