@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -492,3 +493,23 @@ def log_of(service: TaskQueueService, task_id: int) -> str:
     log = service.find_task(task_id).log
     assert log is not None
     return log
+
+
+def jobs_per_task(server: Beanstalkd, tube: str = "pheanq") -> dict[int, int]:
+    """task id -> how many jobs of the tube (in any state) point at it, read with a plain client."""
+    counts: dict[int, int] = {}
+    with greenstalk.Client(server.address, encoding=None, use=tube) as client:
+        try:
+            stats: dict[str, Any] = dict(client.stats_tube(tube))
+        except greenstalk.NotFoundError:
+            return counts
+        total = sum(int(stats[f"current-jobs-{state}"]) for state in ("ready", "reserved", "delayed", "buried"))
+        for job_id in range(1, int(client.stats()["total-jobs"]) + 1):
+            try:
+                body = client.peek(job_id).body
+            except greenstalk.NotFoundError:
+                continue
+            task_id = int(json.loads(body)["task_id"])
+            counts[task_id] = counts.get(task_id, 0) + 1
+    assert sum(counts.values()) == total
+    return counts

@@ -18,7 +18,7 @@ from typing import Any
 import greenstalk
 import pytest
 import sqlalchemy as sa
-from support import Beanstalkd, WorkerProcess
+from support import Beanstalkd, WorkerProcess, jobs_per_task
 
 from pheanq import Status
 from pheanq.producer.service import TaskQueueService
@@ -54,20 +54,6 @@ def django(django_env: dict[str, str], tmp_path: Path) -> Django:
 
     run("migrate")
     return run
-
-
-def jobs_per_task(server: Beanstalkd) -> dict[int, int]:
-    """task id -> how many jobs of the default tube point at it."""
-    counts: dict[int, int] = {}
-    with greenstalk.Client(server.address, encoding=None) as client:
-        for job_id in range(1, int(client.stats()["total-jobs"]) + 1):
-            try:
-                body = client.peek(job_id).body
-            except greenstalk.NotFoundError:
-                continue
-            task_id = int(json.loads(body)["task_id"])
-            counts[task_id] = counts.get(task_id, 0) + 1
-    return counts
 
 
 def task_ids(service: TaskQueueService) -> list[int]:

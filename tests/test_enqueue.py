@@ -16,13 +16,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import greenstalk
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from support import Beanstalkd, WorkerProcess, write_config
+from support import Beanstalkd, WorkerProcess, jobs_per_task, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription, TaskPendingWarning
 from pheanq.beanstalkd import DEFAULT_IO_TIMEOUT
@@ -37,26 +36,6 @@ TASK = TaskDescription("work", [1])
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
 StartWorker = Callable[..., WorkerProcess]
-
-
-def jobs_per_task(server: Beanstalkd, tube: str = TUBE) -> dict[int, int]:
-    """task id -> how many jobs of the tube (in any state) point at it, read with a plain client."""
-    counts: dict[int, int] = {}
-    with greenstalk.Client(server.address, encoding=None, use=tube) as client:
-        try:
-            stats: dict[str, Any] = dict(client.stats_tube(tube))
-        except greenstalk.NotFoundError:
-            return counts
-        total = sum(int(stats[f"current-jobs-{state}"]) for state in ("ready", "reserved", "delayed", "buried"))
-        for job_id in range(1, int(client.stats()["total-jobs"]) + 1):
-            try:
-                body = client.peek(job_id).body
-            except greenstalk.NotFoundError:
-                continue
-            task_id = int(json.loads(body)["task_id"])
-            counts[task_id] = counts.get(task_id, 0) + 1
-    assert sum(counts.values()) == total
-    return counts
 
 
 def task_ids(service: TaskQueueService) -> list[int]:

@@ -21,6 +21,7 @@ from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
 from pheanq.dispatch.ends import AttemptEnds, delete_job
+from pheanq.dispatch.job_ids import JobIdRecorder
 from pheanq.dispatch.jobs import PlannedJob, WorkPackage
 from pheanq.errors import (
     InvalidInput,
@@ -70,6 +71,7 @@ class Dispatcher:
         self._own_pending: list[PlannedJob] = []
         self._pending_lock = threading.Lock()
         self.ends = AttemptEnds(self.store, self.beanstalkd, self.send_released)
+        self.job_ids = JobIdRecorder(self.store)
 
     @functools.cached_property
     def _commands(self) -> list[str]:
@@ -78,6 +80,7 @@ class Dispatcher:
         return [*self.settings.registry(), *(PYTHON_PREFIX + name for name in task_registry.names())]
 
     def close(self) -> None:
+        self.job_ids.close()
         self.beanstalkd.close()
         self.store.close()
 
@@ -106,7 +109,7 @@ class Dispatcher:
                 self.store.tasks.delete_unsent(job.task_id)
                 raise
             else:
-                self._record_job_id(job.task_id, job_id)
+                self.job_ids.add(job.task_id, job_id)
                 self._send_own_pending()
                 return True
         with self._pending_lock:
@@ -131,19 +134,17 @@ class Dispatcher:
         return inserted.task_id
 
     def send_many(self, jobs: list[PlannedJob]) -> None:
-        """Put the jobs of tasks inserted together, and note their ids in one transaction. At the first put
-        that fails, the rest are left pending (one TaskPendingWarning): the reconciler sends them."""
-        sent: list[tuple[int, int]] = []
-        for job in jobs:
+        """Put the jobs of tasks inserted together; their ids are written in groups (pheanq.dispatch.job_ids). At
+        the first put that fails, the rest are left pending (one TaskPendingWarning): the reconciler sends them."""
+        for sent, job in enumerate(jobs):
             try:
-                sent.append((job.task_id, self._put(job)))
+                self.job_ids.add(job.task_id, self._put(job))
             except TubeUnavailable as error:
-                unsent = len(jobs) - len(sent)
+                unsent = len(jobs) - sent
                 log.warning("%d task(s) are pending: %s", unsent, error)
                 warnings.warn(TaskPendingWarning(job.task_id, f"{error}; {unsent} task(s) of this chunk are pending"),
                               stacklevel=3)
                 break
-        self.store.tasks.set_job_ids(sent)
 
     def send_released(self, task_ids: Iterable[int]) -> None:
         """Put the jobs of tasks that a write moved to `new` (released dependants, batch callbacks). What is
@@ -208,7 +209,7 @@ class Dispatcher:
             job_id = self._put(job)
         except TubeUnavailable as error:
             raise TaskNotSent(task_id, str(error), Status.RESTARTED.value) from None
-        self._record_job_id(task_id, job_id)
+        self._record_job_id(task_id, job_id, Status.RESTARTED)
         return job_id
 
     # --- workflow writes that release tasks -----------------------------------------------------------------
@@ -233,6 +234,7 @@ class Dispatcher:
         """Cancel the tasks in one transaction (a running one's cancel is requested: its worker ends it); delete
         the jobs of those not running (a running one's worker deletes its own) and send what their ends
         released."""
+        self.job_ids.flush()  # so that the jobs this process put are known, and deleted
         page = self.store.workflows.cancel_tasks(task_ids, by, batch)
         for result in page.results:
             if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
@@ -325,11 +327,11 @@ class Dispatcher:
         body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce)
         return self.beanstalkd.put(job.tube, body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
 
-    def _record_job_id(self, task_id: int, job_id: int) -> None:
-        """Note the job id on the row. The job is already out: failing here must not make the caller
+    def _record_job_id(self, task_id: int, job_id: int, sent_as: Status) -> None:
+        """Note the job id on the row now. The job is already out: failing here must not make the caller
         queue the task again, and the worker that claims the job records the id anyway."""
         try:
-            self.store.tasks.set_job_id(task_id, job_id)
+            self.store.tasks.record_job_ids([(task_id, job_id)], sent_as)
         except StoreUnavailable as error:
             log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
 
@@ -340,6 +342,7 @@ class Dispatcher:
                 return
             jobs, self._own_pending = self._own_pending, []
         try:
+            self.job_ids.flush()  # a task whose id is not written yet would look unsent
             unsent = self.store.tasks.unsent_task_ids([job.task_id for job in jobs])
             for job in jobs:
                 if job.task_id in unsent:

@@ -166,6 +166,7 @@ class TaskQueueService:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def find_task(self, task_id: int) -> TaskRow:
+        self.dispatch.job_ids.flush()  # this process reads the job ids of its own puts
         row = self.store.tasks.find_task(task_id)
         if row is None:
             raise NotFound(f"task {task_id} does not exist")

@@ -32,7 +32,10 @@ from pheanq.storage.workflows import Ends, Settled
 # The statements of a task's hot path (queue, claim, end) are built once, their values bound at each execution:
 # building a statement with the values in it costs more than running it on SQLite.
 _c = task_table.c
-_SET_JOB_ID = task_table.update().where(_c.id == sa.bindparam("task")).values(job_id=sa.bindparam("job"))
+# A job id is noted only on a row still waiting for its first job: a late write never replaces a newer one.
+_RECORD_JOB_ID = (task_table.update()
+                  .where(_c.id == sa.bindparam("task"), _c.status == sa.bindparam("sent_as"), _c.job_id.is_(None))
+                  .values(job_id=sa.bindparam("job")))
 # What an end needs to know: the task's batch, and whether a task waits for it (most have neither).
 _END_FACTS = sa.select(
     _c.batch_id,
@@ -162,12 +165,14 @@ class TaskStatements:
                 _join_batch(conn, batch_id, joining)
             return ids
 
-    def set_job_ids(self, pairs: list[tuple[int, int]]) -> None:
-        """Note (task id, job id) pairs in one transaction."""
+    def record_job_ids(self, pairs: list[tuple[int, int]], sent_as: Status = Status.NEW) -> None:
+        """Note (task id, job id) pairs in one transaction, each on a row that is still `sent_as` with no job id
+        (one that moved on, or whose claim recorded the id, keeps what it has)."""
         if not pairs:
             return
         with self.database.transaction() as conn:
-            conn.execute(_SET_JOB_ID, [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
+            conn.execute(_RECORD_JOB_ID, [{"task": task_id, "job": job_id, "sent_as": sent_as.value}
+                                          for task_id, job_id in pairs])
 
     @staticmethod
     def _unique_holder(conn: Connection, key: str) -> Inserted | None:
@@ -210,10 +215,6 @@ class TaskStatements:
         with self.database.transaction() as conn:
             conn.execute(task_table.delete().where(c.id == task_id, c.status == Status.NEW.value,
                                                    c.job_id.is_(None)))
-
-    def set_job_id(self, task_id: int, job_id: int) -> None:
-        with self.database.transaction() as conn:
-            conn.execute(_SET_JOB_ID, {"task": task_id, "job": job_id})
 
     def stall_task(self, task_id: int, attempt: int, log: str) -> Moved | None:
         """`working` → `stalled` for an attempt whose worker is gone; None when the attempt no longer
