@@ -16,7 +16,8 @@ with the medians, min and max, the ratio pheanq / floor, and the machine and ver
 
 - **End-to-end floor**: 2 worker processes on the drivers, each: reserve, compare-and-set claim and commit, spawn
   `/bin/true` (`posix_spawn`, its output read through a pipe) and wait, record the end and commit, delete the
-  job. Against 2 `pheanq task-worker` processes on the same rows and jobs (queued beforehand, not timed).
+  job. Against a `pheanq worker-tender` keeping 2 task-workers (as pheanq is deployed), on the same rows and jobs
+  (queued beforehand, not timed).
 - **Pickup floor**: one job at a time on an idle queue, 50 ms apart: put → reserve → claim → the command's start
   (the command, for both sides, appends its start time to a file). Against pheanq's workers. p50 and p99, ms.
 
@@ -427,7 +428,7 @@ def floor_pickup(url: str, address: tuple[str, int], tasks: int) -> list[float]:
 
 def pheanq_pickup(url: str, address: tuple[str, int], tasks: int) -> list[float]:
     stamps = Path(tempfile.mkdtemp(prefix="pheanq-pickup-")) / "stamps"
-    workers = _pheanq_workers(url, address, ["stamp", *_stamp(stamps)], stop_when_empty=False)
+    workers = _pheanq_workers(url, address, ["stamp", *_stamp(stamps)])
     try:
         return _paced(url, address, tasks, stamps, command="stamp")
     finally:
@@ -472,15 +473,20 @@ def _queue_fast(url: str, address: tuple[str, int], tasks: int) -> None:
     floor_bulk(url, address, tasks)
 
 
-def _pheanq_workers(url: str, address: tuple[str, int], command: list[str],
-                    stop_when_empty: bool = True) -> list[subprocess.Popen[bytes]]:
-    config = Path(tempfile.mkdtemp(prefix="pheanq-floor-config-")) / "pheanq.toml"
+def _pheanq_workers(url: str, address: tuple[str, int], command: list[str]) -> list[subprocess.Popen[bytes]]:
+    """pheanq's side of the floor's 2 worker processes: a worker-tender keeping exactly 2 task-workers, as pheanq
+    is deployed (the tender deals with what a dead worker leaves, which lets its workers start commands with one
+    exec less; see pheanq.worker.child.die_with_parent)."""
+    root = Path(tempfile.mkdtemp(prefix="pheanq-floor-config-"))
+    config = root / "pheanq.toml"
     config.write_text(f"[commands]\n{command[0]} = {json.dumps(command[1:])}\n")
     config.chmod(0o600)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PHEANQ_")}
-    env.update(PHEANQ_DATABASE_URL=url, PHEANQ_BEANSTALKD=f"{address[0]}:{address[1]}", PHEANQ_CONFIG=str(config))
-    argv = [sys.executable, "-m", "pheanq", "task-worker", *(["--stop-when-empty"] if stop_when_empty else [])]
-    return [spawn(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(WORKERS)]
+    env.update(PHEANQ_DATABASE_URL=url, PHEANQ_BEANSTALKD=f"{address[0]}:{address[1]}", PHEANQ_CONFIG=str(config),
+               PHEANQ_RUN_DIR=str(root))
+    argv = [sys.executable, "-m", "pheanq", "worker-tender", "--min-workers", str(WORKERS), "--max-workers",
+            str(WORKERS), "--spare-workers", "0", "--reconcile-interval", "0"]
+    return [spawn(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
 
 def _until_done(url: str, tasks: int, workers: list[subprocess.Popen[bytes]]) -> float:

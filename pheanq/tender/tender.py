@@ -39,6 +39,7 @@ from pheanq.dispatch import Dispatcher
 from pheanq.errors import PheanqError
 from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS
 from pheanq.storage.tables import WorkerRow
+from pheanq.tender.orphans import adopted_pids, command_of_dead_worker, kill_left_running, session_of
 from pheanq.tender.pool import (
     Change,
     PoolLimits,
@@ -52,7 +53,7 @@ from pheanq.tender.reconciler import DEFAULT_INTERVAL_SECONDS, PeriodicReconcile
 from pheanq.tender.recovery import Aftercare, OrphanedTask, reap_exit_code
 from pheanq.tender.registry import Registration
 from pheanq.worker.child import die_with_parent, linux_prctl
-from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, parse
+from pheanq.worker.protocol import EXIT_INTERRUPTED, TENDER_PID_VARIABLE, Line, parse
 from pheanq.worker.undumpable import make_undumpable
 
 log = logging.getLogger("pheanq.tender")
@@ -132,8 +133,12 @@ class WorkerProcess:
         if self.task_id is None or code in (0, EXIT_INTERRUPTED):
             return None  # exiting by itself, it recorded or handed back its task
         exit_code = self.exit_code
-        if exit_code is None and self.child_pid is not None:
-            exit_code = reap_exit_code(self.child_pid)
+        # A command whose pid the worker had no time to say is found by its session (pheanq.tender.orphans).
+        command = self.child_pid if self.child_pid is not None else command_of_dead_worker(self.pid)
+        if exit_code is None and command is not None:
+            exit_code = reap_exit_code(command)
+            if exit_code is None:
+                kill_left_running(command, self.pid)
         return OrphanedTask(self.task_id, f"{socket.gethostname()}:{self.pid}", exit_code,
                             f"worker {self.pid} died ({ending})", () if self.raised is None else (self.raised,))
 
@@ -246,7 +251,8 @@ class Tender:
         argv = [*prefix, *self.options.worker_command, "--use-tube", ",".join(self.options.tubes)]
         try:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, env={**os.environ, **self.options.worker_env},
+                                       stderr=subprocess.PIPE, env={**os.environ, **self.options.worker_env,
+                                                                TENDER_PID_VARIABLE: str(os.getpid())},
                                        start_new_session=True, preexec_fn=arm)
         except OSError as error:
             self._count_quick_death(now, f"cannot start {self.options.worker_command[0]!r}: {error.strerror}")
@@ -379,22 +385,20 @@ class Tender:
 
     def _kill_orphans(self) -> None:
         """Kill what a dead worker left behind: as the subreaper, the tender inherits it."""
-        try:
-            children = psutil.Process().children()
-        except psutil.Error:
-            return
-        # A dead worker's command, not yet reaped by _reap: its exit code says whether the task completed.
+        # A command of a worker not settled yet (its pid said, or in its session): its exit status says whether
+        # its task completed, so it is left for orphaned_task to read.
         commands = {worker.child_pid for worker in self.workers.values()}
-        for child in children:
-            if child.pid in self.workers or child.pid in commands:
+        for pid in adopted_pids():
+            if pid in self.workers or pid in commands or session_of(pid) in self.workers:
                 continue
             with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                child = psutil.Process(pid)
                 if child.status() != psutil.STATUS_ZOMBIE:
                     log.warning("killing process %d (%s) left behind by a dead worker", child.pid, child.name())
                     os.killpg(os.getpgid(child.pid), signal.SIGKILL)
                     child.kill()
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(child.pid, os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
 
     def _report(self, final: bool = False) -> None:
         """Write the pool's state to the database for `pheanq status`; best effort, the pool runs without it.

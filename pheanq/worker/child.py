@@ -18,19 +18,19 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO
+from typing import IO, Any
 
 import psutil
+
+from pheanq.worker.protocol import under_tender
 
 # How long a child asked to stop with SIGTERM gets before SIGKILL: time to clean up. The docs state it wherever
 # a command is stopped (a cancel, a time limit, SIGINT); tests/test_cancel.py holds them to it.
 STOP_GRACE_SECONDS = 3.0
-# The command starts only once `on_start` has told the supervisor its pid: this gate waits for a line on its
-# stdin, then execs the argv as it is, with stdin from /dev/null. Without it, a command could end, and its
-# worker be killed, before anyone knew its pid: its result lost, it would run again. On EOF (the worker died
-# first) nothing runs, and the gate dies by SIGKILL, as its worker's death would have it: an exit code would
-# read as a command that ended by itself, and the tender would record it.
-GATE = ("/bin/sh", "-c", 'IFS= read -r _ || kill -KILL $$; exec "$@" </dev/null', "pheanq-gate")
+# No gate holds the command back until its pid is known: it runs in a process group of its own inside its worker's
+# session, so if the worker dies before telling its tender the pid (a command that already ended, its result not
+# recorded), the tender still finds the command among the processes it adopts, by that session, and reads its
+# exit status before reaping it (see pheanq.tender.orphans). A gate would cost a second exec per task.
 _READ_CHUNK = 65536
 
 
@@ -68,22 +68,19 @@ def run_child(
     if unstartable is not None:
         code, reason = unstartable
         return ChildResult(code, f"cannot start {argv[0]!r}: {reason}", 0, None, time.monotonic() - started)
-    prefix, arm = die_with_parent(signal.SIGKILL)
+    prefix, arm = die_with_parent(signal.SIGKILL, covered=under_tender())
     try:
         process = subprocess.Popen(
-            [*prefix, *GATE, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(env), start_new_session=True, preexec_fn=arm,
+            [*prefix, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(env), **_own_group(arm),
         )
     except OSError as error:
         message = f"cannot start {argv[0]!r}: {error.strerror or error}"
         return ChildResult(127 if isinstance(error, FileNotFoundError) else 126, message,
                            0, None, time.monotonic() - started)
-    assert process.stdout is not None and process.stdin is not None
+    assert process.stdout is not None
     if on_start is not None:
         on_start(process.pid)
-    with contextlib.suppress(OSError):  # the gate is gone already: it was killed, and its exit code says so
-        process.stdin.write(b"go\n")
-        process.stdin.close()
     events = _ChildEvents(process, output)
     stopped: str | None = None
     # Descendants seen while the child ran: one that left the group (setsid) is found again by this.
@@ -305,21 +302,38 @@ def exit_unreaped(pid: int) -> int | None:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
+def _own_group(arm: Callable[[], None] | None) -> dict[str, Any]:
+    """Popen's keywords for a child in a process group of its own (and in this process's session), armed by
+    `arm` in the fork if given. Python 3.11 does it without Python code in the fork (the fast spawn path)."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0, "preexec_fn": arm}
+
+    def own_group_then_arm() -> None:
+        os.setpgid(0, 0)
+        if arm is not None:
+            arm()
+
+    return {"preexec_fn": own_group_then_arm}
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
 
 
 @functools.cache
-def die_with_parent(signum: int) -> tuple[tuple[str, ...], Callable[[], None] | None]:
+def die_with_parent(signum: int, covered: bool = False) -> tuple[tuple[str, ...], Callable[[], None] | None]:
     """How a child gets `signum` when its parent dies, even by kill -9 (Linux's PR_SET_PDEATHSIG).
 
-    util-linux's `setpriv --pdeathsig` sets it and execs the command: about 1 ms a task. A `preexec_fn`
-    does the same from Python inside the fork, but forbids the fast spawn path: about 3 ms a task, so it
-    is only the fallback. Returns (argv prefix, preexec_fn).
+    A `preexec_fn` sets it from Python inside the fork and checks that the parent still lives once it is set, so
+    no child ever outlives a parent that died at its start; but it forbids the fast spawn path: about 3 ms a
+    task. util-linux's `setpriv --pdeathsig` sets it and execs the command: about 1 ms a task, but a parent that
+    dies in the millisecond before setpriv sets it leaves the child running. Pass `covered` when someone else
+    deals with such a child (a worker-tender kills what its dead worker left: pheanq.tender.orphans) to take
+    setpriv. Returns (argv prefix, preexec_fn).
     """
     setpriv = shutil.which("setpriv")
-    if setpriv is not None and sys.platform.startswith("linux"):
+    if covered and setpriv is not None and sys.platform.startswith("linux"):
         return (setpriv, "--pdeathsig", signal.Signals(signum).name.removeprefix("SIG"), "--"), None
     prctl = linux_prctl()
     if prctl is None:
@@ -329,7 +343,7 @@ def die_with_parent(signum: int) -> tuple[tuple[str, ...], Callable[[], None] | 
 
     def arm() -> None:
         prctl(pr_set_pdeathsig, signum)
-        if os.getppid() != parent_pid:  # the worker died before the line above took effect
+        if os.getppid() != parent_pid:  # the parent died before the line above took effect
             os._exit(137)
 
     return (), arm

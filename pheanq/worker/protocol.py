@@ -18,6 +18,9 @@ import re
 from typing import TextIO
 
 EXIT_INTERRUPTED = 130
+# Set by a tender in its workers' environment: its pid. A worker whose parent is that pid knows that a command it
+# leaves behind by dying is dealt with (see pheanq.tender.orphans).
+TENDER_PID_VARIABLE = "PHEANQ_TENDER_PID"
 
 
 class Line(str, enum.Enum):
@@ -75,3 +78,8 @@ class StateWriter:
             # and keep Python from failing again on the same pipe at exit.
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+
+
+def under_tender() -> bool:
+    """Whether this process is a worker of a live worker-tender (its parent, which said so)."""
+    return os.environ.get(TENDER_PID_VARIABLE) == str(os.getppid())
