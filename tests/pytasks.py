@@ -84,6 +84,20 @@ def progress(steps: int, pause: float = 0.0) -> int:
 
 
 @task
+def progress_held(steps: int, gate: str) -> int:
+    """Reports its progress up to the step before the last, then waits until the file `gate` exists (a minute at
+    most): a test reads the progress of a task that is surely still running."""
+    context = current_task()
+    for step in range(1, steps):
+        context.progress(step, steps, f"step {step}")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the test creates the gate once it has read the progress
+    context.progress(steps, steps, f"step {steps}")
+    return steps
+
+
+@task
 async def async_add(a: int, b: int) -> int:
     await asyncio.sleep(0.01)  # the task's work: a real await on the child's event loop
     return a + b

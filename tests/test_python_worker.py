@@ -287,17 +287,18 @@ def test_status_and_batch_show_list_the_progress_of_running_tasks(
 ) -> None:
     service = make_service(sqlite_url)
     with service.create_batch("progressing") as batch:
-        task_id = batch.add(pytasks.progress.describe(40, 0.1))
+        task_id = batch.add(pytasks.progress_held.describe(40, str(tmp_path / "gate")))
     env = python_env(make_env, sqlite_url)
     worker = start_worker(["--import", "pytasks", "--stop-when-drained"], env)
     wait_for(lambda: service.find_task(task_id).progress is not None, 20, "the task's first progress on its row")
     status = pheanq(["status"], env, tmp_path).stdout
-    assert re.search(rf"^task {task_id} pytasks\.progress \(pheanq\): \d+ of 40 \(\d+%\): step \d+$", status,
+    assert re.search(rf"^task {task_id} pytasks\.progress_held \(pheanq\): \d+ of 40 \(\d+%\): step \d+$", status,
                      re.MULTILINE), status
     shown = pheanq(["batch", "show", str(batch.id)], env, tmp_path).stdout
     assert re.search(rf"^  task {task_id}: \d+ of 40 \(\d+%\): step \d+$", shown, re.MULTILINE), shown
     running = json.loads(pheanq(["batch", "show", str(batch.id), "--json"], env, tmp_path).stdout)["running"]
     assert running[str(task_id)]["total"] == 40, running
+    (tmp_path / "gate").touch()
     assert worker.wait(30) == 0, worker.log
     assert service.batch(batch.id).progress().running == {}, "a finished batch runs nothing"
 
