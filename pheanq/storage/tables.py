@@ -14,9 +14,13 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from pheanq.body import new_nonce
-from pheanq.status import Status
+from pheanq.status import PENDING, Status
 
 metadata = sa.MetaData()
+
+# A task that has not ended, as SQL text: the condition of the partial index ix_pheanq_task_pending, and a term a
+# query adds to use it (SQLite uses a partial index only for a query that repeats its condition word for word).
+PENDING_ROW = sa.text("status IN (" + ", ".join(f"'{status.value}'" for status in sorted(PENDING)) + ")")
 
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -73,6 +77,9 @@ task_table = sa.Table(
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
     sa.Index("uq_pheanq_task_unique_live", "unique_live", unique=True),
     sa.Index("ix_pheanq_task_batch_status", "batch_id", "status"),
+    # The unended tasks in id order per status, without the history: the reconciler's listing. Partial on
+    # PostgreSQL and SQLite; every row on MariaDB/MySQL, which have no partial indexes.
+    sa.Index("ix_pheanq_task_pending", "status", "id", postgresql_where=PENDING_ROW, sqlite_where=PENDING_ROW),
     # SQLite otherwise hands out the id of the newest row again once that row is deleted.
     sqlite_autoincrement=True,
 )

@@ -26,7 +26,7 @@ from pheanq.limits import pages
 from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
 from pheanq.storage.claims import is_stale
 from pheanq.storage.engine import Database, same
-from pheanq.storage.tables import TaskRow, batch_table, dependency_table, select_task, task_row, task_table
+from pheanq.storage.tables import PENDING_ROW, TaskRow, batch_table, dependency_table, select_task, task_row, task_table
 from pheanq.storage.workflows import Ends, Settled
 
 # The statements of a task's hot path (queue, claim, end) are built once, their values bound at each execution:
@@ -337,11 +337,18 @@ class TaskStatements:
         settled = c.modified < settled_before
         if any_age_if_sent:
             settled = sa.or_(settled, c.job_id.is_not(None))
-        waiting = sa.and_(c.status.in_([s.value for s in CLAIMABLE]), settled)
-        held = sa.and_(c.status == Status.WORKING.value, beat < now - dt.timedelta(seconds=stale_after(0)))
-        query = sa.select(task_table).where(c.id > after_id, sa.or_(waiting, held)).order_by(c.id).limit(limit)
-        if tube is not None:
-            query = query.where(c.tube == tube)
+        stale = beat < now - dt.timedelta(seconds=stale_after(0))
+        # One branch per status, each read in id order from ix_pheanq_task_pending and cut at `limit`, then merged:
+        # a page reads at most `limit` rows of each status, never the history (done, failed, ...) before them.
+        branches = []
+        for status in sorted(CLAIMABLE | {Status.WORKING}):
+            branch = sa.select(task_table).where(PENDING_ROW, c.status == status.value, c.id > after_id,
+                                                 stale if status is Status.WORKING else settled)
+            if tube is not None:
+                branch = branch.where(c.tube == tube)
+            branches.append(sa.select(branch.order_by(c.id).limit(limit).subquery()))
+        merged = sa.union_all(*branches).subquery()
+        query = sa.select(merged).order_by(merged.c.id).limit(limit)
         with self.database.transaction() as conn:
             rows = [task_row(found) for found in conn.execute(query).mappings()]
         return [row for row in rows if row.status is not Status.WORKING or is_stale(row, now)]
