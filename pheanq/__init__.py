@@ -10,32 +10,57 @@
 
 from __future__ import annotations
 
-from pheanq.config import Settings, load_settings
-from pheanq.description import Chain, TaskDescription
-from pheanq.dispatch import WorkPackage
-from pheanq.errors import (
-    ConfigError,
-    InvalidInput,
-    NotFound,
-    PheanqError,
-    SchemaMissing,
-    StoreUnavailable,
-    TaskNotSent,
-    TaskPendingWarning,
-    TubeUnavailable,
-    WrongStatus,
-)
-from pheanq.producer.batch import Batch, BatchProgress
-from pheanq.producer.cancel import CancelResult
-from pheanq.producer.python_task import BoundTask, PythonTask, task
-from pheanq.producer.service import TaskQueueService, default_service, queue_task
-from pheanq.python_call import PythonCall
-from pheanq.retry import Retry
-from pheanq.status import Status
-from pheanq.task_context import TaskContext, current_task
-from pheanq.task_registry import on_child_start, on_worker_start
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pheanq.config import Settings, load_settings
+    from pheanq.description import Chain, TaskDescription
+    from pheanq.dispatch import WorkPackage
+    from pheanq.errors import (
+        ConfigError,
+        InvalidInput,
+        NotFound,
+        PheanqError,
+        SchemaMissing,
+        StoreUnavailable,
+        TaskNotSent,
+        TaskPendingWarning,
+        TubeUnavailable,
+        WrongStatus,
+    )
+    from pheanq.producer.batch import Batch, BatchProgress
+    from pheanq.producer.cancel import CancelResult
+    from pheanq.producer.python_task import BoundTask, PythonTask, task
+    from pheanq.producer.service import TaskQueueService, default_service, queue_task
+    from pheanq.python_call import PythonCall
+    from pheanq.retry import Retry
+    from pheanq.status import Status
+    from pheanq.task_context import TaskContext, current_task
+    from pheanq.task_registry import on_child_start, on_worker_start
 
 __version__ = "0.1.0"
+
+# Each public name and the module it lives in. `import pheanq` (which `python -m pheanq` and every submodule's
+# import run first) loads none of them: a name's module is imported on first use, so a task-worker or a
+# worker-tender does not load the producer's Python-task, batch, cancel and after-commit machinery.
+_HOMES = {
+    "pheanq.config": ("Settings", "load_settings"),
+    "pheanq.description": ("Chain", "TaskDescription"),
+    "pheanq.dispatch": ("WorkPackage",),
+    "pheanq.errors": ("ConfigError", "InvalidInput", "NotFound", "PheanqError", "SchemaMissing", "StoreUnavailable",
+                      "TaskNotSent", "TaskPendingWarning", "TubeUnavailable", "WrongStatus"),
+    "pheanq.producer.batch": ("Batch", "BatchProgress"),
+    "pheanq.producer.cancel": ("CancelResult",),
+    "pheanq.producer.python_task": ("BoundTask", "PythonTask", "task"),
+    "pheanq.producer.service": ("TaskQueueService", "default_service", "queue_task"),
+    "pheanq.python_call": ("PythonCall",),
+    "pheanq.retry": ("Retry",),
+    "pheanq.status": ("Status",),
+    "pheanq.task_context": ("TaskContext", "current_task"),
+    "pheanq.task_registry": ("on_child_start", "on_worker_start"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "Batch",
@@ -70,3 +95,17 @@ __all__ = [
     "queue_task",
     "task",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (PEP 562)."""
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pheanq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -329,7 +329,10 @@ def test_example_task_worker_prints_the_announcement_a_dot_a_second_and_the_mess
 def _command_paths(command: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        context = click.Context(command)
+        for name in command.list_commands(context):  # the group's commands load on first use: asked by name
+            sub = command.get_command(context, name)
+            assert sub is not None, name
             yield from _command_paths(sub, [*path, name])
 
 

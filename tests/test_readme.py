@@ -43,7 +43,10 @@ def test_readme_explains_every_status() -> None:
 def test_readme_documents_every_command_and_option() -> None:
     def walk(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
         found = []
-        for name, command in group.commands.items():
+        context = click.Context(group)
+        for name in group.list_commands(context):  # the group's commands load on first use: asked by name
+            command = group.get_command(context, name)
+            assert command is not None, name
             if isinstance(command, click.Group):
                 found += walk(command, f"{prefix} {name}")
             else:

@@ -3,6 +3,7 @@ errors into one line. The commands live beside it, one module per room they call
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -19,6 +20,19 @@ from pheanq.rundir import default_run_dir
 
 # Commands that log what they do at INFO level without -v.
 LONG_RUNNING = ("task-worker", "worker-tender")
+
+# The module of pheanq.cli that defines each command of the group. A command's module is imported when the command
+# is run or listed, so a process loads only what its own command needs: a task-worker no migrations (alembic) and
+# no tender, a worker-tender no task-worker. tests/test_cli.py checks this against the modules' commands.
+COMMAND_MODULES = {
+    "add-example-task": "tasks", "cancel": "tasks", "example-task-worker": "tasks", "regenerate-failed-task": "tasks",
+    "task-cleanup": "tasks",
+    "batch": "batch",
+    "buried": "ops", "db": "ops", "pause": "ops", "reconcile": "ops", "resume": "ops", "show": "ops",
+    "status": "ops",
+    "task-worker": "worker",
+    "stop-worker-tender": "tender", "worker-tender": "tender",
+}
 
 
 class _NeverRaised(click.UsageError):
@@ -103,11 +117,31 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
+class CommandGroup(click.Group):
+    """The `pheanq` group: knows its commands by name (COMMAND_MODULES) and imports a command's module on first
+    use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"pheanq.cli.{COMMAND_MODULES[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+
 def use_tube_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option("--use-tube", metavar="TUBE", help=help_text + " [default: default_tube setting]")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The Python application of a task-worker, and of the workers of a worker-tender.
+import_option = click.option(
+    "--import", "python_imports", multiple=True, metavar="MODULE",
+    help="Import this module of the application once, and run the Python tasks (@pheanq.task) it registers; "
+    "repeat for more. Added to [python] imports of pheanq.toml.")
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="PATH", help="pheanq.toml to read [env: PHEANQ_CONFIG].")
 @click.option("--database-url", metavar="URL", help="SQLAlchemy URL of the task table [env: PHEANQ_DATABASE_URL].")
 @click.option("--beanstalkd", metavar="HOST:PORT", help="beanstalkd server [env: PHEANQ_BEANSTALKD].")

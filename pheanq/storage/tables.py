@@ -10,8 +10,7 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from pheanq.body import new_nonce
 from pheanq.status import PENDING, Status
@@ -23,8 +22,37 @@ metadata = sa.MetaData()
 PENDING_ROW = sa.text("status IN (" + ", ".join(f"'{status.value}'" for status in sorted(PENDING)) + ")")
 
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-_LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class _Timestamp(sa.types.TypeDecorator[dt.datetime]):
+    """DateTime; on MySQL and MariaDB their DATETIME(6), which keeps microseconds."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            # lazy: the MySQL dialect's types cost a process ~1 MB; only a process on MySQL or MariaDB needs them
+            from sqlalchemy.dialects import mysql
+
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return super().load_dialect_impl(dialect)
+
+
+class _LongText(sa.types.TypeDecorator[str]):
+    """Text; on MySQL and MariaDB their MEDIUMTEXT (up to 16 MB, where TEXT ends at 64 KB)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            # lazy: as in _Timestamp
+            from sqlalchemy.dialects import mysql
+
+            return dialect.type_descriptor(mysql.MEDIUMTEXT())
+        return super().load_dialect_impl(dialect)
+
 
 task_table = sa.Table(
     "pheanq_task",

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from pheanq import tasklog
 from pheanq.dispatch import Dispatcher, WorkPackage
@@ -31,9 +31,10 @@ from pheanq.worker.execution import Outcome, execute
 from pheanq.worker.holds import CancelWatch, LeaseHold, lease_interval
 from pheanq.worker.paused import PausedTubes
 from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, StateLine, StateWriter
-from pheanq.worker.python_execution import execute_python
-from pheanq.worker.python_pool import PythonPool
 from pheanq.worker.undumpable import make_undumpable
+
+if TYPE_CHECKING:
+    from pheanq.worker.python_pool import PythonPool
 
 log = logging.getLogger("pheanq.worker")
 T = TypeVar("T")
@@ -180,6 +181,10 @@ class TaskWorker:
 
         call = package.description
         if isinstance(call, PythonCall) and self.python is not None:
+            # lazy: only a worker with a Python application (--import) runs Python tasks; a worker of commands
+            # never loads the pool's modules (python_pool, python_child, python_execution)
+            from pheanq.worker.python_execution import execute_python
+
             return execute_python(package, call, self.python, self.dispatch.settings, self.name, keep_running,
                                   on_start, on_exit, lambda progress: self.claims.record_progress(package, progress))
         return execute(package, self.dispatch.settings, self.name, keep_running, on_start=on_start, on_exit=on_exit)

@@ -8,12 +8,15 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from pheanq import task_registry
 from pheanq.config import Settings
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import ConfigError
-from pheanq.worker.python_pool import PythonPool
+
+if TYPE_CHECKING:
+    from pheanq.worker.python_pool import PythonPool
 
 log = logging.getLogger("pheanq.worker")
 # In a child: what it inherited from its worker and must never finalise (see start_python).
@@ -71,6 +74,10 @@ def start_python(dispatch: Dispatcher, settings: Settings, modules: Iterable[str
             raise ConfigError(f"the on_worker_start hook {getattr(hook, '__qualname__', hook)!r} failed: "
                               f"{type(error).__name__}: {error}") from None
     log.info("Python tasks: %s", ", ".join(names))
+    # lazy: a worker without a Python application (no module to import) and a worker-tender (which imports this
+    # module for check_importable) never load the pool's modules
+    from pheanq.worker.python_pool import PythonPool
+
     database = dispatch.store.database
 
     def forget_in_child() -> None:

@@ -1,81 +1,26 @@
-"""The commands that run processes: `pheanq task-worker`, `worker-tender` and `stop-worker-tender`."""
+"""The commands of the pool: `pheanq worker-tender` and `stop-worker-tender`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import sys
-from pathlib import Path
 
 import click
 
-from pheanq.cli.app import Context, cli, pass_context, use_tube_option
-from pheanq.errors import PheanqError, StoreUnavailable
+from pheanq.cli.app import Context, cli, import_option, pass_context, use_tube_option
+from pheanq.errors import PheanqError
 from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS
 from pheanq.tender.pool import PoolLimits
 from pheanq.tender.reconciler import DEFAULT_INTERVAL_SECONDS
 from pheanq.tender.registry import stop_tenders
 from pheanq.tender.tender import Tender, TenderOptions
-from pheanq.worker.cron import SingleInstance, WorkerLimits
-from pheanq.worker.loop import TaskWorker
-from pheanq.worker.python_imports import check_importable, start_python
+from pheanq.worker.python_imports import check_importable
 
 # What a worker-tender runs when --worker-command is not given: this installation's task-worker.
 DEFAULT_WORKER_COMMAND = [sys.executable, "-m", "pheanq", "task-worker"]
 # The global flags a tender hands on to its workers, so they reach the same settings.
 _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_URL", "beanstalkd": "PHEANQ_BEANSTALKD"}
-
-
-import_option = click.option(
-    "--import", "python_imports", multiple=True, metavar="MODULE",
-    help="Import this module of the application once, and run the Python tasks (@pheanq.task) it registers; "
-    "repeat for more. Added to [python] imports of pheanq.toml.")
-
-
-@cli.command("task-worker")
-@use_tube_option("Tube(s) to take tasks from, comma-separated.")
-@click.option("--stop-when-empty", is_flag=True, help="Exit when no job is ready instead of waiting (tasks in a "
-              "retry's backoff or delayed are left behind: see --stop-when-drained).")
-@click.option("--stop-when-drained", is_flag=True,
-              help="Exit when no job is ready and none is delayed (a retry's backoff, a delay) in the tubes.")
-@click.option("--max-tasks", type=click.IntRange(min=1), metavar="N", help="Exit after N tasks.")
-@click.option("--cycles-limit", type=click.IntRange(min=1), metavar="N",
-              help="Exit after checking the tube N times (a check counts whether a job came or not).")
-@click.option("--cycle-delay", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
-              help="Pause this long after a check that found no job.")
-@click.option("--memory-limit", type=click.FloatRange(min=1), metavar="MB",
-              help="Exit (after the current task) once the worker's resident memory exceeds this.")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Exit (after the current task) once the worker has run this long.")
-@click.option("--single-id", metavar="ID", help="Run only if no other worker with this id runs (from cron).")
-@click.option("--pid-dir", metavar="DIR", help="Where --single-id keeps its lock files. [default: run_dir]")
-@import_option
-@pass_context
-def task_worker(context: Context, use_tube: str | None, stop_when_empty: bool, stop_when_drained: bool,
-                max_tasks: int | None, cycles_limit: int | None, cycle_delay: float, memory_limit: float | None,
-                time_limit: float | None, single_id: str | None, pid_dir: str | None,
-                python_imports: tuple[str, ...]) -> None:
-    """Run tasks from the tube until stopped (SIGTERM: finish the task, then exit)."""
-    if stop_when_empty and stop_when_drained:
-        raise click.UsageError("--stop-when-empty and --stop-when-drained exclude each other: give one")
-    if pid_dir is not None and single_id is None:
-        raise click.UsageError("--pid-dir needs --single-id")
-    if single_id is not None:
-        instance = SingleInstance(Path(pid_dir) if pid_dir else context.run_dir, single_id)
-        holder = instance.acquire()
-        if holder is not None:
-            click.echo(f"pheanq task-worker: a worker with --single-id {single_id} already runs"
-                       f"{f' (pid {holder})' if holder else ''}; exiting", err=True)
-            sys.exit(0)
-    # A never-upgraded database is a set-up mistake to report now; an outage the worker waits out.
-    with contextlib.suppress(StoreUnavailable):
-        context.service.store.database.check_schema()
-    python = start_python(context.dispatch, context.settings, python_imports)
-    worker = TaskWorker(context.dispatch, context.tubes(use_tube), stop_when_empty=stop_when_empty,
-                        stop_when_drained=stop_when_drained, max_tasks=max_tasks,
-                        limits=WorkerLimits(cycles_limit, cycle_delay, memory_limit, time_limit), python=python)
-    sys.exit(worker.run())
 
 
 @cli.command("worker-tender")
