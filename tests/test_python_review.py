@@ -19,7 +19,7 @@ from pheanq import Status
 from pheanq.dispatch import WorkPackage
 from pheanq.errors import InvalidInput
 from pheanq.producer.service import TaskQueueService
-from pheanq.worker.python_pool import PythonPool
+from pheanq.worker.python_pool import END_ORDER, PythonPool
 
 FINAL = (Status.DONE, Status.FAILED, Status.CANCELLED)
 
@@ -185,6 +185,37 @@ def test_an_outcome_that_came_while_the_worker_decided_to_stop_the_child_is_the_
         os.close(state_read)
     assert said == b"EXITED 0\n"
     assert run.stopped is None and run.outcome is not None and run.outcome["result"] == "7", run
+
+
+def test_a_child_whose_task_pipe_closes_without_an_end_order_dies_by_sigkill_never_with_exit_code_0() -> None:
+    """A child waiting for its next task saw its worker's pipe close (the worker was killed -9, and its PDEATHSIG had
+    not come yet) and ended with exit code 0; the tender, reaping it, recorded the task the worker had just claimed
+    as done: a task that never ran (scripts/chaos, python-kill-workers). Now only the worker's end order ends a
+    child with 0; a bare end of the pipe kills it. Here the pipe is closed as the worker's death would close it."""
+    state_read, state_write = os.pipe()
+    pool = PythonPool(10, None, 65536, lambda: None, state_output=state_write)
+    os.close(state_write)
+    try:
+        pool.prepare()
+        orphan = pool.child
+        assert orphan is not None and orphan.tasks is not None
+        os.close(orphan.tasks)  # what the worker's death does to the pipe, the worker itself staying alive
+        orphan.tasks = None
+        wait_for(lambda: orphan.exit_seen() is not None, 10, "the child to end")
+        assert orphan.reap() == -signal.SIGKILL
+        pool.child = None
+        pool.prepare()
+        retired = pool.child
+        assert retired is not None and retired.tasks is not None
+        os.write(retired.tasks, END_ORDER)  # as PythonPool's retire() says it: a child retired by its worker
+        os.close(retired.tasks)
+        retired.tasks = None
+        wait_for(lambda: retired.exit_seen() is not None, 10, "the retired child to end")
+        assert retired.reap() == 0
+        pool.child = None
+    finally:
+        pool.close()
+        os.close(state_read)
 
 
 def test_a_keyword_argument_name_that_is_not_text_any_database_stores_is_refused_naming_it(

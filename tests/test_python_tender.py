@@ -96,8 +96,9 @@ def test_a_worker_tender_with_import_runs_python_tasks_to_their_results(
     wait_for(lambda: all(service.status_of(task_id) is Status.DONE for task_id in ids), 30,
              f"every task done; log:\n{tender.log[-2000:]}")
     assert [service.result(task_id) for task_id in ids] == [100, 101, 102, 103]
-    assert any(re.match(r"worker \d+: CHILD \d+$", line) for line in tender.lines)  # run in a worker's child
-    assert any(re.match(r"worker \d+: EXITED 0$", line) for line in tender.lines)
+    # Run in a worker's child; the lines reach the tender's log moments after the rows say done.
+    wait_for(lambda: any(re.match(r"worker \d+: CHILD \d+$", line) for line in tender.lines), 10, "a CHILD line")
+    wait_for(lambda: any(re.match(r"worker \d+: EXITED 0$", line) for line in tender.lines), 10, "an EXITED line")
     stop(tender)
 
 

@@ -120,8 +120,8 @@ class _ProcessState:
     def now(cls) -> _ProcessState:
         return cls(os.getcwd(), dict(os.environ))
 
-    def restore(self) -> None:
-        """The working directory, environment, signal handlers, mask and timer as they were."""
+    def restore(self, blocked: set[signal.Signals]) -> None:
+        """The working directory, environment, signal handlers, mask (but `blocked`) and timer as they were."""
         if os.getcwd() != self.cwd:
             os.chdir(self.cwd)
         if os.environ != self.environ:
@@ -130,7 +130,7 @@ class _ProcessState:
         for signum in _RESET_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, 0)  # an alarm the task left armed would kill the child while idle
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _same_file(fd: int, other: int) -> bool:
@@ -157,15 +157,15 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
     for _ in range(max_tasks):
         line = reader.readline()
         if not line:
-            return 0  # the worker closed the pipe: it is stopping, or retiring this child
+            # No end order, only the end of the pipe: the worker died (its PDEATHSIG may not have come yet). The
+            # child dies by SIGKILL as its worker's death would have it: an exit code 0 would tell the tender that
+            # reaps it that a task completed.
+            os.kill(child, signal.SIGKILL)
+            os._exit(137)  # as SIGKILL would: never reached
         order = json.loads(line)
+        if order.get("end"):
+            return 0  # the worker is stopping, or retiring this child
         outcome = _run(order, pipes)
-        _flush_output()
-        with contextlib.suppress(OSError):
-            _restore_streams(pipes)
-        if os.getpid() == child:
-            with contextlib.suppress(OSError, ValueError):
-                before.restore()
         if os.getpid() != child:
             # A process the task forked came back here (its function returned, raised or called sys.exit in
             # it): only the child says how a task went, so it ends without a word (its EXITED line would tell
@@ -173,7 +173,9 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
             os._exit(0 if outcome["ok"] else 1)
         outcome["task_id"] = order["task_id"]
         # From the EXITED line to the outcome, a stop (SIGTERM) waits: the tender and the worker must both learn
-        # that the function completed, or neither (SIGKILL, after the stop's grace, cannot be held back).
+        # that the function completed, or neither (SIGKILL, after the stop's grace, cannot be held back). The line
+        # comes as soon as the function returned, before the child tidies up for its next task: a worker killed
+        # meanwhile then leaves a task its tender records as completed, not one that runs again.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         if state is not None:
             try:
@@ -183,6 +185,11 @@ def _serve(pipes: ChildPipes, max_tasks: int) -> int:
                 # descriptor: the worker carries on without them (pheanq.worker.protocol), and so does its child,
                 # to hand over the outcome.
                 state = None
+        _flush_output()
+        with contextlib.suppress(OSError):
+            _restore_streams(pipes)
+        with contextlib.suppress(OSError, ValueError):
+            before.restore(blocked={signal.SIGTERM})
         _write(pipes.messages, (json.dumps(outcome, separators=(",", ":")) + "\n").encode())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     return 0

@@ -43,6 +43,8 @@ _READ_CHUNK = 65536
 MEMORY_STOP = "its process used"
 # How long a child that was told to stop (its pipe closed) gets to exit before it is killed.
 RETIRE_SECONDS = 5.0
+# The order that ends a child (python_child._serve): a pipe closed without it means that the worker died.
+END_ORDER = b'{"end":true}\n'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +157,7 @@ class PythonPool:
         return PythonRun(code, outcome, output.render(), output.total, stopped, time.monotonic() - started, progress)
 
     def close(self) -> None:
-        """Stop the child (it ends once its pipe closes), then close the worker's copy of its output."""
+        """Stop the child (it ends on its end order), then close the worker's copy of its output."""
         if self.child is not None:
             self.child.retire()
             self.child = None
@@ -306,8 +308,11 @@ class _Child:
                     leftover.kill()
 
     def retire(self) -> None:
-        """Close the child's task pipe (it exits), wait for it a moment, then kill it if it is still there."""
+        """Tell the child to end and close its task pipe, wait for it a moment, then kill it if it is still there. (A
+        pipe that closes with no end order means its worker died: the child then dies by SIGKILL.)"""
         if self.tasks is not None:
+            with contextlib.suppress(OSError):  # a child that is gone already
+                os.write(self.tasks, END_ORDER)
             os.close(self.tasks)
             self.tasks = None
         deadline = time.monotonic() + RETIRE_SECONDS
