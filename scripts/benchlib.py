@@ -2,7 +2,7 @@
 a throwaway beanstalkd, a fresh SQLite database with pheanq's schema, the machine and versions they ran on, and
 small helpers for their options and figures.
 
-Imported by scripts/bench.py, bench_batch.py, bench_python.py and bench_reconcile.py; not run itself.
+Imported by scripts/bench.py, bench_floors.py, bench_batch.py, bench_python.py and bench_reconcile.py; not run itself.
 """
 
 from __future__ import annotations
