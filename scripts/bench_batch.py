@@ -25,7 +25,7 @@ from pathlib import Path
 
 import greenstalk
 import sqlalchemy as sa
-from bench import TUBE, bare_engine, beanstalkd, fresh_database, measured_runs
+from benchlib import TUBE, bare_engine, beanstalkd, fresh_database, measured_runs
 
 CHUNK = 500
 Times = dict[str, float]

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from bench import BenchError, beanstalkd, machine, machine_line, positive, stop_all
+from benchlib import BenchError, beanstalkd, machine, machine_line, positive, stop_all
 
 from pheanq.body import encode_data
 from pheanq.description import TaskDescription

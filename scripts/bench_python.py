@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import BenchError, beanstalkd, fresh_database, machine, percentile, spawn, stop
+from benchlib import BenchError, beanstalkd, fresh_database, machine, percentile, spawn, stop
 
 if TYPE_CHECKING:
     from pheanq.producer.service import TaskQueueService

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import greenstalk
 import sqlalchemy as sa
-from bench import TUBE, bare_engine, beanstalkd, fresh_database, measured_runs
+from benchlib import TUBE, bare_engine, beanstalkd, fresh_database, measured_runs
 
 if TYPE_CHECKING:
     from pheanq.producer.service import TaskQueueService

@@ -1,7 +1,7 @@
 """What the long-running processes load: `pheanq task-worker` and `pheanq worker-tender` import only what their
 own command needs (issue 13: an idle worker's and tender's resident memory). Each case is a fresh interpreter that
 imports what `python -m pheanq <command>` imports before the command runs, then names the modules it holds.
-The figures in MB are the bench's (scripts/bench_floor.py); this test holds the module names."""
+The figures in MB are the bench's (./scripts/bench, its memory row); this test holds the module names."""
 
 from __future__ import annotations
 
