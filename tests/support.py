@@ -75,14 +75,15 @@ def free_port() -> int:
 
 
 class Beanstalkd:
-    """A real beanstalkd on a free loopback port; `binlog_dir` makes it durable."""
+    """A real beanstalkd on a free loopback port; `binlog_dir` makes it durable, `max_job_size` is its -z."""
 
-    def __init__(self, binlog_dir: Path | None = None) -> None:
+    def __init__(self, binlog_dir: Path | None = None, max_job_size: int | None = None) -> None:
         self.binary = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
         if not os.path.exists(self.binary):
             raise RuntimeError("beanstalkd is not installed: run ./scripts/test, which installs it")
         self.port = free_port()
         self.binlog_dir = binlog_dir
+        self.max_job_size = max_job_size
         self.process: subprocess.Popen[bytes] | None = None
         self.started_once = False
 
@@ -99,6 +100,8 @@ class Beanstalkd:
             argv = [self.binary, "-l", "127.0.0.1", "-p", str(self.port)]
             if self.binlog_dir is not None:
                 argv += ["-b", str(self.binlog_dir)]
+            if self.max_job_size is not None:
+                argv += ["-z", str(self.max_job_size)]
             self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_for(self._accepts, 10, f"beanstalkd on port {self.port}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 from pheanq import task_registry, tasklog
-from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, ReservedJob
+from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, JobToPut, ReservedJob
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
@@ -134,17 +135,39 @@ class Dispatcher:
         return inserted.task_id
 
     def send_many(self, jobs: list[PlannedJob]) -> None:
-        """Put the jobs of tasks inserted together; their ids are written in groups (pheanq.dispatch.job_ids). At
-        the first put that fails, the rest are left pending (one TaskPendingWarning): the reconciler sends them."""
-        for sent, job in enumerate(jobs):
+        """Put the jobs of tasks inserted together, each tube's in one round trip (BeanstalkdConnection.put_many);
+        their ids are written in groups (pheanq.dispatch.job_ids). A job the server did not take, or all of them
+        when the connection broke, leaves its task pending (one TaskPendingWarning): the reconciler sends it. A
+        job too big for the server takes its task back, as queue_task does, and InvalidInput says so once the
+        others are put."""
+        unsent: list[PlannedJob] = []
+        reason = ""
+        too_big: list[int] = []
+        for tube, grouped in itertools.groupby(jobs, key=lambda job: job.tube):
+            group = list(grouped)
             try:
-                self.job_ids.add(job.task_id, self._put(job))
+                answers = self.beanstalkd.put_many(tube, [self._job_to_put(job) for job in group])
             except TubeUnavailable as error:
-                unsent = len(jobs) - sent
-                log.warning("%d task(s) are pending: %s", unsent, error)
-                warnings.warn(TaskPendingWarning(job.task_id, f"{error}; {unsent} task(s) of this chunk are pending"),
-                              stacklevel=3)
-                break
+                unsent += group
+                reason = str(error)
+                continue
+            for job, answer in zip(group, answers, strict=True):
+                if isinstance(answer, int):
+                    self.job_ids.add(job.task_id, answer)
+                elif answer.too_big:
+                    too_big.append(job.task_id)
+                    self.store.tasks.delete_unsent(job.task_id)
+                else:
+                    unsent.append(job)
+                    reason = answer.reason
+        if unsent:
+            log.warning("%d task(s) are pending: %s", len(unsent), reason)
+            warnings.warn(TaskPendingWarning(unsent[0].task_id, f"{reason}; {len(unsent)} task(s) of this chunk are "
+                                                                "pending"), stacklevel=3)
+        if too_big:
+            raise InvalidInput(f"beanstalkd at {self.beanstalkd.server} refused the job(s) of {len(too_big)} task(s) "
+                               f"as too big (task(s) {', '.join(map(str, too_big[:5]))}); they were taken back: "
+                               "pass ids, not payloads")
 
     def send_released(self, task_ids: Iterable[int]) -> None:
         """Put the jobs of tasks that a write moved to `new` (released dependants, batch callbacks). What is
@@ -324,8 +347,12 @@ class Dispatcher:
 
     def _put(self, job: PlannedJob) -> int:
         """Put a recorded task's job, delayed until its run_at (see pheanq.run_at)."""
+        put = self._job_to_put(job)
+        return self.beanstalkd.put(job.tube, put.body, put.priority, put.delay, put.ttr)
+
+    def _job_to_put(self, job: PlannedJob) -> JobToPut:
         body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce)
-        return self.beanstalkd.put(job.tube, body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
+        return JobToPut(body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
 
     def _record_job_id(self, task_id: int, job_id: int, sent_as: Status) -> None:
         """Note the job id on the row now. The job is already out: failing here must not make the caller
