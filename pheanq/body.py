@@ -72,13 +72,16 @@ def new_nonce() -> str:
 
 
 def encode_body(task_id: int, description: TaskDescription, secret: str | None = None,
-                nonce: str | None = None) -> bytes:
-    """The job body for a task (the row with `task_id` and `nonce`); signed when a secret is given."""
-    data: dict[str, object] = {"pheanq": BODY_VERSION, "task_id": task_id}
+                nonce: str | None = None, data: str | None = None) -> bytes:
+    """The job body for a task (the row with `task_id` and `nonce`); signed when a secret is given. `data` is the
+    description as encode_data wrote it, when the caller has it already: it is not encoded again."""
+    head: dict[str, object] = {"pheanq": BODY_VERSION, "task_id": task_id}
     if nonce is not None:
-        data["nonce"] = nonce
-    data["description"] = description.to_data()
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        head["nonce"] = nonce
+    described = encode_data(description) if data is None else data
+    # The same text as one json.dumps of the whole, the description last: the head, then the description.
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)[:-1] + ',"description":' + described + "}"
+    body = text.encode()
     if secret is not None:
         body = sign(body, secret)
     if len(body) > MAX_BODY_BYTES:

@@ -219,3 +219,18 @@ def test_an_int_of_more_digits_than_a_worker_reads_is_refused_whatever_limit_the
     finally:
         sys.set_int_max_str_digits(limit)
     assert decode_body(encode_body(1, TaskDescription("cmd", [widest]))).description.arguments == [widest]
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"])
+def test_a_body_built_from_the_rows_data_is_the_very_bytes_one_encoding_of_the_whole_gives(secret: str | None) -> None:
+    """encode_body reuses the description's text from the row (encoded once per task, not three times): the bytes,
+    which a signature covers, are those of one json.dumps of the whole body, the description last."""
+    description = TaskDescription("cmd", ["é ☃ \"quoted\"", 42, "\\\\back"], {"flag": "x"})
+    nonce = "ab" * 8
+    whole = json.dumps({"pheanq": 1, "task_id": 77, "nonce": nonce, "description": description.to_data()},
+                       separators=(",", ":"), ensure_ascii=False).encode()
+    from_data = encode_body(77, description, secret, nonce, encode_data(description))
+    assert from_data == encode_body(77, description, secret, nonce)
+    if secret is None:
+        assert from_data == whole
+    assert decode_body(from_data, secret).description == description

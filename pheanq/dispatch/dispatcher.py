@@ -351,7 +351,7 @@ class Dispatcher:
         return self.beanstalkd.put(job.tube, put.body, put.priority, put.delay, put.ttr)
 
     def _job_to_put(self, job: PlannedJob) -> JobToPut:
-        body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce)
+        body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce, job.data)
         return JobToPut(body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
 
     def _record_job_id(self, task_id: int, job_id: int, sent_as: Status) -> None:

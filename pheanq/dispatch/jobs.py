@@ -22,10 +22,11 @@ class PlannedJob:
     run_at: dt.datetime | None
     ttr: int
     nonce: str | None
+    data: str | None = None     # the description as the row's `data` holds it, when known: not encoded again
 
     @classmethod
     def of(cls, row: TaskRow) -> PlannedJob:
-        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr, row.nonce)
+        return cls(row.id, decode_data(row.data), row.tube, row.priority, row.run_at, row.ttr, row.nonce, row.data)
 
 
 class Attempt(Protocol):

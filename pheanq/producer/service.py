@@ -178,13 +178,14 @@ class TaskQueueService:
         options = options.with_defaults(description.queue_defaults)
         tube = check_tube_name(options.tube or description.tube or self.settings.default_tube)
         nonce = new_nonce()
+        data = encode_data(description)
         # Too big a body is refused before any write.
-        encode_body(MAX_TASK_ID, description, self.settings.secret, nonce)
+        encode_body(MAX_TASK_ID, description, self.settings.secret, nonce, data)
         run_at = options.runs_from(utc_now())
-        task = NewTask(description.command, encode_data(description), tube, options.priority, options.ttr,
+        task = NewTask(description.command, data, tube, options.priority, options.ttr,
                        options.timeout, run_at, None if options.retry is None else options.retry.to_json(),
                        options.unique_key, options.batch, options.after, nonce)
-        return PlannedJob(0, description, tube, options.priority, run_at, options.ttr, nonce), task
+        return PlannedJob(0, description, tube, options.priority, run_at, options.ttr, nonce, data), task
 
 
 _default: tuple[int, TaskQueueService] | None = None
