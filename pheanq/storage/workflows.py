@@ -138,6 +138,12 @@ class WorkflowStatements:
                 # have changed between the read and the write. What this UPDATE changed is read back after it.
                 took = sorted(conn.execute(sa.select(c.id).where(c.id.in_(cancellable), c.modified == now,
                                                                  c.status == Status.CANCELLED.value)).scalars())
+                # One that a worker claimed meanwhile is running now: its cancel is requested like the others'.
+                for task_id in sorted(set(cancellable) - set(took)):
+                    found = select_task(conn, task_id)
+                    if found is not None and found.status is Status.WORKING:
+                        before[task_id] = found
+                        running.append(task_id)
             requested = []
             for task_id in running:
                 row = before[task_id]
