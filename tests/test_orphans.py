@@ -49,7 +49,7 @@ TENDER = """
         info = os.waitid(os.P_PID, command, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         if info is not None:
             ended = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-        time.sleep(0.01)
+        time.sleep(0.01)  # the poll of a deadline wait (5 s): how long the command takes to end is not known
     code = None if command is None else reap_exit_code(command)
     if command is not None and code is None:
         kill_left_running(command, worker.pid)

@@ -232,7 +232,12 @@ class Dispatcher:
             job_id = self._put(job)
         except TubeUnavailable as error:
             raise TaskNotSent(task_id, str(error), Status.RESTARTED.value) from None
-        self._record_job_id(task_id, job_id, Status.RESTARTED)
+        try:
+            # The job is already out: failing here must not make the caller regenerate the task again, and the
+            # worker that claims the job records the id anyway.
+            self.store.tasks.record_job_if(task_id, Status.RESTARTED, None, job_id)
+        except StoreUnavailable as error:
+            log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
         return job_id
 
     # --- workflow writes that release tasks -----------------------------------------------------------------
@@ -353,14 +358,6 @@ class Dispatcher:
     def _job_to_put(self, job: PlannedJob) -> JobToPut:
         body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce, job.data)
         return JobToPut(body, job.priority, put_delay(job.run_at, utc_now()), job.ttr)
-
-    def _record_job_id(self, task_id: int, job_id: int, sent_as: Status) -> None:
-        """Note the job id on the row now. The job is already out: failing here must not make the caller
-        queue the task again, and the worker that claims the job records the id anyway."""
-        try:
-            self.store.tasks.record_job_ids([(task_id, job_id)], sent_as)
-        except StoreUnavailable as error:
-            log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
 
     def _send_own_pending(self) -> None:
         """Send the tasks this dispatcher left pending, unless the reconciler already has; the row keeps one job."""

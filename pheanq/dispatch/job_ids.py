@@ -121,9 +121,7 @@ class JobIdRecorder:
                 self._stop.wait(RETRY_SECONDS)
 
     def _warn_unwritten(self, error: Exception) -> None:
-        with self._lock:
-            count = len(self._unwritten)
-        if count:
+        if count := self.unwritten():
             log.warning("%d job id(s) were not written (%s); the reconciler checks their tasks after min_age",
                         count, error)
 

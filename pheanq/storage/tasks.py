@@ -34,7 +34,7 @@ from pheanq.storage.workflows import Ends, Settled
 _c = task_table.c
 # A job id is noted only on a row still waiting for its first job: a late write never replaces a newer one.
 _RECORD_JOB_ID = (task_table.update()
-                  .where(_c.id == sa.bindparam("task"), _c.status == sa.bindparam("sent_as"), _c.job_id.is_(None))
+                  .where(_c.id == sa.bindparam("task"), _c.status == Status.NEW.value, _c.job_id.is_(None))
                   .values(job_id=sa.bindparam("job")))
 # What an end needs to know: the task's batch, and whether a task waits for it (most have neither).
 _END_FACTS = sa.select(
@@ -165,14 +165,13 @@ class TaskStatements:
                 _join_batch(conn, batch_id, joining)
             return ids
 
-    def record_job_ids(self, pairs: list[tuple[int, int]], sent_as: Status = Status.NEW) -> None:
-        """Note (task id, job id) pairs in one transaction, each on a row that is still `sent_as` with no job id
+    def record_job_ids(self, pairs: list[tuple[int, int]]) -> None:
+        """Note (task id, job id) pairs in one transaction, each on a row that is still `new` with no job id
         (one that moved on, or whose claim recorded the id, keeps what it has)."""
         if not pairs:
             return
         with self.database.transaction() as conn:
-            conn.execute(_RECORD_JOB_ID, [{"task": task_id, "job": job_id, "sent_as": sent_as.value}
-                                          for task_id, job_id in pairs])
+            conn.execute(_RECORD_JOB_ID, [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
 
     @staticmethod
     def _unique_holder(conn: Connection, key: str) -> Inserted | None:
