@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, Prog
 from pheanq.config import mask_url
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
 from pheanq.storage.lent import LendingEngine
+from pheanq.storage.pings import check_connections_cheaply
 from pheanq.storage.tables import metadata, task_table
 
 # No wait on a database server is unbounded: a half-open connection (a server gone mid-answer, a cut
@@ -105,7 +106,9 @@ def create_engine(url: str) -> Engine:
             engine = sa.create_engine(parsed, connect_args={"timeout": 30})
             sa.event.listen(engine, "connect", _tune_sqlite)
             return engine
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=_BOUNDED_WAITS.get(backend, {}))
+        engine = sa.create_engine(parsed, connect_args=_BOUNDED_WAITS.get(backend, {}))
+        check_connections_cheaply(engine)
+        return engine
     except (NoSuchModuleError, ImportError) as error:
         raise ConfigError(f"database_url: {mask_url(url)}: the driver {parsed.drivername!r} is not available "
                           f"({error})") from None
