@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,25 +21,30 @@ from pheanq.clock import utc_now
 from pheanq.lease import stale_after
 from pheanq.run_at import EARLY_TOLERANCE, is_early
 from pheanq.status import CLAIMABLE, Status
-from pheanq.storage.engine import Database, same
+from pheanq.storage.engine import Database, any_of, same
 from pheanq.storage.tables import TaskRow, select_task, task_row, task_table
 
 _c = task_table.c
-_CLAIM = (
-    task_table.update()
-    .where(_c.id == sa.bindparam("task"), _c.status.in_([s.value for s in CLAIMABLE]),
-           sa.func.coalesce(_c.nonce, "") == sa.bindparam("job_nonce"),
-           _c.tube.in_(sa.bindparam("tubes", expanding=True)),
-           _c.command.in_(sa.bindparam("commands", expanding=True)),
-           sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
-    .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
-            attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
-            modified=sa.bindparam("claimed_at"), heartbeat=sa.bindparam("claimed_at"))
-)
 
-# The same claim answering with the claimed row, where the database can (PostgreSQL, SQLite 3.35+): one statement
-# instead of the claim and a read.
-_CLAIM_RETURNING = _CLAIM.returning(*task_table.c)
+
+@functools.lru_cache(maxsize=16)
+def _claim_statement(tubes: int, commands: int, returning: bool) -> Any:
+    """The compare-and-set claim for a worker of `tubes` tubes and `commands` commands (parameters `tube_<n>` and
+    `command_<n>`), answering with the claimed row where the database can (PostgreSQL, SQLite 3.35+: one
+    statement instead of the claim and a read). A list of a worker's tubes as one expanding parameter would be
+    rendered into the SQL anew at every claim."""
+    statement = (
+        task_table.update()
+        .where(_c.id == sa.bindparam("task"), any_of(_c.status, [s.value for s in CLAIMABLE]),
+               sa.func.coalesce(_c.nonce, "") == sa.bindparam("job_nonce"),
+               _c.tube.in_([sa.bindparam(f"tube_{n}", type_=_c.tube.type) for n in range(tubes)]),
+               _c.command.in_([sa.bindparam(f"command_{n}", type_=_c.command.type) for n in range(commands)]),
+               sa.or_(_c.run_at.is_(None), _c.run_at <= sa.bindparam("due_before")))
+        .values(status=Status.WORKING.value, job_id=sa.bindparam("job"), worker=sa.bindparam("holder"),
+                attempts=_c.attempts + 1, started=sa.bindparam("claimed_at"), finished=None, exit_code=None,
+                modified=sa.bindparam("claimed_at"), heartbeat=sa.bindparam("claimed_at"))
+    )
+    return statement.returning(*task_table.c) if returning else statement
 
 
 class ClaimOutcome(enum.Enum):
@@ -85,15 +92,18 @@ class ClaimStatements:
         now = utc_now()
         claimed = dict(status=Status.WORKING.value, job_id=job_id, worker=worker, attempts=c.attempts + 1,
                        started=now, finished=None, exit_code=None, modified=now, heartbeat=now)
-        values = {"task": task_id, "job_nonce": nonce or "", "tubes": list(tubes), "commands": list(commands),
-                  "due_before": now + EARLY_TOLERANCE, "job": job_id, "holder": worker, "claimed_at": now}
+        values = {"task": task_id, "job_nonce": nonce or "", "due_before": now + EARLY_TOLERANCE, "job": job_id,
+                  "holder": worker, "claimed_at": now, **{f"tube_{n}": tube for n, tube in enumerate(tubes)},
+                  **{f"command_{n}": command for n, command in enumerate(commands)}}
         with self.database.transaction() as conn:
-            if conn.dialect.update_returning:
-                found = conn.execute(_CLAIM_RETURNING, values).mappings().first()
+            returning = conn.dialect.update_returning
+            statement = _claim_statement(len(tubes), len(commands), returning)
+            if returning:
+                found = conn.execute(statement, values).mappings().first()
                 changed = 0 if found is None else 1
                 row = task_row(found) if found is not None else select_task(conn, task_id)
             else:
-                changed = conn.execute(_CLAIM, values).rowcount
+                changed = conn.execute(statement, values).rowcount
                 row = select_task(conn, task_id)
             if row is not None and changed == 0:
                 refused = _refusal(row, nonce, job_id, tubes, commands)

@@ -25,7 +25,7 @@ from pheanq.lease import stale_after
 from pheanq.limits import pages
 from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
 from pheanq.storage.claims import is_stale
-from pheanq.storage.engine import Database, same
+from pheanq.storage.engine import Database, any_of, same
 from pheanq.storage.tables import PENDING_ROW, TaskRow, batch_table, dependency_table, select_task, task_row, task_table
 from pheanq.storage.workflows import Ends, Settled
 
@@ -55,7 +55,7 @@ def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
         if target is Status.DONE:
             values["log"] = values["log"] + sa.case((_c.cancel_requested_by.is_(None), ""),
                                                     else_=tasklog.CANCEL_CAME_TOO_LATE)
-    where = [_c.id == sa.bindparam("task"), _c.status.in_(sources), _c.attempts == sa.bindparam("attempt")]
+    where = [_c.id == sa.bindparam("task"), any_of(_c.status, sources), _c.attempts == sa.bindparam("attempt")]
     if target not in (Status.DONE, Status.CANCELLED):
         # A cancel requested while the attempt ran ends the task instead (see TaskStatements._move_settled).
         where.append(_c.cancel_requested_by.is_(None))

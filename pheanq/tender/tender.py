@@ -167,6 +167,7 @@ class Tender:
         self._shutdown_deadline = 0.0
         self._kill_deadline: float | None = None
         self._last = {"memory": 0.0, "orphans": 0.0, "report": 0.0}
+        self._pipe_closed = False
         self._report_failing = False
         self._reporter: threading.Thread | None = None
         self._aftercare = Aftercare(dispatch) if dispatch is not None else None
@@ -332,12 +333,21 @@ class Tender:
             self._kill_deadline = now + 3600
 
     def _read_output(self, timeout: float) -> None:
+        """Read the workers' output for `timeout` seconds, or until a worker's pipe closes or a signal asks for
+        something: the policy pass that follows looks at every worker, and under load lines come several times a
+        task, so it runs about once a tick, not once a line."""
         if not self.selector.get_map():
             time.sleep(timeout)
             return
-        with contextlib.suppress(InterruptedError):
-            for key, _ in self.selector.select(timeout):
-                self._read(key.fileobj, key.data)  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout
+        self._pipe_closed = False
+        while True:
+            with contextlib.suppress(InterruptedError):
+                for key, _ in self.selector.select(max(0.0, deadline - time.monotonic())):
+                    self._read(key.fileobj, key.data)  # type: ignore[arg-type]
+            if self._pipe_closed or self.stopping or self.replace_requested or time.monotonic() >= deadline \
+                    or not self.selector.get_map():
+                return
 
     def _read(self, stream: IO[bytes], worker: WorkerProcess) -> bool:
         """Read one chunk of a worker's output; False when nothing came (and the pipe is closed at its end)."""
@@ -353,6 +363,7 @@ class Tender:
         *lines, worker.partial[fd] = (worker.partial.get(fd, b"") + chunk).split(b"\n")
         for line in lines:
             self._line(worker, fd, line)
+        self.out.flush()
         return True
 
     def _close(self, stream: IO[bytes], worker: WorkerProcess) -> None:
@@ -360,8 +371,10 @@ class Tender:
         rest = worker.partial.pop(fd, b"")
         if rest:
             self._line(worker, fd, rest)
+            self.out.flush()
         self.selector.unregister(stream)
         stream.close()
+        self._pipe_closed = True
 
     def _line(self, worker: WorkerProcess, fd: int, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
@@ -370,8 +383,7 @@ class Tender:
             worker.on_state_line(line, time.monotonic())
         else:
             worker.last_lines.append(line)
-        self.out.write(f"worker {worker.pid}: {line}\n")
-        self.out.flush()
+        self.out.write(f"worker {worker.pid}: {line}\n")  # flushed once the chunk's lines are written
 
     def _drain(self, worker: WorkerProcess) -> None:
         """Read what a worker that ended left in its pipes."""

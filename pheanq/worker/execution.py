@@ -17,7 +17,7 @@ from pheanq.dispatch import WorkPackage
 from pheanq.status import Status
 from pheanq.worker.child import ChildResult, run_child
 from pheanq.worker.holds import CANCELLED, timed_out, with_time_limit
-from pheanq.worker.task_env import task_environment
+from pheanq.worker.task_env import TaskEnvironment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +32,9 @@ class Outcome:
 
 def execute(package: WorkPackage, settings: Settings, worker_name: str,
             keep_running: Callable[[], str | None], on_start: Callable[[int], None] | None = None,
-            on_exit: Callable[[int], None] | None = None) -> Outcome:
+            on_exit: Callable[[int], None] | None = None, environment: TaskEnvironment | None = None) -> Outcome:
     """Run the package's command to its end (or until `keep_running` gives a reason to stop it).
-    `on_start` and `on_exit` are passed to `run_child`."""
+    `on_start` and `on_exit` are passed to `run_child`; `environment` is the worker's (else this process's)."""
     description = package.description
     prefix = settings.registry().get(description.command)
     if prefix is None:
@@ -44,7 +44,7 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
             f"worker (known: {known}); add it to [commands] in pheanq.toml"))
     result = run_child(
         build_argv(prefix, description),
-        env=task_environment(os.environ, settings, package.task_id),
+        env=(environment or TaskEnvironment(os.environ, settings)).of_task(package.task_id),
         max_output=settings.max_log_bytes,
         keep_running=with_time_limit(package.row.timeout, keep_running),
         on_start=on_start,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -31,6 +32,7 @@ from pheanq.worker.execution import Outcome, execute
 from pheanq.worker.holds import CancelWatch, LeaseHold, lease_interval
 from pheanq.worker.paused import PausedTubes
 from pheanq.worker.protocol import EXIT_INTERRUPTED, Line, StateLine, StateWriter
+from pheanq.worker.task_env import TaskEnvironment
 from pheanq.worker.undumpable import make_undumpable
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ class TaskWorker:
         self.limits = limits or WorkerLimits()
         self.cycles = 0
         self._paused = PausedTubes(dispatch.store)
+        self._environment: TaskEnvironment | None = None  # worked out at the first command
         self._state = StateWriter(out)
         self.terminating = False   # SIGTERM: finish the task in hand, take no other
         self.interrupted = False   # SIGINT: stop the task in hand now
@@ -187,7 +190,10 @@ class TaskWorker:
 
             return execute_python(package, call, self.python, self.dispatch.settings, self.name, keep_running,
                                   on_start, on_exit, lambda progress: self.claims.record_progress(package, progress))
-        return execute(package, self.dispatch.settings, self.name, keep_running, on_start=on_start, on_exit=on_exit)
+        if self._environment is None:
+            self._environment = TaskEnvironment(os.environ, self.dispatch.settings)
+        return execute(package, self.dispatch.settings, self.name, keep_running, on_start=on_start, on_exit=on_exit,
+                       environment=self._environment)
 
     def _hand_back(self, package: WorkPackage) -> None:
         log.info("task %d: not started, the worker is stopping; it goes back to its tube", package.task_id)

@@ -30,12 +30,24 @@ DRIVER_PASSWORD_VARIABLES = frozenset({"PGPASSWORD", "MYSQL_PWD"})
 
 def task_environment(environ: Mapping[str, str], settings: Settings, task_id: int) -> dict[str, str]:
     """`environ` without pheanq's own variables and credentials (but with `settings.pass_env`), plus the task's id."""
-    secrets = _credentials(settings.secret, settings.database_url)
-    passed = set(settings.pass_env)
-    env = {name: value for name, value in environ.items()
-           if name in passed or not _kept_out(name, value, secrets)}
-    env[TASK_ID_VARIABLE] = str(task_id)
-    return env
+    return TaskEnvironment(environ, settings).of_task(task_id)
+
+
+class TaskEnvironment:
+    """The environment of one worker's tasks, filtered once: a worker's own environment does not change while it
+    runs (it runs no code but pheanq's; a Python application's code runs in its children), and reading
+    `os.environ` anew took about 0.15 ms a task."""
+
+    def __init__(self, environ: Mapping[str, str], settings: Settings) -> None:
+        secrets = _credentials(settings.secret, settings.database_url)
+        passed = set(settings.pass_env)
+        self._kept = {name: value for name, value in environ.items()
+                      if name in passed or not _kept_out(name, value, secrets)}
+
+    def of_task(self, task_id: int) -> dict[str, str]:
+        env = dict(self._kept)
+        env[TASK_ID_VARIABLE] = str(task_id)
+        return env
 
 
 def _kept_out(name: str, value: str, secrets: tuple[str, ...]) -> bool:
