@@ -170,7 +170,7 @@ def measure(kind: str, url: str, root: Path, options: argparse.Namespace) -> Fig
         # Alternate which side goes first, so that a drift in the machine's load hits both alike.
         for row, count, sides in rates:
             for side, take in sides if run % 2 == 0 else sides[::-1]:
-                database = fresh_table(kind, url, root / f"{kind}-{row}-{side}-{run}.db")
+                database = fresh_table(kind, url, root / f"{kind}-{row}-{side}-{run}.db", side)
                 with beanstalkd() as address:
                     seconds = take(database, address, count)
                 found[row][side].append(count / seconds)
@@ -179,7 +179,7 @@ def measure(kind: str, url: str, root: Path, options: argparse.Namespace) -> Fig
         if "pickup" not in only:
             continue
         for side, pickup in pickups if run % 2 == 0 else pickups[::-1]:
-            database = fresh_table(kind, url, root / f"{kind}-pickup-{side}-{run}.db")
+            database = fresh_table(kind, url, root / f"{kind}-pickup-{side}-{run}.db", side)
             with beanstalkd() as address:
                 latencies = pickup(database, address, options.pickups)
             found["pickup_p50"][side].append(percentile(latencies, 50))
@@ -189,8 +189,10 @@ def measure(kind: str, url: str, root: Path, options: argparse.Namespace) -> Fig
     return found
 
 
-def fresh_table(kind: str, url: str, sqlite_file: Path) -> str:
-    """An empty, upgraded pheanq_task table: a new SQLite file, or the server database emptied."""
+def fresh_table(kind: str, url: str, sqlite_file: Path, side: str = "pheanq") -> str:
+    """An empty, upgraded pheanq_task table: a new SQLite file, or the server database emptied. The floor's has no
+    triggers: the task counts they keep are pheanq's work, not the floor's, so its server database is another one
+    (`<name>_floor`)."""
     import sqlalchemy as sa
 
     from pheanq.storage import Store
@@ -199,12 +201,20 @@ def fresh_table(kind: str, url: str, sqlite_file: Path) -> str:
     if kind == "sqlite":
         url = f"sqlite:///{sqlite_file}"
     else:
+        if side == "floor":
+            given = sa.engine.make_url(url)
+            url = given.set(database=f"{given.database}_floor").render_as_string(hide_password=False)
         create_database(url)
     store = Store(url)
     try:
         upgrade_database(store)
         with store.database.transaction() as conn:
-            conn.execute(sa.text("DELETE FROM pheanq_task"))
+            for table in ("pheanq_task", "pheanq_count_change", "pheanq_count"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
+            if side == "floor":
+                on_table = " ON pheanq_task" if kind == "postgresql" else ""
+                for event in ("insert", "update", "delete"):
+                    conn.execute(sa.text(f"DROP TRIGGER IF EXISTS pheanq_count_{event}{on_table}"))
     finally:
         store.close()
     return url

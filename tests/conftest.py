@@ -24,7 +24,7 @@ from pheanq.producer.service import TaskQueueService
 from pheanq.storage import Store
 from pheanq.storage.engine import create_engine
 from pheanq.storage.migrate import upgrade_database
-from pheanq.storage.tables import metadata
+from pheanq.storage.tables import count_change_table, count_table, metadata
 
 SERVER_URLS = {
     "postgresql": os.environ.get("PHEANQ_TEST_POSTGRES_URL"),
@@ -44,7 +44,9 @@ def _clear(url: str) -> None:
     """Empty pheanq's tables on a shared server database between tests."""
     store = Store(url)
     with store.database.transaction() as conn:
-        for table in reversed(metadata.sorted_tables):
+        # The task counts last: deleting the tasks notes their -1s as count changes.
+        counted = [count_change_table, count_table]
+        for table in [*(table for table in reversed(metadata.sorted_tables) if table not in counted), *counted]:
             conn.execute(table.delete())
     store.close()
 

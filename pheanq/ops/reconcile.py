@@ -114,6 +114,8 @@ def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = Fal
         if not dry_run:
             if settle:
                 report.workflows = settle_workflows(dispatch, now - dt.timedelta(seconds=min_age))
+                # Once a pass too: the changes of the task counts since the last, so `status` reads few rows.
+                dispatch.store.tasks.fold_counts()
             # After the re-sends: beanstalkd can only pause a tube that has a job (or a watcher).
             reapply_pauses(dispatch)
     finally:

@@ -206,6 +206,25 @@ tube_table = sa.Table(
     sa.Column("paused_at", _Timestamp, nullable=False),
 )
 
+# The number of tasks per tube and status, kept by triggers on pheanq_task (revision 0011): each insert, delete
+# and move adds its +1 and -1 to pheanq_count_change, and pheanq.storage.counts folds those into pheanq_count.
+count_table = sa.Table(
+    "pheanq_count",
+    metadata,
+    sa.Column("tube", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+)
+
+count_change_table = sa.Table(
+    "pheanq_count_change",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("tube", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkerRow:

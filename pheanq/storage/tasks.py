@@ -24,6 +24,7 @@ from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
 from pheanq.lease import stale_after
 from pheanq.limits import pages
 from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
+from pheanq.storage import counts
 from pheanq.storage.claims import is_stale
 from pheanq.storage.engine import Database, any_of, same
 from pheanq.storage.tables import PENDING_ROW, TaskRow, batch_table, dependency_table, select_task, task_row, task_table
@@ -297,11 +298,13 @@ class TaskStatements:
             return select_task(conn, task_id)
 
     def count_tasks(self) -> list[tuple[str, Status, int]]:
-        """(tube, status, count) for every tube and status that has tasks."""
-        c = task_table.c
-        query = sa.select(c.tube, c.status, sa.func.count()).group_by(c.tube, c.status).order_by(c.tube, c.status)
-        with self.database.transaction() as conn:
-            return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
+        """(tube, status, count) for every tube and status that has tasks, from the counts the database keeps
+        (pheanq.storage.counts): a few rows read, however long the table."""
+        return counts.count_tasks(self.database)
+
+    def fold_counts(self) -> None:
+        """Fold the changes of the task counts noted since the last fold (see pheanq.storage.counts)."""
+        counts.fold(self.database)
 
     def progress_of_working(self, limit: int, batch_id: int | None = None) -> list[tuple[int, str, str, str]]:
         """(id, command, tube, progress JSON) of at most `limit` working tasks (of the batch, if given) that report
