@@ -108,3 +108,19 @@ def explain(store: Store, statement: str, parameters: Any) -> str:
         cursor.close()
         conn.rollback()
     return "\n".join(lines)
+
+
+@pytest.mark.parametrize("db_url", [kind for kind in DATABASES if kind != "mysql"], indirect=True)
+def test_the_progress_of_running_tasks_is_read_through_the_pending_index(db_url: str) -> None:
+    """`pheanq status` shows the progress of the first running tasks in id order: without the pending index's
+    condition in the query, SQLite walked the whole table by id to find them (1.3 s on 10 M rows)."""
+    store = Store(db_url)
+    try:
+        store.tasks.insert_task(NewTask("cmd", "{}", "pheanq", 1, 1))
+        with statements_run(store) as seen:
+            store.tasks.progress_of_working(20)
+        [(statement, parameters)] = [(sql, params) for sql, params in seen if "pheanq_task" in sql]
+        plan = explain(store, statement, parameters)
+        assert PENDING_INDEX in plan and "SCAN pheanq_task" not in plan and "Seq Scan" not in plan, plan
+    finally:
+        store.close()

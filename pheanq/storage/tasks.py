@@ -310,8 +310,10 @@ class TaskStatements:
         """(id, command, tube, progress JSON) of at most `limit` working tasks (of the batch, if given) that report
         progress, oldest first."""
         c = task_table.c
+        # PENDING_ROW lets SQLite read the partial index ix_pheanq_task_pending in id order; without it, it scans
+        # the whole table for `ORDER BY id LIMIT` (1.3 s on 10 M rows).
         query = sa.select(c.id, c.command, c.tube, c.progress).where(
-            c.status == Status.WORKING.value, c.progress.is_not(None)).order_by(c.id).limit(limit)
+            PENDING_ROW, c.status == Status.WORKING.value, c.progress.is_not(None)).order_by(c.id).limit(limit)
         if batch_id is not None:
             query = query.where(c.batch_id == batch_id)
         with self.database.transaction() as conn:
