@@ -42,6 +42,7 @@ from pheanq.run_at import put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
 from pheanq.storage.claims import ClaimOutcome
+from pheanq.storage.restarts import RestartPage
 from pheanq.storage.tables import BuriedRow, TaskRow
 from pheanq.storage.tasks import Inserted
 from pheanq.storage.workflows import Cancelled
@@ -56,6 +57,26 @@ SLOW_FAILURE_SECONDS = 0.5
 MAX_OWN_PENDING = 10_000
 # How long a job whose task is held under a live lease waits before it is looked at again.
 HELD_RECHECK_SECONDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Regenerated:
+    """What `regenerate_page` did: the page's moves, and how many of the moved tasks' jobs were put."""
+
+    page: RestartPage
+    sent: int
+    unsent: int             # left `restarted` without a job: the reconciler sends them
+    reason: str             # why the last of those was not sent
+
+
+@dataclasses.dataclass
+class _Puts:
+    """The answers to jobs put together: those put (with their job ids), refused as too big, or not put."""
+
+    put: list[tuple[PlannedJob, int]] = dataclasses.field(default_factory=list)
+    too_big: list[PlannedJob] = dataclasses.field(default_factory=list)
+    unsent: list[PlannedJob] = dataclasses.field(default_factory=list)
+    reason: str = ""
 
 
 class Dispatcher:
@@ -140,26 +161,13 @@ class Dispatcher:
         when the connection broke, leaves its task pending (one TaskPendingWarning): the reconciler sends it. A
         job too big for the server takes its task back, as queue_task does, and InvalidInput says so once the
         others are put."""
-        unsent: list[PlannedJob] = []
-        reason = ""
-        too_big: list[int] = []
-        for tube, grouped in itertools.groupby(jobs, key=lambda job: job.tube):
-            group = list(grouped)
-            try:
-                answers = self.beanstalkd.put_many(tube, [self._job_to_put(job) for job in group])
-            except TubeUnavailable as error:
-                unsent += group
-                reason = str(error)
-                continue
-            for job, answer in zip(group, answers, strict=True):
-                if isinstance(answer, int):
-                    self.job_ids.add(job.task_id, answer)
-                elif answer.too_big:
-                    too_big.append(job.task_id)
-                    self.store.tasks.delete_unsent(job.task_id)
-                else:
-                    unsent.append(job)
-                    reason = answer.reason
+        puts = self._put_by_tube(jobs)
+        for job, job_id in puts.put:
+            self.job_ids.add(job.task_id, job_id)
+        too_big = [job.task_id for job in puts.too_big]
+        for task_id in too_big:
+            self.store.tasks.delete_unsent(task_id)
+        unsent, reason = puts.unsent, puts.reason
         if unsent:
             log.warning("%d task(s) are pending: %s", len(unsent), reason)
             warnings.warn(TaskPendingWarning(unsent[0].task_id, f"{reason}; {len(unsent)} task(s) of this chunk are "
@@ -239,6 +247,26 @@ class Dispatcher:
         except StoreUnavailable as error:
             log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
         return job_id
+
+    def regenerate_page(self, task_ids: list[int]) -> Regenerated:
+        """Put those of `task_ids` that are failed back into their tubes as `restarted`: one transaction moves
+        them (pheanq.storage.restarts), then each tube's jobs are put in one round trip and their ids noted in
+        one statement. A task whose job was not put stays `restarted` without one: the reconciler sends it, as
+        after `regenerate`."""
+        page = self.store.restarts.restart_tasks(task_ids)
+        puts = self._put_by_tube([dataclasses.replace(PlannedJob.of(row), run_at=None)  # at once
+                                  for row in sorted(page.restarted, key=lambda row: row.tube)])
+        try:
+            self.store.restarts.record_job_ids([(job.task_id, job_id) for job, job_id in puts.put])
+        except StoreUnavailable as error:
+            # The jobs are out; the worker that claims one records its id anyway.
+            log.warning("%d regenerated task(s) were sent, but their job ids were not recorded: %s", len(puts.put),
+                        error)
+        unsent = [*puts.unsent, *puts.too_big]
+        reason = puts.reason or "beanstalkd refused their jobs as too big"
+        if unsent:
+            log.warning("%d regenerated task(s) were not sent (%s); the reconciler will send them", len(unsent), reason)
+        return Regenerated(page, len(puts.put), len(unsent), reason if unsent else "")
 
     # --- workflow writes that release tasks -----------------------------------------------------------------
 
@@ -354,6 +382,27 @@ class Dispatcher:
         """Put a recorded task's job, delayed until its run_at (see pheanq.run_at)."""
         put = self._job_to_put(job)
         return self.beanstalkd.put(job.tube, put.body, put.priority, put.delay, put.ttr)
+
+    def _put_by_tube(self, jobs: list[PlannedJob]) -> _Puts:
+        """Put the jobs, each run of one tube's in one round trip (BeanstalkdConnection.put_many)."""
+        puts = _Puts()
+        for tube, grouped in itertools.groupby(jobs, key=lambda job: job.tube):
+            group = list(grouped)
+            try:
+                answers = self.beanstalkd.put_many(tube, [self._job_to_put(job) for job in group])
+            except TubeUnavailable as error:
+                puts.unsent += group
+                puts.reason = str(error)
+                continue
+            for job, answer in zip(group, answers, strict=True):
+                if isinstance(answer, int):
+                    puts.put.append((job, answer))
+                elif answer.too_big:
+                    puts.too_big.append(job)
+                else:
+                    puts.unsent.append(job)
+                    puts.reason = answer.reason
+        return puts
 
     def _job_to_put(self, job: PlannedJob) -> JobToPut:
         body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce, job.data)

@@ -1,0 +1,116 @@
+"""Failed tasks back to `restarted`, a page at a time: the table's side of regenerating a whole selection
+(`pheanq tasks --regenerate`; one task at a time: TaskStatements.restart_task, whose rules a page keeps).
+
+A page is one short transaction of a few statements whatever its size: the failed rows are read (locked, in id
+order), the tasks that may not be restarted are left out — those of a finished batch, and those whose unique key
+another task holds now — and the others are moved by compare-and-set UPDATEs, one per distinct (retry policy,
+log entry), which is one for a page of alike tasks. Their batches are counted up last, as every writer takes a
+batch row. The jobs are put afterwards (pheanq.dispatch); a task left `restarted` without a job is sent by the
+reconciler.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from pheanq import retry, tasklog
+from pheanq.clock import utc_now
+from pheanq.errors import StoreUnavailable
+from pheanq.status import Status, sources_of
+from pheanq.storage.engine import Database
+from pheanq.storage.tables import TaskRow, batch_table, task_row, task_table
+
+_c, _b = task_table.c, batch_table.c
+# A page whose write met a concurrent change (a batch finished, a unique key taken) is read and written again.
+_TRIES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartPage:
+    """What one page's transaction did."""
+
+    restarted: list[TaskRow]            # now `restarted`, without a job
+    not_failed: list[int]               # not failed (or gone) when the page was written: left as they are
+    refused: dict[int, str]             # failed, but may not run again: why
+
+
+class _ChangedMeanwhile(Exception):
+    """A batch finished, or a unique key was taken, between the page's read and its write."""
+
+
+class RestartStatements:
+    """The page-wise moves of failed tasks to `restarted`, and the job ids of their new jobs."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def restart_tasks(self, task_ids: list[int]) -> RestartPage:
+        """Move those of `task_ids` that are failed to `restarted` in one transaction (see the module's text)."""
+        for _ in range(_TRIES):
+            try:
+                return self._restart_page(task_ids)
+            except (_ChangedMeanwhile, IntegrityError):
+                continue
+        raise StoreUnavailable(f"{len(task_ids)} task(s) from {min(task_ids)} to {max(task_ids)}: their batches "
+                               "or unique keys kept changing while they were regenerated; try again")
+
+    def record_job_ids(self, pairs: list[tuple[int, int]]) -> None:
+        """Note (task id, job id) on rows still `restarted` without a job, in one statement: a row that moved on
+        (claimed, cancelled) keeps what it has."""
+        if not pairs:
+            return
+        jobs = dict(pairs)
+        with self.database.transaction() as conn:
+            conn.execute(task_table.update()
+                         .where(_c.id.in_(sorted(jobs)), _c.status == Status.RESTARTED.value, _c.job_id.is_(None))
+                         .values(job_id=sa.case(jobs, value=_c.id)))
+
+    def _restart_page(self, task_ids: list[int]) -> RestartPage:
+        now = utc_now()
+        failed = [status.value for status in sources_of(Status.RESTARTED)]
+        with self.database.transaction() as conn:
+            rows = [task_row(found) for found in conn.execute(
+                sa.select(task_table).where(_c.id.in_(task_ids), _c.status.in_(failed)).order_by(_c.id)
+                .with_for_update()).mappings()]
+            batch_ids = sorted({row.batch_id for row in rows if row.batch_id is not None})
+            open_batches = dict(conn.execute(sa.select(_b.id, _b.catch_id).where(
+                _b.id.in_(batch_ids), _b.finished.is_(None))).tuples().all()) if batch_ids else {}
+            keys = sorted({row.unique_key for row in rows if row.unique_key is not None})
+            held = set(conn.execute(sa.select(_c.unique_live).where(_c.unique_live.in_(keys))).scalars()) \
+                if keys else set()
+            refused: dict[int, str] = {}
+            moves: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+            for row in rows:
+                if row.batch_id is not None and row.batch_id not in open_batches:
+                    refused[row.id] = f"its batch {row.batch_id} has finished"
+                elif row.unique_key is not None and row.unique_key in held:
+                    refused[row.id] = "another task holds its unique key now"
+                else:
+                    policy = retry.regenerated(row.retry, row.attempts)
+                    caught = row.batch_id is not None and open_batches[row.batch_id] is not None
+                    entry = tasklog.regenerated(*retry.allowed_attempts(policy), now, row.batch_id if caught else None)
+                    moves[policy, entry].append(row.id)
+            for (policy, entry), ids in moves.items():
+                conn.execute(task_table.update().where(_c.id.in_(ids), _c.status.in_(failed))
+                             .values(status=Status.RESTARTED.value, job_id=None, worker=None, exit_code=None,
+                                     started=None, finished=None, run_at=None, modified=now,
+                                     unique_live=_c.unique_key, retry=policy,
+                                     log=sa.func.coalesce(_c.log, "") + entry))
+            # SQLite locks no row and reads before its first write outside the transaction: what the UPDATEs
+            # changed is read back, not assumed.
+            moved = [id_ for ids in moves.values() for id_ in ids]
+            restarted = [task_row(found) for found in conn.execute(
+                sa.select(task_table).where(_c.id.in_(moved), _c.status == Status.RESTARTED.value,
+                                            _c.modified == now).order_by(_c.id)).mappings()] if moved else []
+            joining = collections.Counter(row.batch_id for row in restarted if row.batch_id is not None)
+            for batch_id, count in sorted(joining.items()):
+                if conn.execute(batch_table.update().where(_b.id == batch_id, _b.finished.is_(None))
+                                .values(unfinished=_b.unfinished + count, failures=_b.failures - count)
+                                ).rowcount == 0:
+                    raise _ChangedMeanwhile  # rolls the page back; its next read leaves that batch's tasks out
+        taken = {row.id for row in restarted} | set(refused)
+        return RestartPage(restarted, [task_id for task_id in task_ids if task_id not in taken], refused)
