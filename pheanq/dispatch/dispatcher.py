@@ -21,7 +21,7 @@ from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, JobToPut, ReservedJ
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
-from pheanq.dispatch.ends import AttemptEnds, delete_job
+from pheanq.dispatch.ends import AttemptEnds, delete_jobs
 from pheanq.dispatch.job_ids import JobIdRecorder
 from pheanq.dispatch.jobs import PlannedJob, WorkPackage
 from pheanq.errors import (
@@ -254,19 +254,29 @@ class Dispatcher:
         one statement. A task whose job was not put stays `restarted` without one: the reconciler sends it, as
         after `regenerate`."""
         page = self.store.restarts.restart_tasks(task_ids)
-        puts = self._put_by_tube([dataclasses.replace(PlannedJob.of(row), run_at=None)  # at once
-                                  for row in sorted(page.restarted, key=lambda row: row.tube)])
+        jobs: list[PlannedJob] = []
+        unreadable: list[int] = []
+        for task in sorted(page.restarted, key=lambda task: task.tube):
+            try:
+                description = decode_data(task.data)
+            except InvalidInput:
+                unreadable.append(task.id)  # no job can be made of it: counted as not sent
+                continue
+            jobs.append(PlannedJob(task.id, description, task.tube, task.priority, None, task.ttr, task.nonce,
+                                   task.data))
+        puts = self._put_by_tube(jobs)
         try:
             self.store.restarts.record_job_ids([(job.task_id, job_id) for job, job_id in puts.put])
         except StoreUnavailable as error:
             # The jobs are out; the worker that claims one records its id anyway.
             log.warning("%d regenerated task(s) were sent, but their job ids were not recorded: %s", len(puts.put),
                         error)
-        unsent = [*puts.unsent, *puts.too_big]
-        reason = puts.reason or "beanstalkd refused their jobs as too big"
+        unsent = len(puts.unsent) + len(puts.too_big) + len(unreadable)
+        reason = puts.reason or ("beanstalkd refused their jobs as too big" if puts.too_big else
+                                 f"the stored description of task {unreadable[0]} cannot be read" if unreadable else "")
         if unsent:
-            log.warning("%d regenerated task(s) were not sent (%s); the reconciler will send them", len(unsent), reason)
-        return Regenerated(page, len(puts.put), len(unsent), reason if unsent else "")
+            log.warning("%d regenerated task(s) were not sent (%s); the reconciler will send them", unsent, reason)
+        return Regenerated(page, len(puts.put), unsent, reason)
 
     # --- workflow writes that release tasks -----------------------------------------------------------------
 
@@ -292,9 +302,9 @@ class Dispatcher:
         released."""
         self.job_ids.flush()  # so that the jobs this process put are known, and deleted
         page = self.store.workflows.cancel_tasks(task_ids, by, batch)
-        for result in page.results:
-            if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
-                delete_job(self.beanstalkd, result.row.id, result.row.job_id, "cancelled")
+        delete_jobs(self.beanstalkd, {result.row.job_id: result.row.id for result in page.results
+                                      if result.took and result.row.status is not Status.WORKING
+                                      and result.row.job_id is not None}, "cancelled")
         self.send_released(page.settled.released)
         return page.results
 

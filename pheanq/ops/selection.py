@@ -1,10 +1,12 @@
 """`pheanq tasks`: the tasks a filter selects, listed a page at a time, and cancelled or regenerated all
 together.
 
-An action on a selection goes through every selected task, not one listing's page: the ids are read in keyset
-pages of PAGE_SIZE, newest first, and each page is acted on in a transaction of its own (Dispatcher.cancel_page,
-Dispatcher.regenerate_page) before the next is read. No lock is held longer than one page takes, and a task
-queued after the action started (a higher id than its first page) is not selected.
+An action on a selection goes through every selected task, not one listing's page: the ids are read newest first
+in keyset pages, and each PAGE_SIZE of them is acted on in a transaction of its own (Dispatcher.cancel_page,
+Dispatcher.regenerate_page). No lock is held longer than one page takes, and a task queued after the action
+started (a higher id than its first page) is not selected. Each page's action checks its tasks again
+(compare-and-set): one that ended since its id was read is left as it is and counted as skipped, and regenerate
+takes only those still failed.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from pheanq.dispatch import Dispatcher
-from pheanq.limits import PAGE_SIZE
+from pheanq.limits import PAGE_SIZE, pages
 from pheanq.ops.report import utc_text
 from pheanq.ops.terminal import one_line
 from pheanq.status import Status
 from pheanq.storage.listings import ListedTask, TaskFilter
 
+# How many ids of a selection are read at once, to be acted on PAGE_SIZE at a time: a selection's ids are found
+# (and, without an index in id order, sorted) once per read, not once per page.
+READ_AHEAD = 20 * PAGE_SIZE
 # How many refused tasks an action's report names one by one; the others are counted.
 REFUSALS_SHOWN = 10
 
@@ -111,11 +116,11 @@ def regenerate_selection(dispatch: Dispatcher, where: TaskFilter) -> BulkOutcome
 
 
 def selected_pages(dispatch: Dispatcher, where: TaskFilter) -> Iterator[list[int]]:
-    """The ids of the selected tasks, PAGE_SIZE at a time, newest first; each page is read after the one before
-    was acted on."""
+    """The ids of the selected tasks, PAGE_SIZE at a time, newest first. They are read READ_AHEAD at a time (a read
+    that locks nothing, and finds and sorts the selection once for many pages), then handed out a page at a time."""
     before: int | None = None
-    while ids := dispatch.store.listings.task_ids(where, before, PAGE_SIZE):
-        yield ids
+    while ids := dispatch.store.listings.task_ids(where, before, READ_AHEAD):
+        yield from pages(ids)
         before = ids[-1]
 
 
