@@ -88,6 +88,10 @@ def test_regenerate_takes_the_selected_failed_tasks_and_says_which_it_refused(
     batch.add(TaskDescription("invoice", [4]), tube="billing")
     batch.close()
     in_finished_batch = _finish(service, "billing", Status.FAILED)
+    sharing = []  # two failed tasks with one free key: the newest takes it back
+    for n in range(2):
+        service.queue_task(TaskDescription("invoice", [7 + n]), tube="billing", unique_key="L")
+        sharing.append(_finish(service, "billing", Status.FAILED))
     holder = service.queue_task(TaskDescription("invoice", [5]), tube="billing", unique_key="K")
     service.queue_task(TaskDescription("invoice", [6]), tube="other")
     elsewhere = _finish(service, "other", Status.FAILED)
@@ -96,11 +100,14 @@ def test_regenerate_takes_the_selected_failed_tasks_and_says_which_it_refused(
                     make_env(db_url), tmp_path)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.splitlines() == [
-        "regenerated 2 of 5 selected task(s) (now restarted, back in their tubes); skipped 1 that were not failed",
-        "not regenerated: 2 failed task(s) that may not run again",
+        "regenerated 3 of 7 selected task(s) (now restarted, back in their tubes); skipped 1 that were not failed",
+        "not regenerated: 3 failed task(s) that may not run again",
         f"  task {keyed}: another task holds its unique key now",
         f"  task {in_finished_batch}: its batch {batch.id} has finished",
+        f"  task {sharing[0]}: another task holds its unique key now",
     ]
+    assert service.find_task(sharing[1]).status is Status.RESTARTED
+    assert service.find_task(sharing[1]).unique_live == "L"
     for task_id in failed:
         row = service.find_task(task_id)
         assert row.status is Status.RESTARTED and row.finished is None and row.exit_code is None
@@ -109,11 +116,12 @@ def test_regenerate_takes_the_selected_failed_tasks_and_says_which_it_refused(
         assert row.job_id is not None
         info = service.beanstalkd.inspect(row.job_id)
         assert info is not None and info.tube == "billing"
-    assert [service.status_of(task_id) for task_id in (done, keyed, in_finished_batch, elsewhere, holder)] == \
-        [Status.DONE, Status.FAILED, Status.FAILED, Status.FAILED, Status.NEW]
+    assert [service.status_of(task_id) for task_id in (done, keyed, in_finished_batch, sharing[0], elsewhere,
+                                                         holder)] == \
+        [Status.DONE, Status.FAILED, Status.FAILED, Status.FAILED, Status.FAILED, Status.NEW]
     # The jobs are the tasks' own: a worker claims and runs them.
-    claimed = {_finish(service, "billing", Status.DONE) for _ in range(3)}
-    assert claimed == {*failed, holder}
+    claimed = {_finish(service, "billing", Status.DONE) for _ in range(4)}
+    assert claimed == {*failed, sharing[1], holder}
     assert all(service.status_of(task_id) is Status.DONE for task_id in failed)
 
 

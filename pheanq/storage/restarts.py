@@ -105,12 +105,16 @@ class RestartStatements:
                 if keys else set()
             refused: dict[int, str] = {}
             moves: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
-            for row in facts:
+            # Newest first, as a selection is taken: of failed tasks that share a free unique key, the newest takes
+            # it, and the others find it held, as they would on a later page.
+            for row in reversed(facts):
                 if row.batch_id is not None and row.batch_id not in open_batches:
                     refused[row.id] = f"its batch {row.batch_id} has finished"
                 elif row.unique_key is not None and row.unique_key in held:
                     refused[row.id] = "another task holds its unique key now"
                 else:
+                    if row.unique_key is not None:
+                        held.add(row.unique_key)
                     caught = row.batch_id if row.batch_id is not None and open_batches[row.batch_id] is not None \
                         else None
                     moves[_regenerated(row.retry, row.attempts, now, caught)].append(row.id)
