@@ -25,7 +25,8 @@ T = TypeVar("T")
 DEFAULT_CONNECT_TIMEOUT = 5.0
 # How long an answer to a quick command may take before the server counts as gone.
 DEFAULT_IO_TIMEOUT = 10.0
-# Puts sent in one write by put_many: their answers (about 15 bytes each) stay far below a socket's buffer.
+# Puts (or deletes) sent in one write by put_many (delete_many): their answers (about 15 bytes each) stay far below
+# a socket's buffer.
 PIPELINED_PUTS = 1000
 
 
@@ -164,6 +165,21 @@ class BeanstalkdConnection:
     def delete(self, job_id: int) -> bool:
         return self._on_job(job_id, lambda client, job: client.delete(job))
 
+    def delete_many(self, job_ids: Sequence[int]) -> list[bool]:
+        """Delete the jobs in one write, then read the answers, as put_many does: one round trip for them all.
+        Each answer says whether the job was deleted (False: no such job, or another connection reserved it)."""
+
+        def delete_all(_client: greenstalk.Client[bytes]) -> list[bool]:
+            assert self._sock is not None
+            deleted: list[bool] = []
+            for start in range(0, len(job_ids), PIPELINED_PUTS):
+                part = job_ids[start:start + PIPELINED_PUTS]
+                self._sock.sendall(b"".join(b"delete %d\r\n" % job_id for job_id in part))
+                deleted += [_delete_answer(line) for line in _answer_lines(self._sock, len(part))]
+            return deleted
+
+        return self._call(delete_all)
+
     def release(self, job_id: int, priority: int, delay: int = 0) -> bool:
         return self._on_job(job_id, lambda client, job: client.release(job, priority=priority, delay=delay))
 
@@ -288,7 +304,7 @@ def _reason(error: BaseException) -> str:
 
 
 def _answer_lines(sock: socket.socket, count: int) -> list[bytes]:
-    """The next `count` answer lines on `sock` (answers to puts are one line each)."""
+    """The next `count` answer lines on `sock` (answers to puts and deletes are one line each)."""
     received = bytearray()
     while received.count(b"\r\n") < count:
         chunk = sock.recv(65536)
@@ -296,6 +312,12 @@ def _answer_lines(sock: socket.socket, count: int) -> list[bytes]:
             raise ConnectionError("the server closed the connection")
         received += chunk
     return bytes(received).split(b"\r\n")[:count]
+
+
+def _delete_answer(line: bytes) -> bool:
+    if line in (b"DELETED", b"NOT_FOUND"):
+        return line == b"DELETED"
+    raise ConnectionError(f"unexpected answer to a delete: {line[:80]!r}")
 
 
 def _put_answer(line: bytes, server: str) -> int | PutRefused:

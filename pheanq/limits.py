@@ -40,6 +40,10 @@ MAX_PROGRESS_JSON = 600
 MAX_PROGRESS_NUMBER = 2**63 - 1
 # What a listing prints at once unless told otherwise (its --limit): one screenful or so.
 LISTING_PAGE = 50
+# The most a listing prints at once (`pheanq tasks --limit`): more is read with --after, page by page.
+MAX_LISTING_PAGE = 1000
+# The longest text `pheanq tasks --match` looks for.
+MAX_MATCH_TEXT = 1000
 # Rows one statement or one transaction takes at most: a batch's chunk, a page of cancels or of the
 # reconciler, the ids in one IN (...) list.
 PAGE_SIZE = 500

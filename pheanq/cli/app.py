@@ -27,6 +27,7 @@ LONG_RUNNING = ("task-worker", "worker-tender")
 COMMAND_MODULES = {
     "add-example-task": "tasks", "cancel": "tasks", "example-task-worker": "tasks", "regenerate-failed-task": "tasks",
     "task-cleanup": "tasks",
+    "tasks": "selection",
     "batch": "batch",
     "buried": "ops", "db": "ops", "pause": "ops", "reconcile": "ops", "resume": "ops", "show": "ops",
     "status": "ops",

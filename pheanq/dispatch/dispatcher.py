@@ -21,7 +21,7 @@ from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, JobToPut, ReservedJ
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
-from pheanq.dispatch.ends import AttemptEnds, delete_job
+from pheanq.dispatch.ends import AttemptEnds, delete_jobs
 from pheanq.dispatch.job_ids import JobIdRecorder
 from pheanq.dispatch.jobs import PlannedJob, WorkPackage
 from pheanq.errors import (
@@ -42,6 +42,7 @@ from pheanq.run_at import put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
 from pheanq.storage.claims import ClaimOutcome
+from pheanq.storage.restarts import RestartPage
 from pheanq.storage.tables import BuriedRow, TaskRow
 from pheanq.storage.tasks import Inserted
 from pheanq.storage.workflows import Cancelled
@@ -56,6 +57,26 @@ SLOW_FAILURE_SECONDS = 0.5
 MAX_OWN_PENDING = 10_000
 # How long a job whose task is held under a live lease waits before it is looked at again.
 HELD_RECHECK_SECONDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Regenerated:
+    """What `regenerate_page` did: the page's moves, and how many of the moved tasks' jobs were put."""
+
+    page: RestartPage
+    sent: int
+    unsent: int             # left `restarted` without a job: the reconciler sends them
+    reason: str             # why the last of those was not sent
+
+
+@dataclasses.dataclass
+class _Puts:
+    """The answers to jobs put together: those put (with their job ids), refused as too big, or not put."""
+
+    put: list[tuple[PlannedJob, int]] = dataclasses.field(default_factory=list)
+    too_big: list[PlannedJob] = dataclasses.field(default_factory=list)
+    unsent: list[PlannedJob] = dataclasses.field(default_factory=list)
+    reason: str = ""
 
 
 class Dispatcher:
@@ -140,26 +161,13 @@ class Dispatcher:
         when the connection broke, leaves its task pending (one TaskPendingWarning): the reconciler sends it. A
         job too big for the server takes its task back, as queue_task does, and InvalidInput says so once the
         others are put."""
-        unsent: list[PlannedJob] = []
-        reason = ""
-        too_big: list[int] = []
-        for tube, grouped in itertools.groupby(jobs, key=lambda job: job.tube):
-            group = list(grouped)
-            try:
-                answers = self.beanstalkd.put_many(tube, [self._job_to_put(job) for job in group])
-            except TubeUnavailable as error:
-                unsent += group
-                reason = str(error)
-                continue
-            for job, answer in zip(group, answers, strict=True):
-                if isinstance(answer, int):
-                    self.job_ids.add(job.task_id, answer)
-                elif answer.too_big:
-                    too_big.append(job.task_id)
-                    self.store.tasks.delete_unsent(job.task_id)
-                else:
-                    unsent.append(job)
-                    reason = answer.reason
+        puts = self._put_by_tube(jobs)
+        for job, job_id in puts.put:
+            self.job_ids.add(job.task_id, job_id)
+        too_big = [job.task_id for job in puts.too_big]
+        for task_id in too_big:
+            self.store.tasks.delete_unsent(task_id)
+        unsent, reason = puts.unsent, puts.reason
         if unsent:
             log.warning("%d task(s) are pending: %s", len(unsent), reason)
             warnings.warn(TaskPendingWarning(unsent[0].task_id, f"{reason}; {len(unsent)} task(s) of this chunk are "
@@ -240,6 +248,36 @@ class Dispatcher:
             log.warning("task %d was sent as job %d, but the job id was not recorded: %s", task_id, job_id, error)
         return job_id
 
+    def regenerate_page(self, task_ids: list[int]) -> Regenerated:
+        """Put those of `task_ids` that are failed back into their tubes as `restarted`: one transaction moves
+        them (pheanq.storage.restarts), then each tube's jobs are put in one round trip and their ids noted in
+        one statement. A task whose job was not put stays `restarted` without one: the reconciler sends it, as
+        after `regenerate`."""
+        page = self.store.restarts.restart_tasks(task_ids)
+        jobs: list[PlannedJob] = []
+        unreadable: list[int] = []
+        for task in sorted(page.restarted, key=lambda task: task.tube):
+            try:
+                description = decode_data(task.data)
+            except InvalidInput:
+                unreadable.append(task.id)  # no job can be made of it: counted as not sent
+                continue
+            jobs.append(PlannedJob(task.id, description, task.tube, task.priority, None, task.ttr, task.nonce,
+                                   task.data))
+        puts = self._put_by_tube(jobs)
+        try:
+            self.store.restarts.record_job_ids([(job.task_id, job_id) for job, job_id in puts.put])
+        except StoreUnavailable as error:
+            # The jobs are out; the worker that claims one records its id anyway.
+            log.warning("%d regenerated task(s) were sent, but their job ids were not recorded: %s", len(puts.put),
+                        error)
+        unsent = len(puts.unsent) + len(puts.too_big) + len(unreadable)
+        reason = puts.reason or ("beanstalkd refused their jobs as too big" if puts.too_big else
+                                 f"the stored description of task {unreadable[0]} cannot be read" if unreadable else "")
+        if unsent:
+            log.warning("%d regenerated task(s) were not sent (%s); the reconciler will send them", unsent, reason)
+        return Regenerated(page, len(puts.put), unsent, reason)
+
     # --- workflow writes that release tasks -----------------------------------------------------------------
 
     def settle_waiting(self, task_id: int) -> None:
@@ -264,9 +302,9 @@ class Dispatcher:
         released."""
         self.job_ids.flush()  # so that the jobs this process put are known, and deleted
         page = self.store.workflows.cancel_tasks(task_ids, by, batch)
-        for result in page.results:
-            if result.took and result.row.status is not Status.WORKING and result.row.job_id is not None:
-                delete_job(self.beanstalkd, result.row.id, result.row.job_id, "cancelled")
+        delete_jobs(self.beanstalkd, {result.row.job_id: result.row.id for result in page.results
+                                      if result.took and result.row.status is not Status.WORKING
+                                      and result.row.job_id is not None}, "cancelled")
         self.send_released(page.settled.released)
         return page.results
 
@@ -354,6 +392,27 @@ class Dispatcher:
         """Put a recorded task's job, delayed until its run_at (see pheanq.run_at)."""
         put = self._job_to_put(job)
         return self.beanstalkd.put(job.tube, put.body, put.priority, put.delay, put.ttr)
+
+    def _put_by_tube(self, jobs: list[PlannedJob]) -> _Puts:
+        """Put the jobs, each run of one tube's in one round trip (BeanstalkdConnection.put_many)."""
+        puts = _Puts()
+        for tube, grouped in itertools.groupby(jobs, key=lambda job: job.tube):
+            group = list(grouped)
+            try:
+                answers = self.beanstalkd.put_many(tube, [self._job_to_put(job) for job in group])
+            except TubeUnavailable as error:
+                puts.unsent += group
+                puts.reason = str(error)
+                continue
+            for job, answer in zip(group, answers, strict=True):
+                if isinstance(answer, int):
+                    puts.put.append((job, answer))
+                elif answer.too_big:
+                    puts.too_big.append(job)
+                else:
+                    puts.unsent.append(job)
+                    puts.reason = answer.reason
+        return puts
 
     def _job_to_put(self, job: PlannedJob) -> JobToPut:
         body = encode_body(job.task_id, job.description, self.settings.secret, job.nonce, job.data)

@@ -42,7 +42,7 @@ def status_report(dispatch: Dispatcher) -> dict[str, Any]:
     }
     for tube, status, count in counts:
         report["tubes"][tube]["tasks"][status.value] = count
-    report["paused"] = {tube: _time(until) for tube, until in sorted(dispatch.store.admin.paused_tubes(
+    report["paused"] = {tube: utc_text(until) for tube, until in sorted(dispatch.store.admin.paused_tubes(
         utc_now()).items())}
     report["pool"] = pool_report(dispatch.store.admin.list_pool())
     report["progress"] = [{"id": task_id, "command": command, "tube": tube, "progress": _json_or_text(progress)}
@@ -131,9 +131,9 @@ def task_report(row: TaskRow) -> dict[str, Any]:
     return {
         "id": row.id, "command": row.command, "command_line": line, "tube": row.tube, "status": row.status.value,
         "priority": row.priority, "ttr": row.ttr, "timeout": row.timeout, "job_id": row.job_id,
-        "attempts": row.attempts, "exit_code": row.exit_code, "worker": row.worker, "created": _time(row.created),
-        "started": _time(row.started), "finished": _time(row.finished), "modified": _time(row.modified),
-        "heartbeat": _time(row.heartbeat), "run_at": _time(row.run_at), "data": row.data, "log": row.log,
+        "attempts": row.attempts, "exit_code": row.exit_code, "worker": row.worker, "created": utc_text(row.created),
+        "started": utc_text(row.started), "finished": utc_text(row.finished), "modified": utc_text(row.modified),
+        "heartbeat": utc_text(row.heartbeat), "run_at": utc_text(row.run_at), "data": row.data, "log": row.log,
         "retry": describe_retry(row.retry), "unique_key": row.unique_key, "batch": row.batch_id,
         "callback_of": row.callback_of, "waiting_for": row.waiting_for if row.status is Status.WAITING else None,
         "result": _json_or_text(row.result), "progress": _json_or_text(row.progress),
@@ -189,7 +189,7 @@ def format_buried(listing: BuriedList, limit: int = LISTING_PAGE) -> str:
         return f"tube {listing.tube}: no buried job"
     lines = [f"tube {listing.tube}: {listing.total} buried job(s)"]
     for job in listing.jobs:
-        when = _time(job.buried) or "-"
+        when = utc_text(job.buried) or "-"
         reason = one_line(job.reason) if job.reason else "(no reason recorded: buried by another client)"
         lines.append(f"  job {job.job_id}  {when}  {reason}")
         body = job.body if len(job.body) <= 120 else job.body[:117] + "..."
@@ -220,5 +220,5 @@ def format_batch(summary: str, fields: Mapping[str, Any], callbacks: Mapping[str
     return "\n".join(lines)
 
 
-def _time(value: dt.datetime | None) -> str | None:
+def utc_text(value: dt.datetime | None) -> str | None:
     return None if value is None else value.isoformat(sep=" ", timespec="seconds") + "Z"

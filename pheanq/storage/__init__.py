@@ -2,7 +2,8 @@
 
 `Store` is one database and the statements pheanq runs on it, grouped by what they are about: a task's
 own life (`tasks`), a worker's claim of it and its lease (`claims`), what a task's end sets in motion
-(`workflows`), and everything that is not a task (`admin`). Each statement that changes a task's status
+(`workflows`), the tasks a filter selects (`listings`) and the failed ones among them regenerated a page at a
+time (`restarts`), and everything that is not a task (`admin`). Each statement that changes a task's status
 is one compare-and-set UPDATE whose condition comes from `pheanq.status.TRANSITIONS`, so two workers (or a
 worker and a person) can never both win a task.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 from pheanq.storage.admin import AdminStatements
 from pheanq.storage.claims import ClaimStatements
 from pheanq.storage.engine import Database
+from pheanq.storage.listings import ListingStatements
+from pheanq.storage.restarts import RestartStatements
 from pheanq.storage.tasks import TaskStatements
 from pheanq.storage.workflows import WorkflowStatements
 
@@ -25,6 +28,8 @@ class Store:
         self.claims = ClaimStatements(self.database)
         self.workflows = WorkflowStatements(self.database)
         self.admin = AdminStatements(self.database)
+        self.listings = ListingStatements(self.database)
+        self.restarts = RestartStatements(self.database)
 
     @property
     def safe_url(self) -> str:

@@ -135,9 +135,11 @@ class WorkflowStatements:
                              .values(status=Status.CANCELLED.value, finished=now, modified=now, unique_live=None,
                                      log=sa.func.coalesce(c.log, "") + tasklog.cancelled(by, now, batch)))
                 # SQLite takes no row locks and reads before its first write outside the transaction: a task may
-                # have changed between the read and the write. What this UPDATE changed is read back after it.
-                took = sorted(conn.execute(sa.select(c.id).where(c.id.in_(cancellable), c.modified == now,
-                                                                 c.status == Status.CANCELLED.value)).scalars())
+                # have changed between the read and the write. What this UPDATE changed is read back after it, by
+                # primary key (a condition on the status could make a planner walk that status's index instead).
+                took = sorted(task_id for task_id, status, modified in conn.execute(
+                    sa.select(c.id, c.status, c.modified).where(c.id.in_(cancellable)))
+                    if status == Status.CANCELLED.value and modified == now)
                 # One that a worker claimed meanwhile is running now: its cancel is requested like the others'.
                 for task_id in sorted(set(cancellable) - set(took)):
                     found = select_task(conn, task_id)
