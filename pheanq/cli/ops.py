@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -12,16 +13,31 @@ from pheanq.ops.buried import delete_buried, kick_buried, list_buried
 from pheanq.ops.pause import FOREVER_SECONDS, pause_tube, resume_tube
 from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS, reconcile
 from pheanq.ops.report import format_buried, format_status, format_task, status_report, task_report
+from pheanq.ops.watch import MIN_WATCH_INTERVAL, watch_status
 from pheanq.storage.migrate import upgrade_database
 
 
 @cli.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (with --watch, a line each time).")
+@click.option("--watch", is_flag=True, help="Draw it again every --interval seconds, with the tasks each tube ended "
+              "in the last minute, until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=MIN_WATCH_INTERVAL), default=2.0, show_default=True,
+              metavar="SECONDS", help="With --watch: the time between two drawings.")
+@click.option("--count", "drawings", type=click.IntRange(min=1), metavar="N",
+              help="With --watch: stop after N drawings. [default: until Ctrl-C]")
 @pass_context
-def status(context: Context, as_json: bool) -> None:
+def status(context: Context, as_json: bool, watch: bool, interval: float, drawings: int | None) -> None:
     """Task counts per tube and status from SQL, beside beanstalkd's own tube stats."""
-    report = status_report(context.dispatch)
-    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+    if not watch:
+        if drawings is not None:
+            raise click.UsageError("--count goes with --watch")
+        report = status_report(context.dispatch)
+        click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+        return
+    try:
+        watch_status(context.dispatch, sys.stdout, interval, drawings, as_json, in_place=sys.stdout.isatty())
+    except KeyboardInterrupt:
+        click.echo("")  # Ctrl-C is how a watch ends: no traceback, exit code 0
 
 
 @cli.command("show")

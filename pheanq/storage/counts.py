@@ -9,6 +9,7 @@ folded yet, read in one statement, so it is exact whenever it is read, folded or
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from pheanq.status import Status
 from pheanq.storage.engine import Database
-from pheanq.storage.tables import count_change_table, count_table
+from pheanq.storage.tables import count_change_table, count_table, task_table
 
 # Changes folded in one transaction: a fold after millions of them (a bulk load) commits as it goes.
 FOLD_PAGE = 50_000
@@ -38,6 +39,18 @@ def count_tasks(database: Database) -> list[tuple[str, Status, int]]:
     fold(database)
     with database.transaction() as conn:
         return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(_COUNTS)]
+
+
+def finished_since(database: Database, since: dt.datetime) -> list[tuple[str, Status, int]]:
+    """(tube, status, count) of the tasks that ended done or failed at `since` (naive UTC) or later: read through
+    the (status, finished) index, so it costs what those recent rows cost, not the history. A task deleted since
+    (task-cleanup) is no longer counted; its end was longer ago than any window this is asked for."""
+    c = task_table.c
+    query = (sa.select(c.tube, c.status, sa.func.count())
+             .where(c.status.in_([Status.DONE.value, Status.FAILED.value]), c.finished >= since)
+             .group_by(c.tube, c.status).order_by(c.tube, c.status))
+    with database.transaction() as conn:
+        return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
 
 
 def fold(database: Database, page: int = FOLD_PAGE) -> None:

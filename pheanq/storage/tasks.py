@@ -328,6 +328,10 @@ class TaskStatements:
         (pheanq.storage.counts): a few rows read, however long the table."""
         return counts.count_tasks(self.database)
 
+    def finished_since(self, since: dt.datetime) -> list[tuple[str, Status, int]]:
+        """(tube, status, count) of the tasks that ended done or failed since `since` (see pheanq.storage.counts)."""
+        return counts.finished_since(self.database, since)
+
     def fold_counts(self) -> None:
         """Fold the changes of the task counts noted since the last fold (see pheanq.storage.counts)."""
         counts.fold(self.database)
