@@ -18,7 +18,7 @@ from conftest import DATABASES
 from pheanq.clock import utc_now
 from pheanq.status import PENDING
 from pheanq.storage import Store
-from pheanq.storage.tables import PENDING_ROW
+from pheanq.storage.tables import PENDING_ROW, task_table
 from pheanq.storage.tasks import NewTask
 
 PENDING_INDEX = "ix_pheanq_task_pending"
@@ -122,5 +122,27 @@ def test_the_progress_of_running_tasks_is_read_through_the_pending_index(db_url:
         [(statement, parameters)] = [(sql, params) for sql, params in seen if "pheanq_task" in sql]
         plan = explain(store, statement, parameters)
         assert PENDING_INDEX in plan and "SCAN pheanq_task" not in plan and "Seq Scan" not in plan, plan
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("db_url", [kind for kind in DATABASES if kind != "mysql"], indirect=True)
+def test_the_last_minutes_ends_are_read_through_the_status_finished_index(db_url: str) -> None:
+    """`pheanq status --watch` counts the tasks ended in the last minute: grouped by the tube column, SQLite walked
+    the whole (tube, status) index for it (17 s on 10 M rows) instead of the last minute of (status, finished)."""
+    store = Store(db_url)
+    try:
+        # A history of ended tasks, analysed: the planner's statistics are what led it astray on a big table.
+        long_ago = utc_now() - dt.timedelta(days=1)
+        with store.database.transaction() as conn:
+            conn.execute(task_table.insert(), [
+                {"command": "cmd", "data": "{}", "tube": f"tube-{n % 4}", "status": "done", "priority": 1, "ttr": 1,
+                 "attempts": 1, "created": long_ago, "modified": long_ago, "finished": long_ago} for n in range(3000)])
+            conn.execute(sa.text("ANALYZE"))
+        with statements_run(store) as seen:
+            store.tasks.finished_since(utc_now() - dt.timedelta(minutes=1))
+        [(statement, parameters)] = [(sql, params) for sql, params in seen if "pheanq_task" in sql]
+        plan = explain(store, statement, parameters)
+        assert "ix_pheanq_task_status_finished" in plan and "ix_pheanq_task_tube_status" not in plan, plan
     finally:
         store.close()

@@ -46,9 +46,12 @@ def finished_since(database: Database, since: dt.datetime) -> list[tuple[str, St
     the (status, finished) index, so it costs what those recent rows cost, not the history. A task deleted since
     (task-cleanup) is no longer counted; its end was longer ago than any window this is asked for."""
     c = task_table.c
-    query = (sa.select(c.tube, c.status, sa.func.count())
+    # Grouped by an expression of the tube, not the column: grouping by (tube, status) led SQLite to walk the
+    # whole (tube, status) index (17 s on 10 M rows) instead of the last minute of (status, finished).
+    tube = sa.func.coalesce(c.tube, "").label("tube")
+    query = (sa.select(tube, c.status, sa.func.count())
              .where(c.status.in_([Status.DONE.value, Status.FAILED.value]), c.finished >= since)
-             .group_by(c.tube, c.status).order_by(c.tube, c.status))
+             .group_by(tube, c.status).order_by(tube, c.status))
     with database.transaction() as conn:
         return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
 
