@@ -92,7 +92,7 @@ def progress_held(steps: int, gate: str) -> int:
         context.progress(step, steps, f"step {step}")
     deadline = time.monotonic() + 60
     while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the test creates the gate once it has read the progress
+        time.sleep(0.05)  # the poll of a deadline wait (60 s): the test creates the gate once it has read the progress
     context.progress(steps, steps, f"step {steps}")
     return steps
 

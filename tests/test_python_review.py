@@ -137,7 +137,8 @@ def test_a_child_that_died_between_tasks_is_replaced_before_the_next_task_is_jud
     worker = start_worker(["--import", "pyreview"], python_env(make_env, sqlite_url))
     first = pyreview.leave_an_alarm.options(service=service).queue(1)
     assert service.result(first, wait=30) == "armed"
-    time.sleep(2)  # the alarm goes off in the idle child
+    # The pause is what is tested: longer than the 1 s alarm the first task left, so it fires in the idle child.
+    time.sleep(2)
     second = pyreview.whoami.options(service=service).queue()
     wait_for(lambda: service.status_of(second) in FINAL, 30, "the second task ended")
     worker.signal(signal.SIGTERM)

@@ -195,12 +195,8 @@ def delete_jobs(beanstalkd: BeanstalkdConnection, tasks_of: dict[int, int], why:
     as delete_job does one."""
     if not tasks_of:
         return
-    try:
-        try:
-            beanstalkd.delete_many(list(tasks_of))
-        except TubeUnavailable:
-            beanstalkd.delete_many(list(tasks_of))  # once more on a new connection: the old one may just have broken
-    except TubeUnavailable as error:
+    error = _twice(lambda: beanstalkd.delete_many(list(tasks_of)))
+    if error is not None:
         shown = ", ".join(str(task_id) for task_id in sorted(tasks_of.values())[:5])
         log.warning("%d task(s) (%s...): %s, but their jobs were not deleted: %s", len(tasks_of), shown, why, error)
 
@@ -208,10 +204,19 @@ def delete_jobs(beanstalkd: BeanstalkdConnection, tasks_of: dict[int, int], why:
 def delete_job(beanstalkd: BeanstalkdConnection, task_id: int, job_id: int, why: str) -> None:
     """Delete the job of a task whose row has ended; if beanstalkd cannot be told, the claim of the job
     finds the task ended and deletes it unrun."""
-    try:
-        try:
-            beanstalkd.delete(job_id)
-        except TubeUnavailable:
-            beanstalkd.delete(job_id)  # once more on a new connection: the old one may just have broken
-    except TubeUnavailable as error:
+    error = _twice(lambda: beanstalkd.delete(job_id))
+    if error is not None:
         log.warning("task %d: %s, but its job %d was not deleted: %s", task_id, why, job_id, error)
+
+
+def _twice(tell: Callable[[], object]) -> TubeUnavailable | None:
+    """Tell beanstalkd, once more on a new connection if the first try failed (the old one may just have broken);
+    the error when both failed."""
+    try:
+        tell()
+    except TubeUnavailable:
+        try:
+            tell()
+        except TubeUnavailable as error:
+            return error
+    return None

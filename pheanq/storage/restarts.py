@@ -15,7 +15,6 @@ import collections
 import dataclasses
 import datetime as dt
 import functools
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -23,9 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from pheanq import retry, tasklog
 from pheanq.clock import utc_now
 from pheanq.errors import StoreUnavailable
-from pheanq.limits import PAGE_SIZE
 from pheanq.status import Status, sources_of
 from pheanq.storage.engine import Database
+from pheanq.storage.job_ids import note_job_ids
 from pheanq.storage.tables import batch_table, task_table
 
 _c, _b = task_table.c, batch_table.c
@@ -81,14 +80,9 @@ class RestartStatements:
     def record_job_ids(self, pairs: list[tuple[int, int]]) -> None:
         """Note (task id, job id) pairs in one transaction, each on a row still `restarted` without a job (one that
         moved on, claimed or cancelled, keeps what it has)."""
-        if not pairs:
-            return
-        with self.database.transaction() as conn:
-            for start in range(0, len(pairs), PAGE_SIZE):
-                page = pairs[start:start + PAGE_SIZE]
-                values = {f"t{index}": task_id for index, (task_id, _) in enumerate(page)}
-                values.update({f"j{index}": job_id for index, (_, job_id) in enumerate(page)})
-                conn.execute(_record_job_ids(len(page)), values)
+        if pairs:
+            with self.database.transaction() as conn:
+                note_job_ids(conn, pairs, Status.RESTARTED)
 
     def _restart_page(self, task_ids: list[int]) -> RestartPage:
         now = utc_now()
@@ -139,18 +133,6 @@ class RestartStatements:
                     raise _ChangedMeanwhile  # rolls the page back; its next read leaves that batch's tasks out
         taken = {task.id for task in restarted} | set(refused)
         return RestartPage(restarted, [task_id for task_id in task_ids if task_id not in taken], refused)
-
-
-@functools.lru_cache(maxsize=8)
-def _record_job_ids(count: int) -> Any:
-    """One UPDATE that notes `count` job ids (`j0`...) on their tasks (`t0`...), each on a row still `restarted`
-    without one: a late write never replaces a newer id. One statement a page on every database (an executemany
-    is a round trip per row on MySQL); built and compiled once per page size."""
-    tasks = [sa.bindparam(f"t{index}", type_=_c.id.type) for index in range(count)]
-    jobs = [sa.bindparam(f"j{index}", type_=_c.job_id.type) for index in range(count)]
-    return (task_table.update()
-            .where(_c.id.in_(tasks), _c.status == Status.RESTARTED.value, _c.job_id.is_(None))
-            .values(job_id=sa.case(*zip((_c.id == task for task in tasks), jobs, strict=True))))
 
 
 @functools.lru_cache(maxsize=64)

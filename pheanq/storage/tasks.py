@@ -22,39 +22,24 @@ from pheanq.body import new_nonce
 from pheanq.clock import utc_now
 from pheanq.errors import NotFound, StoreUnavailable, WrongStatus
 from pheanq.lease import stale_after
-from pheanq.limits import PAGE_SIZE, pages
+from pheanq.limits import pages
 from pheanq.status import CLAIMABLE, FINAL, Status, sources_of
 from pheanq.storage import counts
 from pheanq.storage.claims import is_stale
 from pheanq.storage.engine import Database, any_of, same
+from pheanq.storage.job_ids import note_job_ids
 from pheanq.storage.tables import PENDING_ROW, TaskRow, batch_table, dependency_table, select_task, task_row, task_table
 from pheanq.storage.workflows import Ends, Settled
 
 # The statements of a task's hot path (queue, claim, end) are built once, their values bound at each execution:
 # building a statement with the values in it costs more than running it on SQLite.
 _c = task_table.c
-# A job id is noted only on a row still waiting for its first job: a late write never replaces a newer one.
-_RECORD_JOB_ID = (task_table.update()
-                  .where(_c.id == sa.bindparam("task"), _c.status == Status.NEW.value, _c.job_id.is_(None))
-                  .values(job_id=sa.bindparam("job")))
 # What an end needs to know: the task's batch, and whether a task waits for it (most have neither).
 _END_FACTS = sa.select(
     _c.batch_id,
     sa.select(dependency_table.c.task_id).where(dependency_table.c.parent_id == _c.id,
                                                 dependency_table.c.satisfied == sa.false()).exists().label("awaited"),
 ).where(_c.id == sa.bindparam("task"))
-
-
-@functools.cache
-def _record_job_ids_from_arrays() -> Any:
-    """PostgreSQL: `_RECORD_JOB_ID` for the pairs of two arrays (task ids, job ids), in one statement."""
-    from sqlalchemy.dialects.postgresql import ARRAY  # lazy: the dialect of the database in use only
-
-    pairs = sa.select(sa.func.unnest(sa.bindparam("tasks", type_=ARRAY(sa.BigInteger()))).label("task"),
-                      sa.func.unnest(sa.bindparam("jobs", type_=ARRAY(sa.BigInteger()))).label("job")).subquery()
-    return (task_table.update()
-            .where(_c.id == pairs.c.task, _c.status == Status.NEW.value, _c.job_id.is_(None))
-            .values(job_id=pairs.c.job))
 
 
 @functools.cache
@@ -181,24 +166,9 @@ class TaskStatements:
     def record_job_ids(self, pairs: list[tuple[int, int]]) -> None:
         """Note (task id, job id) pairs in one transaction, each on a row that is still `new` with no job id
         (one that moved on, or whose claim recorded the id, keeps what it has)."""
-        if not pairs:
-            return
-        with self.database.transaction() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.execute(_RECORD_JOB_ID, [{"task": task_id, "job": job_id} for task_id, job_id in pairs])
-                return
-            if conn.dialect.name == "postgresql":
-                # One statement for them all, over two arrays: its text never changes, so it is prepared once.
-                conn.execute(_record_job_ids_from_arrays(), {"tasks": [task_id for task_id, _ in pairs],
-                                                             "jobs": [job_id for _, job_id in pairs]})
-                return
-            # One statement a page: PyMySQL sends an executemany of UPDATEs one at a time, a round trip each, and
-            # the ids of a queue_many of 20,000 tasks took longer to write than the tasks took to queue.
-            for start in range(0, len(pairs), PAGE_SIZE):
-                page = dict(pairs[start:start + PAGE_SIZE])
-                conn.execute(task_table.update()
-                             .where(_c.id.in_(list(page)), _c.status == Status.NEW.value, _c.job_id.is_(None))
-                             .values(job_id=sa.case(page, value=_c.id)))
+        if pairs:
+            with self.database.transaction() as conn:
+                note_job_ids(conn, pairs, Status.NEW)
 
     @staticmethod
     def _unique_holder(conn: Connection, key: str) -> Inserted | None:
