@@ -67,6 +67,14 @@ ensure_second_user_tools() {
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
+# Debian's Chromium and its ChromeDriver, for the dashboard's browser tests (tests/test_web_browser.py) and
+# scripts/screenshots: never a browser a test tool downloads by itself.
+ensure_browser() {
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        apt_install chromium chromium-driver
+    fi
+}
+
 # The PostgreSQL server programs (initdb, pg_ctl), for the private throwaway cluster of the chaos scenarios.
 ensure_postgres_server_programs() {
     if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then

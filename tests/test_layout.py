@@ -24,6 +24,7 @@ FLOORS = {
     "worker": 3,
     "ops": 3,
     "tender": 4,
+    "web": 4,
     "cli": 5,
 }
 # Sideways arrows between rooms of one floor that are allowed: none.
