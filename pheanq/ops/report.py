@@ -63,7 +63,8 @@ def pool_report(rows: list[WorkerRow]) -> list[dict[str, Any]]:
     tenders: list[dict[str, Any]] = []
     for row in rows:
         entry = {"pid": row.pid, "state": row.state, "task_id": row.task_id,
-                 "age_seconds": round((now - row.started).total_seconds(), 1)}
+                 "age_seconds": round((now - row.started).total_seconds(), 1),
+                 "memory_mb": None if row.memory_mb is None else round(row.memory_mb, 1)}
         if row.kind == "tender":
             tenders.append({"host": row.host, **entry, "tubes": row.tubes.split(","),
                             "reported_seconds_ago": round((now - row.heartbeat).total_seconds(), 1), "workers": []})

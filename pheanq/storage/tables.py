@@ -168,6 +168,7 @@ worker_table = sa.Table(
     sa.Column("task_id", sa.BigInteger(), nullable=True),
     sa.Column("started", _Timestamp, nullable=False),
     sa.Column("heartbeat", _Timestamp, nullable=False),
+    sa.Column("memory_mb", sa.Float(), nullable=True),   # the worker's and its children's resident memory
     sa.Index("ix_pheanq_worker_host_tender", "host", "tender_pid"),
 )
 
@@ -206,6 +207,20 @@ tube_table = sa.Table(
     sa.Column("paused_at", _Timestamp, nullable=False),
 )
 
+# Every action taken from the dashboard (pheanq.web): who, in which role, did what to what, and what came of it.
+audit_table = sa.Table(
+    "pheanq_audit",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", _Timestamp, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(1000), nullable=False),
+    sa.Column("outcome", sa.String(1000), nullable=False),
+    sqlite_autoincrement=True,
+)
+
 # The number of tasks per tube and status, kept by triggers on pheanq_task (revision 0011): each insert, delete
 # and move adds its +1 and -1 to pheanq_count_change, and pheanq.storage.counts folds those into pheanq_count.
 count_table = sa.Table(
@@ -239,6 +254,7 @@ class WorkerRow:
     task_id: int | None
     started: dt.datetime
     heartbeat: dt.datetime
+    memory_mb: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -223,7 +223,8 @@ class Tender:
             self._last["report"] = now
 
     def _apply_policy(self, now: float) -> None:
-        if now - self._last["memory"] >= MEMORY_EVERY_SECONDS and self.limits.max_worker_memory is not None:
+        # Measured with or without --max-worker-memory: the dashboard shows each worker's memory.
+        if now - self._last["memory"] >= MEMORY_EVERY_SECONDS:
             for worker in self.workers.values():
                 worker.memory_mb = _resident_mb(worker.pid)
             self._last["memory"] = now
@@ -426,8 +427,8 @@ class Tender:
         tubes = ",".join(self.options.tubes)
         rows = [] if final else [
             WorkerRow(host, me, me, "tender", tubes, "stopping" if self.stopping else "running", None,
-                    self._started_wall, now),
-            *(WorkerRow(host, me, w.pid, "worker", tubes, w.state.value, w.task_id, w.started_wall, now)
+                      self._started_wall, now, _resident_mb(me, children=False)),
+            *(WorkerRow(host, me, w.pid, "worker", tubes, w.state.value, w.task_id, w.started_wall, now, w.memory_mb)
               for w in self.workers.values()),
         ]
         if final:
@@ -471,12 +472,12 @@ class Tender:
             prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def _resident_mb(pid: int) -> float | None:
-    """Resident memory of a worker and all its descendants, in MB."""
+def _resident_mb(pid: int, children: bool = True) -> float | None:
+    """Resident memory of a process and (unless `children` is false) all its descendants, in MB."""
     try:
         process = psutil.Process(pid)
         total = process.memory_info().rss
-        for child in process.children(recursive=True):
+        for child in process.children(recursive=True) if children else []:
             with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
     except psutil.Error:
