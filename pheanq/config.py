@@ -57,6 +57,9 @@ class Settings:
     python_imports: tuple[str, ...] = ()
     max_tasks_per_child: int = 1000
     max_child_memory: int | None = None
+    # Who may use the dashboard and the metrics endpoint (pheanq.web): name -> role and token. None given, they
+    # serve loopback addresses only, to anyone who can reach them there.
+    web_users: Mapping[str, WebUser] = dataclasses.field(default_factory=dict, repr=False)
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -67,6 +70,17 @@ class Settings:
     def beanstalkd_address(self) -> str:
         host, port = self.beanstalkd
         return f"{host}:{port}"
+
+
+WEB_ROLES = ("read", "admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebUser:
+    """A dashboard user: `read` sees every page, `admin` may also act (retry, cancel, delete, pause, kick)."""
+
+    role: str
+    token: str = dataclasses.field(repr=False)
 
 
 def builtin_commands() -> dict[str, tuple[str, ...]]:
@@ -85,6 +99,7 @@ def load_settings(
         path = str(default_config_file(environ))
     raw: dict[str, Any] = _read_toml(path) if path else {}
     raw.update(_python_section(raw.pop("python", None)))
+    raw.update(_web_section(raw.pop("web", None)))
     for key, env_name in _ENV_NAMES.items():
         if env_name in environ:
             raw[key] = environ[env_name]
@@ -150,7 +165,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({error})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not valid TOML (not UTF-8 text)") from None
-    known = [key for key in _PARSERS if key not in _PYTHON_SECTION.values()] + ["python"]
+    known = [key for key in _PARSERS if key not in _PYTHON_SECTION.values() and key != "web_users"] + ["python", "web"]
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
@@ -316,6 +331,48 @@ _PYTHON_SECTION = {"imports": "python_imports", "max_tasks_per_child": "max_task
                    "max_child_memory": "max_child_memory"}
 
 
+def _web_section(section: Any) -> dict[str, Any]:
+    """The `[web]` table of pheanq.toml: `[web.users.NAME]` tables of role and token."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError("web: expected a table ([web.users.NAME] with role and token)")
+    unknown = sorted(set(section) - {"users"})
+    if unknown:
+        raise ConfigError(f"web: unknown setting {unknown[0]!r} (known: users)")
+    return {"web_users": section["users"]} if "users" in section else {}
+
+
+def _parse_web_users(key: str, value: Any) -> dict[str, WebUser]:
+    """name -> {role, token} tables (pheanq.toml), or `name:role:token,...` (PHEANQ_WEB_USERS). Messages name
+    the user, never the token."""
+    if isinstance(value, str):
+        entries: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, _, rest = item.partition(":")
+            role, _, token = rest.partition(":")
+            entries[name] = {"role": role, "token": token}
+        value = entries
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table of name = {{role, token}}")
+    users: dict[str, WebUser] = {}
+    for name, entry in value.items():
+        if not _USER_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)")
+        if not isinstance(entry, dict) or set(entry) != {"role", "token"}:
+            raise ConfigError(f"{key}.{name}: expected role and token (role = \"read\" or \"admin\")")
+        if entry["role"] not in WEB_ROLES:
+            raise ConfigError(f"{key}.{name}: role {entry['role']!r} is not one of {', '.join(WEB_ROLES)}")
+        users[name] = WebUser(entry["role"], _parse_secret(f"{key}.{name}.token", entry["token"]))
+    tokens = [user.token for user in users.values()]
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError(f"{key}: two users have the same token; give each its own")
+    return users
+
+
+_USER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
+
+
 def _parse_imports(key: str, value: Any) -> tuple[str, ...]:
     return _name_list(key, value, _MODULE_NAME, "importable module name (e.g. myapp.tasks)")
 
@@ -337,6 +394,7 @@ _PARSERS = {
     "python_imports": _parse_imports,
     "max_tasks_per_child": _parse_positive_int,
     "max_child_memory": _parse_positive_int,
+    "web_users": _parse_web_users,
 }
 
 _ENV_NAMES = {
@@ -352,4 +410,5 @@ _ENV_NAMES = {
     "python_imports": "PHEANQ_PYTHON_IMPORTS",
     "max_tasks_per_child": "PHEANQ_MAX_TASKS_PER_CHILD",
     "max_child_memory": "PHEANQ_MAX_CHILD_MEMORY",
+    "web_users": "PHEANQ_WEB_USERS",
 }

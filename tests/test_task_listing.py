@@ -191,13 +191,13 @@ BAD_INPUT = [
     (["--tube", "-bad"], "--tube: '-bad' is not a beanstalkd tube name"),
     (["--match", ""], "'--match'"),
     (["--unique-key", "k" * 192], "'--unique-key'"),
-    (["--cancel", "--regenerate", "--yes"], "--cancel and --regenerate exclude each other"),
+    (["--cancel", "--regenerate", "--yes"], "--cancel, --regenerate and --delete exclude each other"),
     (["--status", "failed", "--regenerate"], "--regenerate asks for confirmation on a terminal; stdin is not one: "
                                              "add --yes"),
     (["--cancel"], "--cancel asks for confirmation on a terminal"),
     (["--cancel", "--yes", "--limit", "5"], "--cancel acts on every selected task"),
     (["--cancel", "--yes", "--after", "5"], "--cancel acts on every selected task"),
-    (["--yes"], "--yes goes with --cancel or --regenerate"),
+    (["--yes"], "--yes goes with --cancel, --regenerate or --delete"),
     (["--regenerate", "--yes", "--by", "alice"], "--by goes with --cancel"),
     (["--cancel", "--yes", "--by", "a\nb"], "must be printable text"),
 ]

@@ -1,23 +1,24 @@
-"""`pheanq tasks`: list the tasks a filter selects, a page at a time, or cancel or regenerate all of them."""
+"""`pheanq tasks`: list the tasks a filter selects, a page at a time, or cancel, regenerate or delete all of them."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
-import re
 import sys
 
 import click
 
 from pheanq.cli.app import Context, cli, pass_context
-from pheanq.clock import utc_now
 from pheanq.config import check_tube_name
+from pheanq.errors import InvalidInput
 from pheanq.limits import LISTING_PAGE, MAX_LISTING_PAGE, MAX_MATCH_TEXT, MAX_TASK_ID, MAX_UNIQUE_KEY
+from pheanq.ops.filters import bounded_text, parse_statuses, parse_time, split_words
 from pheanq.ops.selection import (
     BulkOutcome,
     cancel_selection,
     count_selection,
+    delete_selection,
     format_listing,
     list_selection,
     regenerate_selection,
@@ -27,27 +28,16 @@ from pheanq.producer.cancel import canceller
 from pheanq.status import Status
 from pheanq.storage.listings import TaskFilter
 
-# An age: a whole number and its unit, meaning that long ago.
-AGE = re.compile(r"^(\d{1,9})([smhdw])\Z")
-AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def utc_time(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
-    """A time option: an ISO 8601 date or datetime, taken as UTC unless it names its offset, or an age (`30m`,
-    `2h`, `7d`: that long ago); as naive UTC, the table's clock."""
+    """A time option: an ISO 8601 date or datetime (UTC unless it names its offset) or an age (`30m`, `2h`, `7d`:
+    that long ago); as naive UTC, the table's clock."""
     if value is None:
         return None
-    text = value.strip()
     try:
-        if age := AGE.match(text):
-            return utc_now() - dt.timedelta(seconds=int(age[1]) * AGE_UNITS[age[2]])
-        parsed = dt.datetime.fromisoformat(text)
-    except (ValueError, OverflowError):
-        raise click.BadParameter(f"{value!r} is not a time: give an ISO 8601 date or datetime (UTC unless it has "
-                                 "an offset), or an age such as 30m, 2h, 7d (s, m, h, d, w)") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return parsed
+        return parse_time(value, str(param.name))
+    except InvalidInput as error:
+        raise click.BadParameter(str(error).partition(": ")[2]) from None
 
 
 @cli.command("tasks")
@@ -72,6 +62,8 @@ def utc_time(ctx: click.Context, param: click.Parameter, value: str | None) -> d
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--cancel", is_flag=True, help="Cancel every selected task that has not ended (not only one page).")
 @click.option("--regenerate", is_flag=True, help="Put every selected failed task back into its tube (restarted).")
+@click.option("--delete", is_flag=True, help="Delete every selected task that has ended (done, failed, cancelled, "
+              "upstream_failed), except those a running batch or a waiting task still counts.")
 @click.option("--yes", is_flag=True, help="Act without asking (needed when stdin is not a terminal).")
 @click.option("--by", metavar="NAME", help="Who cancels, for the tasks' logs. [default: user@host]")
 @pass_context
@@ -79,8 +71,8 @@ def tasks(context: Context, statuses: tuple[str, ...], tubes: tuple[str, ...], c
           batch_id: int | None, unique_key: str | None, created_after: dt.datetime | None,
           created_before: dt.datetime | None, finished_after: dt.datetime | None,
           finished_before: dt.datetime | None, match: str | None, limit: int | None, after: int | None,
-          as_json: bool, cancel: bool, regenerate: bool, yes: bool, by: str | None) -> None:
-    """List tasks newest first, filtered, a page at a time; or cancel or regenerate every task the filter
+          as_json: bool, cancel: bool, regenerate: bool, delete: bool, yes: bool, by: str | None) -> None:
+    """List tasks newest first, filtered, a page at a time; or cancel, regenerate or delete every task the filter
     selects."""
     where = TaskFilter(
         statuses=tuple(_statuses(statuses)), tubes=tuple(check_tube_name(tube, "--tube") for tube in _split(tubes)),
@@ -88,11 +80,11 @@ def tasks(context: Context, statuses: tuple[str, ...], tubes: tuple[str, ...], c
         unique_key=_text(unique_key, "--unique-key", MAX_UNIQUE_KEY),
         created_after=created_after, created_before=created_before, finished_after=finished_after,
         finished_before=finished_before, match=_text(match, "--match", MAX_MATCH_TEXT))
-    if cancel and regenerate:
-        raise click.UsageError("--cancel and --regenerate exclude each other: give one")
-    if not (cancel or regenerate):
+    if cancel + regenerate + delete > 1:
+        raise click.UsageError("--cancel, --regenerate and --delete exclude each other: give one")
+    if not (cancel or regenerate or delete):
         if yes or by is not None:
-            raise click.UsageError(f"{'--yes' if yes else '--by'} goes with --cancel or --regenerate")
+            raise click.UsageError(f"{'--yes' if yes else '--by'} goes with --cancel, --regenerate or --delete")
         listing = list_selection(context.dispatch, where, after, limit or LISTING_PAGE)
         if as_json:
             click.echo(json.dumps(listing.to_json(), indent=2))
@@ -100,7 +92,7 @@ def tasks(context: Context, statuses: tuple[str, ...], tubes: tuple[str, ...], c
             page = [] if limit is None else ["--limit", str(limit)]
             click.echo(format_listing(listing, ["pheanq", "tasks", *filter_options(where), *page]))
         return
-    action = "cancel" if cancel else "regenerate"
+    action = "cancel" if cancel else "regenerate" if regenerate else "delete"
     if limit is not None or after is not None:
         raise click.UsageError(f"--{action} acts on every selected task: --limit and --after page a listing only")
     if by is not None and not cancel:
@@ -108,8 +100,8 @@ def tasks(context: Context, statuses: tuple[str, ...], tubes: tuple[str, ...], c
     who = canceller(by) if cancel else ""
     if not yes:
         _confirm(context, where, action)
-    outcome = cancel_selection(context.dispatch, where, who) if cancel else regenerate_selection(context.dispatch,
-                                                                                                 where)
+    outcome = cancel_selection(context.dispatch, where, who) if cancel else \
+        regenerate_selection(context.dispatch, where) if regenerate else delete_selection(context.dispatch, where)
     _print_outcome(outcome, as_json)
 
 
@@ -148,19 +140,18 @@ def _print_outcome(outcome: BulkOutcome, as_json: bool) -> None:
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
-    """Repeated options and comma-separated lists, as one list without blanks or repeats, in the order given."""
-    return list(dict.fromkeys(part.strip() for value in values for part in value.split(",") if part.strip()))
+    return split_words(values)
 
 
 def _statuses(values: tuple[str, ...]) -> list[Status]:
-    known = {status.value: status for status in Status}
-    for name in _split(values):
-        if name not in known:
-            raise click.BadParameter(f"{name!r} is not a status (one of {', '.join(known)})", param_hint="'--status'")
-    return [known[name] for name in _split(values)]
+    try:
+        return parse_statuses(values, "--status")
+    except InvalidInput as error:
+        raise click.BadParameter(str(error).partition(": ")[2], param_hint="'--status'") from None
 
 
 def _text(value: str | None, option: str, longest: int) -> str | None:
-    if value is not None and not 0 < len(value) <= longest:
-        raise click.BadParameter(f"give 1 to {longest} characters, not {len(value)}", param_hint=f"'{option}'")
-    return value
+    try:
+        return bounded_text(value, option, longest)
+    except InvalidInput as error:
+        raise click.BadParameter(str(error).partition(": ")[2], param_hint=f"'{option}'") from None

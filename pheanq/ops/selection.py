@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pheanq.dispatch import Dispatcher
@@ -47,17 +47,21 @@ class TaskListing:
 class BulkOutcome:
     """What an action on a selection did, counted over its pages."""
 
-    action: str                 # "cancel" or "regenerate"
+    action: str                 # "cancel", "regenerate" or "delete"
     selected: int = 0           # tasks the filter selected when their page was read
-    acted: int = 0              # cancelled, or regenerated
+    acted: int = 0              # cancelled, regenerated or deleted
     requested: int = 0          # running tasks whose cancel was requested (their workers end them)
-    skipped: int = 0            # had ended (cancel), were not failed (regenerate), or were gone
+    skipped: int = 0            # had ended (cancel), were not failed (regenerate), had not ended (delete), or were gone
     refused: list[str] = dataclasses.field(default_factory=list)  # failed tasks that may not run again: why
     unsent: int = 0             # regenerated without a job: the reconciler sends them
     unsent_reason: str = ""
 
     def report(self) -> list[str]:
         """What it did, as lines for the operator."""
+        if self.action == "delete":
+            return [f"deleted {self.acted} of {self.selected} selected task(s)"
+                    + (f"; skipped {self.skipped} that had not ended (or that a running batch or a waiting task "
+                       "still counts)" if self.skipped else "")]
         if self.action == "cancel":
             lines = [f"cancelled {self.acted} of {self.selected} selected task(s)"
                      + (f"; cancel requested for {self.requested} running task(s): their workers stop them"
@@ -90,8 +94,29 @@ def count_selection(dispatch: Dispatcher, where: TaskFilter) -> int:
 def cancel_selection(dispatch: Dispatcher, where: TaskFilter, by: str) -> BulkOutcome:
     """Cancel every selected task that has not ended, a page per transaction (see Dispatcher.cancel_page); `by`:
     who cancels, already checked (pheanq.producer.cancel.canceller)."""
+    return cancel_pages(dispatch, selected_pages(dispatch, where), by)
+
+
+def regenerate_selection(dispatch: Dispatcher, where: TaskFilter) -> BulkOutcome:
+    """Put every selected failed task back into its tube as `restarted`, a page per transaction (see
+    Dispatcher.regenerate_page)."""
+    return regenerate_pages(dispatch, selected_pages(dispatch, where))
+
+
+def delete_selection(dispatch: Dispatcher, where: TaskFilter) -> BulkOutcome:
+    """Delete every selected task that has ended (pheanq.storage.removals), a page per transaction."""
+    return delete_pages(dispatch, selected_pages(dispatch, where))
+
+
+def chosen_pages(task_ids: list[int]) -> Iterator[list[int]]:
+    """Tasks chosen one by one (the dashboard's ticked rows), PAGE_SIZE at a time, newest first."""
+    yield from pages(sorted(set(task_ids), reverse=True))
+
+
+def cancel_pages(dispatch: Dispatcher, id_pages: Iterable[list[int]], by: str) -> BulkOutcome:
+    """Cancel the tasks of each page of ids in a transaction of its own."""
     outcome = BulkOutcome("cancel")
-    for ids in selected_pages(dispatch, where):
+    for ids in id_pages:
         outcome.selected += len(ids)
         results = dispatch.cancel_page(ids, by)
         outcome.acted += sum(result.took and result.row.status is not Status.WORKING for result in results)
@@ -100,11 +125,10 @@ def cancel_selection(dispatch: Dispatcher, where: TaskFilter, by: str) -> BulkOu
     return outcome
 
 
-def regenerate_selection(dispatch: Dispatcher, where: TaskFilter) -> BulkOutcome:
-    """Put every selected failed task back into its tube as `restarted`, a page per transaction (see
-    Dispatcher.regenerate_page)."""
+def regenerate_pages(dispatch: Dispatcher, id_pages: Iterable[list[int]]) -> BulkOutcome:
+    """Regenerate the failed tasks of each page of ids in a transaction of its own."""
     outcome = BulkOutcome("regenerate")
-    for ids in selected_pages(dispatch, where):
+    for ids in id_pages:
         outcome.selected += len(ids)
         done = dispatch.regenerate_page(ids)
         outcome.acted += len(done.page.restarted)
@@ -112,6 +136,17 @@ def regenerate_selection(dispatch: Dispatcher, where: TaskFilter) -> BulkOutcome
         outcome.refused += [f"task {task_id}: {why}" for task_id, why in sorted(done.page.refused.items())]
         outcome.unsent += done.unsent
         outcome.unsent_reason = done.reason or outcome.unsent_reason
+    return outcome
+
+
+def delete_pages(dispatch: Dispatcher, id_pages: Iterable[list[int]]) -> BulkOutcome:
+    """Delete the ended tasks of each page of ids in a transaction of its own."""
+    outcome = BulkOutcome("delete")
+    for ids in id_pages:
+        outcome.selected += len(ids)
+        deleted = dispatch.store.removals.delete_ended(ids)
+        outcome.acted += deleted
+        outcome.skipped += len(ids) - deleted
     return outcome
 
 

@@ -3,19 +3,21 @@
 `Store` is one database and the statements pheanq runs on it, grouped by what they are about: a task's
 own life (`tasks`), a worker's claim of it and its lease (`claims`), what a task's end sets in motion
 (`workflows`), the tasks a filter selects (`listings`) and the failed ones among them regenerated a page at a
-time (`restarts`), everything that is not a task (`admin`), and the dashboard's record of its actions
-(`audit`). Each statement that changes a task's status
+time (`restarts`), everything that is not a task (`admin`), the dashboard's record of its actions
+(`audit`), and the recent activity its charts show (`activity`). Each statement that changes a task's status
 is one compare-and-set UPDATE whose condition comes from `pheanq.status.TRANSITIONS`, so two workers (or a
 worker and a person) can never both win a task.
 """
 
 from __future__ import annotations
 
+from pheanq.storage.activity import ActivityStatements
 from pheanq.storage.admin import AdminStatements
 from pheanq.storage.audit import AuditStatements
 from pheanq.storage.claims import ClaimStatements
 from pheanq.storage.engine import Database
-from pheanq.storage.listings import ListingStatements
+from pheanq.storage.listings import ListingStatements, WorkflowListings
+from pheanq.storage.removals import RemovalStatements
 from pheanq.storage.restarts import RestartStatements
 from pheanq.storage.tasks import TaskStatements
 from pheanq.storage.workflows import WorkflowStatements
@@ -33,6 +35,9 @@ class Store:
         self.listings = ListingStatements(self.database)
         self.restarts = RestartStatements(self.database)
         self.audit = AuditStatements(self.database)
+        self.activity = ActivityStatements(self.database)
+        self.workflow_listings = WorkflowListings(self.database)
+        self.removals = RemovalStatements(self.database)
 
     @property
     def safe_url(self) -> str:

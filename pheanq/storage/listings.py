@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pheanq.python_call import PREFIX as PYTHON_PREFIX
 from pheanq.status import PENDING, Status
 from pheanq.storage.engine import Database
-from pheanq.storage.tables import PENDING_ROW, task_table
+from pheanq.storage.tables import PENDING_ROW, BatchRow, batch_table, dependency_table, task_table
 
 _c = task_table.c
 
@@ -124,3 +124,38 @@ class ListingStatements:
         if before_id is not None:
             query = query.where(_c.id < before_id)
         return query.order_by(_c.id.desc()).limit(limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLinks:
+    """What a task is tied to by dependencies: the tasks it waits for (and whether each is done) and those
+    waiting for it. (A batch's callbacks are the batch's then/catch/finally ids.)"""
+
+    parents: list[tuple[int, bool]]
+    children: list[int]
+
+
+class WorkflowListings:
+    """The reads of the dashboard's batch list and of a task's links."""
+
+    LINKS_SHOWN = 100
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def list_batches(self, before_id: int | None, limit: int) -> list[BatchRow]:
+        """At most `limit` batches, newest first, those with an id below `before_id` when given."""
+        query = sa.select(batch_table).order_by(batch_table.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(batch_table.c.id < before_id)
+        with self.database.transaction() as conn:
+            return [BatchRow(**dict(row)) for row in conn.execute(query).mappings()]
+
+    def links_of(self, task_id: int) -> TaskLinks:
+        d = dependency_table.c
+        with self.database.transaction() as conn:
+            parents = conn.execute(sa.select(d.parent_id, d.satisfied).where(d.task_id == task_id)
+                                   .order_by(d.parent_id).limit(self.LINKS_SHOWN)).all()
+            children = conn.execute(sa.select(d.task_id).where(d.parent_id == task_id)
+                                    .order_by(d.task_id).limit(self.LINKS_SHOWN)).scalars().all()
+        return TaskLinks([(int(parent), bool(done)) for parent, done in parents], [int(i) for i in children])

@@ -1,0 +1,79 @@
+"""What the dashboard's overview charts read: tasks ended per time bucket, samples of how long tasks waited in
+their queue, and the age of the oldest task still waiting to start.
+
+Every read goes through an index and costs what the window's rows cost, never the history: ends and waits
+through `(status, finished)`, the oldest waiting task through the pending `(status, id)` index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from pheanq.status import Status
+from pheanq.storage.engine import Database
+from pheanq.storage.tables import PENDING_ROW, task_table
+
+_c = task_table.c
+ENDED = (Status.DONE.value, Status.FAILED.value)
+
+
+class ActivityStatements:
+    """Reads over a recent window of the task table."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def ends_per_bucket(self, since: dt.datetime, bucket_seconds: int, tube: str | None
+                        ) -> list[tuple[int, str, int]]:
+        """(bucket, status, count) of the tasks that ended done or failed at `since` or later, where bucket is
+        the number of whole `bucket_seconds` between `since` and the end."""
+        with self.database.transaction() as conn:
+            bucket = _seconds_since(conn.dialect.name, _c.finished, since) / bucket_seconds
+            bucket = sa.cast(sa.func.floor(bucket), sa.Integer).label("bucket")
+            query = (sa.select(bucket, _c.status, sa.func.count())
+                     .where(_c.status.in_(ENDED), _c.finished >= since).group_by(bucket, _c.status))
+            if tube is not None:
+                query = query.where(_c.tube == tube)
+            return [(int(found), status, int(n)) for found, status, n in conn.execute(query)]
+
+    def waits(self, buckets: list[tuple[dt.datetime, dt.datetime]], per_bucket: int, tube: str | None
+              ) -> list[list[float]]:
+        """For each (start, end) bucket, the queue waits (started - created, in seconds) of at most `per_bucket`
+        tasks that ended in it: a sample, so a busy hour costs what a quiet one does."""
+        found: list[list[float]] = []
+        with self.database.transaction() as conn:
+            for start, end in buckets:
+                query = (sa.select(_c.created, _c.started)
+                         .where(_c.status.in_(ENDED), _c.finished >= start, _c.finished < end,
+                                _c.started.is_not(None)).limit(per_bucket))
+                if tube is not None:
+                    query = query.where(_c.tube == tube)
+                found.append([max(0.0, (started - created).total_seconds())
+                              for created, started in conn.execute(query)])
+        return found
+
+    def oldest_waiting(self, tubes: list[str], now: dt.datetime) -> dict[str, dt.datetime]:
+        """Tube -> when its oldest `new` task whose time to run has come was queued (tubes with none left out)."""
+        found: dict[str, dt.datetime] = {}
+        with self.database.transaction() as conn:
+            for tube in tubes:
+                query = (sa.select(_c.created).where(
+                    PENDING_ROW, _c.status == Status.NEW.value, _c.tube == tube,
+                    sa.or_(_c.run_at.is_(None), _c.run_at <= now)).order_by(_c.id).limit(1))
+                created = conn.execute(query).scalar()
+                if created is not None:
+                    found[tube] = created
+        return found
+
+
+def _seconds_since(dialect: str, column: Any, since: dt.datetime) -> Any:
+    """Seconds from `since` to `column`, a naive UTC timestamp, as each database computes them without a time
+    zone of its session getting in the way."""
+    if dialect == "postgresql":
+        return sa.func.extract("epoch", column - sa.literal(since, sa.DateTime()))
+    if dialect == "sqlite":
+        return (sa.func.julianday(column) - sa.func.julianday(since.isoformat(sep=" "))) * 86400.0
+    return sa.func.timestampdiff(sa.literal_column("SECOND"), sa.literal(since, sa.DateTime()), column)
