@@ -104,16 +104,17 @@ def format_status(report: dict[str, Any]) -> str:
         note = f"  (no report for {silent:.0f}s: gone?)" if silent > STALE_REPORT_SECONDS else ""
         lines.append(f"worker-tender {one_line(tender['host'])}:{tender['pid']}  "
                      f"tubes {one_line(','.join(tender['tubes']))}  {one_line(tender['state'])}  "
-                     f"up {_duration(tender['age_seconds'])}  "
+                     f"up {duration_text(tender['age_seconds'])}  "
                      f"{len(tender['workers'])} worker(s){note}")
         for worker in tender["workers"]:
             task = f"task {worker['task_id']}" if worker["task_id"] is not None else "-"
             lines.append(f"  worker {worker['pid']:<8} {one_line(worker['state']):<9} {task:<12} "
-                         f"age {_duration(worker['age_seconds'])}")
+                         f"age {duration_text(worker['age_seconds'])}")
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h10m`: a duration as `pheanq status` and the dashboard show it."""
     seconds = int(seconds)
     if seconds < 120:
         return f"{seconds}s"
