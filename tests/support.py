@@ -23,6 +23,7 @@ import pytest
 
 from pheanq.config import Settings, load_settings
 from pheanq.producer.service import TaskQueueService
+from pheanq.status import Status
 from pheanq.worker.child import process_ended
 from pheanq.worker.claims import TaskClaims
 
@@ -469,6 +470,17 @@ def kill_worker_once_its_command_exited(sqlite_url: str, tender: TenderProcess, 
 def claims(service: TaskQueueService) -> TaskClaims:
     """The worker's side of `service`: reserve and claim tasks, and record how their attempts ended."""
     return TaskClaims(service.dispatch)
+
+
+def finish_next(service: TaskQueueService, tube: str, status: Status) -> int:
+    """Reserve the next task of `tube` and end its attempt `failed` or `done` (or leave it `working`)."""
+    package = claims(service).reserve_task(tube, timeout=0)
+    assert package is not None
+    if status is Status.FAILED:
+        assert claims(service).mark_failed(package, "it broke\n", 3)
+    elif status is Status.DONE:
+        assert claims(service).mark_done(package, None)
+    return package.task_id
 
 
 # --- Python tasks: the test applications (pytasks.py and others beside this file) and the workers that import them

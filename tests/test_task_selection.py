@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
-from support import Beanstalkd, claims, pheanq
+from support import Beanstalkd, finish_next, pheanq
 
 from pheanq import Status, TaskDescription
 from pheanq.body import encode_data, new_nonce
@@ -31,17 +31,6 @@ MakeEnv = Callable[..., dict[str, str]]
 MANY = 100_000
 
 
-def _finish(service: TaskQueueService, tube: str, status: Status) -> int:
-    """Reserve the next task of `tube` and end its attempt `failed` or `done` (or leave it `working`)."""
-    package = claims(service).reserve_task(tube, timeout=0)
-    assert package is not None
-    if status is Status.FAILED:
-        assert claims(service).mark_failed(package, "it broke\n", 3)
-    elif status is Status.DONE:
-        assert claims(service).mark_done(package, None)
-    return package.task_id
-
-
 def _job_alive(service: TaskQueueService, task_id: int) -> bool:
     job_id = service.find_task(task_id).job_id
     return job_id is not None and service.beanstalkd.inspect(job_id) is not None
@@ -52,9 +41,9 @@ def test_cancel_takes_the_selected_tasks_and_leaves_the_others(
 ) -> None:
     service = make_service(db_url)
     service.queue_task(TaskDescription("invoice", [1]), tube="billing")
-    running = _finish(service, "billing", Status.WORKING)
+    running = finish_next(service, "billing", Status.WORKING)
     service.queue_task(TaskDescription("invoice", [2]), tube="billing")
-    failed = _finish(service, "billing", Status.FAILED)
+    failed = finish_next(service, "billing", Status.FAILED)
     queued = [service.queue_task(TaskDescription("invoice", [n]), tube="billing") for n in (3, 4)]
     other = service.queue_task(TaskDescription("invoice", [5]), tube="other")
 
@@ -79,22 +68,22 @@ def test_regenerate_takes_the_selected_failed_tasks_and_says_which_it_refused(
     failed: list[int] = []
     for n in range(2):
         service.queue_task(TaskDescription("invoice", [n]), tube="billing")
-        failed.append(_finish(service, "billing", Status.FAILED))
+        failed.append(finish_next(service, "billing", Status.FAILED))
     service.queue_task(TaskDescription("invoice", [2]), tube="billing")
-    done = _finish(service, "billing", Status.DONE)
+    done = finish_next(service, "billing", Status.DONE)
     service.queue_task(TaskDescription("invoice", [3]), tube="billing", unique_key="K")
-    keyed = _finish(service, "billing", Status.FAILED)
+    keyed = finish_next(service, "billing", Status.FAILED)
     batch = service.create_batch("nightly")
     batch.add(TaskDescription("invoice", [4]), tube="billing")
     batch.close()
-    in_finished_batch = _finish(service, "billing", Status.FAILED)
+    in_finished_batch = finish_next(service, "billing", Status.FAILED)
     sharing = []  # two failed tasks with one free key: the newest takes it back
     for n in range(2):
         service.queue_task(TaskDescription("invoice", [7 + n]), tube="billing", unique_key="L")
-        sharing.append(_finish(service, "billing", Status.FAILED))
+        sharing.append(finish_next(service, "billing", Status.FAILED))
     holder = service.queue_task(TaskDescription("invoice", [5]), tube="billing", unique_key="K")
     service.queue_task(TaskDescription("invoice", [6]), tube="other")
-    elsewhere = _finish(service, "other", Status.FAILED)
+    elsewhere = finish_next(service, "other", Status.FAILED)
 
     answer = pheanq(["tasks", "--tube", "billing", "--status", "failed,done", "--regenerate", "--yes"],
                     make_env(db_url), tmp_path)
@@ -120,7 +109,7 @@ def test_regenerate_takes_the_selected_failed_tasks_and_says_which_it_refused(
                                                          holder)] == \
         [Status.DONE, Status.FAILED, Status.FAILED, Status.FAILED, Status.FAILED, Status.NEW]
     # The jobs are the tasks' own: a worker claims and runs them.
-    claimed = {_finish(service, "billing", Status.DONE) for _ in range(4)}
+    claimed = {finish_next(service, "billing", Status.DONE) for _ in range(4)}
     assert claimed == {*failed, sharing[1], holder}
     assert all(service.status_of(task_id) is Status.DONE for task_id in failed)
 
@@ -132,7 +121,7 @@ def test_regenerated_tasks_whose_jobs_were_not_put_are_sent_by_the_reconciler(
     failed = []
     for n in range(3):
         service.queue_task(TaskDescription("invoice", [n]))
-        failed.append(_finish(service, "pheanq", Status.FAILED))
+        failed.append(finish_next(service, "pheanq", Status.FAILED))
     beanstalkd.stop()
     outcome = regenerate_selection(service.dispatch, TaskFilter(statuses=(Status.FAILED,)))
     assert (outcome.acted, outcome.unsent) == (3, 3)
@@ -143,7 +132,7 @@ def test_regenerated_tasks_whose_jobs_were_not_put_are_sent_by_the_reconciler(
     beanstalkd.start()
     reconcile(service.dispatch, None, min_age=0)
     assert all(_job_alive(service, task_id) for task_id in failed)
-    assert {_finish(service, "pheanq", Status.DONE) for _ in failed} == set(failed)
+    assert {finish_next(service, "pheanq", Status.DONE) for _ in failed} == set(failed)
 
 
 def test_on_a_terminal_it_asks_with_the_count_and_does_nothing_unless_told_yes(
@@ -182,10 +171,10 @@ def test_100000_selected_tasks_are_regenerated_then_cancelled_in_short_transacti
 ) -> None:
     service = make_service(db_url)
     kept = service.queue_task(TaskDescription("invoice", [0]), tube="bulk")
-    _finish(service, "bulk", Status.FAILED)
+    finish_next(service, "bulk", Status.FAILED)
     _insert_failed(service, "bulk", MANY)
     elsewhere = service.queue_task(TaskDescription("invoice", [0]), tube="other")
-    _finish(service, "other", Status.FAILED)
+    finish_next(service, "other", Status.FAILED)
     env = make_env(db_url)
     selection = ["--tube", "bulk", "--created-after", (utc_now() - dt.timedelta(minutes=5)).isoformat()]
 
@@ -255,3 +244,26 @@ def _timed_beside_a_producer(service: TaskQueueService, args: list[str], env: di
     assert answer.returncode == 0, answer.stderr
     assert len(waits) >= 3 and max(waits) < 2.0, waits
     return answer
+
+
+def test_delete_takes_the_selected_ended_tasks_and_spares_the_rest(
+    db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
+) -> None:
+    service = make_service(db_url)
+    service.queue_task(TaskDescription("invoice", [1]), tube="billing")
+    done = finish_next(service, "billing", Status.DONE)
+    service.queue_task(TaskDescription("invoice", [2]), tube="billing")
+    failed = finish_next(service, "billing", Status.FAILED)
+    queued = service.queue_task(TaskDescription("invoice", [3]), tube="billing")
+    service.queue_task(TaskDescription("invoice", [4]), tube="other")
+    other_done = finish_next(service, "other", Status.DONE)
+
+    answer = pheanq(["tasks", "--tube", "billing", "--delete", "--yes"], make_env(db_url), tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout == "deleted 2 of 3 selected task(s); skipped 1 that had not ended (or that a running " \
+                            "batch or a waiting task still counts)\n"
+    assert service.status_of(done) is None and service.status_of(failed) is None
+    assert service.status_of(queued) is Status.NEW and _job_alive(service, queued)
+    assert service.status_of(other_done) is Status.DONE
+    assert {(tube, status): n for tube, status, n in service.store.tasks.count_tasks()} == {
+        ("billing", Status.NEW): 1, ("other", Status.DONE): 1}

@@ -62,6 +62,9 @@ ROUTES: list[tuple[str, View, str, list[str]]] = [
     ("/audit", pages.audit, "read", ["GET"]),
 ]
 
+# Data for the pages' scripts, not pages: served under /api only.
+API_ONLY = {"/activity"}
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The dashboard for these settings (the usual flags > environment > pheanq.toml when None)."""
@@ -89,7 +92,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes: list[BaseRoute] = []
     for path, view, role, methods in ROUTES:
-        routes.append(Route(path, guarded(view, role, as_json=False), methods=methods))
+        if path not in API_ONLY:
+            routes.append(Route(path, guarded(view, role, as_json=False), methods=methods))
         routes.append(Route(f"/api{path}".rstrip("/") or "/api", guarded(view, role, as_json=True), methods=methods))
     routes += [
         Route("/login", _login, methods=["GET", "POST"]),

@@ -45,12 +45,12 @@ def overview(request: Request, context: Context) -> Page:
 
 
 def activity_series(request: Request, context: Context) -> Page:
-    """The charts' series: ends per bucket and queue wait percentiles over the hour or the day."""
+    """The charts' series: ends per bucket and queue wait percentiles over the hour or the day (JSON only)."""
     window = window_named(request.query_params.get("window", "hour"))
     tube = request.query_params.get("tube") or None
     if tube is not None:
         parse_tubes([tube], "tube")
-    return Page("overview.html", activity(context.service.dispatch, window, tube))
+    return Page("", activity(context.service.dispatch, window, tube))
 
 
 def tasks(request: Request, context: Context) -> Page:
