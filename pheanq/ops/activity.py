@@ -40,10 +40,8 @@ def window_named(name: str) -> Window:
         raise InvalidInput(f"window: {name!r} is not one of {', '.join(WINDOWS)}") from None
 
 
-def activity(dispatch: Dispatcher, window: Window, tube: str | None = None, tubes: list[str] | None = None
-             ) -> dict[str, Any]:
-    """The window's series (bucket start times as Unix seconds, then one value per bucket each), and the age in
-    seconds of the oldest waiting task of each of `tubes`."""
+def activity(dispatch: Dispatcher, window: Window, tube: str | None = None) -> dict[str, Any]:
+    """The window's series: bucket start times as Unix seconds, then one value per bucket each."""
     now = utc_now()
     # Buckets end at the next whole bucket after now, so a bucket keeps its start time from one drawing to the next.
     end = dt.datetime.fromtimestamp((now.timestamp() // window.bucket_seconds + 1) * window.bucket_seconds,
@@ -56,7 +54,6 @@ def activity(dispatch: Dispatcher, window: Window, tube: str | None = None, tube
             (done if status == Status.DONE.value else failed)[bucket] += n
     edges = [start + dt.timedelta(seconds=i * window.bucket_seconds) for i in range(window.buckets + 1)]
     waits = dispatch.store.activity.waits(list(itertools.pairwise(edges)), WAIT_SAMPLE, tube)
-    oldest = dispatch.store.activity.oldest_waiting(tubes or ([tube] if tube else []), now)
     return {
         "window": window.name,
         "bucket_seconds": window.bucket_seconds,
@@ -66,9 +63,14 @@ def activity(dispatch: Dispatcher, window: Window, tube: str | None = None, tube
         "failed": failed,
         "wait_p50": [percentile(sample, 50) for sample in waits],
         "wait_p95": [percentile(sample, 95) for sample in waits],
-        "oldest_waiting_seconds": {name: round(max(0.0, (now - created).total_seconds()), 1)
-                                   for name, created in oldest.items()},
     }
+
+
+def oldest_waiting(dispatch: Dispatcher, tubes: list[str]) -> dict[str, float]:
+    """Tube -> the age in seconds of its oldest task waiting to start (`new`, its time to run come)."""
+    now = utc_now()
+    return {tube: round(max(0.0, (now - created).total_seconds()), 1)
+            for tube, created in dispatch.store.activity.oldest_waiting(tubes, now).items()}
 
 
 def percentile(values: list[float], rank: float) -> float | None:

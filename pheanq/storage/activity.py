@@ -42,17 +42,23 @@ class ActivityStatements:
     def waits(self, buckets: list[tuple[dt.datetime, dt.datetime]], per_bucket: int, tube: str | None
               ) -> list[list[float]]:
         """For each (start, end) bucket, the queue waits (started - created, in seconds) of at most `per_bucket`
-        tasks that ended in it: a sample, so a busy hour costs what a quiet one does."""
-        found: list[list[float]] = []
+        tasks that ended in it: a sample, so a busy hour costs what a quiet one does. One statement: a branch per
+        bucket, each a short range of the (status, finished) index."""
+        branches = []
+        for number, (start, end) in enumerate(buckets):
+            query = (sa.select(_c.created, _c.started)
+                     .where(_c.status.in_(ENDED), _c.finished >= start, _c.finished < end, _c.started.is_not(None))
+                     .limit(per_bucket))
+            if tube is not None:
+                query = query.where(_c.tube == tube)
+            sample = query.subquery(f"b{number}")
+            branches.append(sa.select(sa.literal(number).label("bucket"), sample.c.created, sample.c.started))
+        found: list[list[float]] = [[] for _ in buckets]
+        if not branches:
+            return found
         with self.database.transaction() as conn:
-            for start, end in buckets:
-                query = (sa.select(_c.created, _c.started)
-                         .where(_c.status.in_(ENDED), _c.finished >= start, _c.finished < end,
-                                _c.started.is_not(None)).limit(per_bucket))
-                if tube is not None:
-                    query = query.where(_c.tube == tube)
-                found.append([max(0.0, (started - created).total_seconds())
-                              for created, started in conn.execute(query)])
+            for bucket, created, started in conn.execute(sa.union_all(*branches)):
+                found[int(bucket)].append(max(0.0, (started - created).total_seconds()))
         return found
 
     def oldest_waiting(self, tubes: list[str], now: dt.datetime) -> dict[str, dt.datetime]:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from pheanq.errors import InvalidInput, NotFound, TubeUnavailable
 from pheanq.limits import LISTING_PAGE, MAX_LISTING_PAGE
-from pheanq.ops.activity import WINDOWS, activity, window_named
+from pheanq.ops.activity import WINDOWS, activity, oldest_waiting, window_named
 from pheanq.ops.buried import list_buried
 from pheanq.ops.filters import parse_tubes, task_filter, task_id
 from pheanq.ops.report import (
@@ -38,8 +38,7 @@ def overview(request: Request, context: Context) -> Page:
     """Counts per tube and status, beanstalkd's figures, paused tubes and each tube's oldest waiting task."""
     report = status_report(context.service.dispatch)
     tubes = list(report["tubes"])
-    oldest = activity(context.service.dispatch, WINDOWS["hour"], tubes=tubes)["oldest_waiting_seconds"] \
-        if request.query_params.get("charts") != "no" else {}
+    oldest = oldest_waiting(context.service.dispatch, tubes)
     return Page("overview.html", {**report, "statuses": [status.value for status in Status],
                                   "oldest_waiting_seconds": oldest, "windows": list(WINDOWS)})
 
