@@ -47,13 +47,13 @@ def activity(dispatch: Dispatcher, window: Window, tube: str | None = None) -> d
     end = dt.datetime.fromtimestamp((now.timestamp() // window.bucket_seconds + 1) * window.bucket_seconds,
                                     dt.timezone.utc).replace(tzinfo=None)
     start = end - dt.timedelta(seconds=window.buckets * window.bucket_seconds)
+    edges = [start + dt.timedelta(seconds=i * window.bucket_seconds) for i in range(window.buckets + 1)]
+    buckets = list(itertools.pairwise(edges))
     done = [0] * window.buckets
     failed = [0] * window.buckets
-    for bucket, status, n in dispatch.store.activity.ends_per_bucket(start, window.bucket_seconds, tube):
-        if 0 <= bucket < window.buckets:
-            (done if status == Status.DONE.value else failed)[bucket] += n
-    edges = [start + dt.timedelta(seconds=i * window.bucket_seconds) for i in range(window.buckets + 1)]
-    waits = dispatch.store.activity.waits(list(itertools.pairwise(edges)), WAIT_SAMPLE, tube)
+    for bucket, status, n in dispatch.store.activity.ends_per_bucket(buckets, tube):
+        (done if status == Status.DONE.value else failed)[bucket] += n
+    waits = dispatch.store.activity.waits(buckets, WAIT_SAMPLE, tube)
     return {
         "window": window.name,
         "bucket_seconds": window.bucket_seconds,
