@@ -148,6 +148,8 @@ def queue_work(service: TaskQueueService, shopapp: Any) -> None:
     service.queue_many([TaskDescription("send-mail", [f"timeout-{n}@example.com"]) for n in range(40)], tube="mail",
                        retry=Retry(max_attempts=4, delay=20))
     service.queue_many([TaskDescription("resize-avatar", [f"user-{n}", "0.3"]) for n in range(900)])
+    # A command no worker knows: its jobs are buried, with the reason.
+    service.queue_many([TaskDescription("legacy-export", [f"account-{n}"]) for n in range(12)], tube="reports")
     service.queue_many([TaskDescription("build-report", [f"account-{n}", "40"]) for n in range(6)], tube="reports",
                        priority=10)
     for day in range(1, 6):
@@ -156,7 +158,6 @@ def queue_work(service: TaskQueueService, shopapp: Any) -> None:
     with service.create_batch("nightly import") as batch:
         for day in range(1, 31):
             batch.add(shopapp.import_rows.describe(f"2026-11-{day:02d}", 200 + 10 * day))
-    service.queue_many([TaskDescription("legacy-export", [f"account-{n}"]) for n in range(12)], tube="reports")
     cancelled = service.queue_many([TaskDescription("send-mail", [f"newsletter-{n}@example.com"]) for n in range(60)],
                                    tube="mail", delay=3600)
     for task_id in cancelled[:45]:
