@@ -8,6 +8,7 @@ through `(status, finished)`, the oldest waiting task through the pending `(stat
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -36,7 +37,7 @@ class ActivityStatements:
                 count = sa.select(sa.func.count()).select_from(task_table).where(
                     _c.status == status, _c.finished >= start, _c.finished < end)
                 if tube is not None:
-                    count = count.where(_c.tube == tube)
+                    count = count.where(_of_tube(tube))
                 branches.append(sa.select(sa.literal(number), sa.literal(status), count.scalar_subquery()))
         if not branches:
             return []
@@ -54,7 +55,7 @@ class ActivityStatements:
                      .where(_c.status.in_(ENDED), _c.finished >= start, _c.finished < end, _c.started.is_not(None))
                      .limit(per_bucket))
             if tube is not None:
-                query = query.where(_c.tube == tube)
+                query = query.where(_of_tube(tube))
             sample = query.subquery(f"b{number}")
             branches.append(sa.select(sa.literal(number).label("bucket"), sample.c.created, sample.c.started))
         found: list[list[float]] = [[] for _ in buckets]
@@ -77,3 +78,10 @@ class ActivityStatements:
                 if created is not None:
                     found[tube] = created
         return found
+
+
+def _of_tube(tube: str) -> Any:
+    """`tube = ?` as an expression of the column, which no index serves: a database that could use the (tube,
+    status) index for it would walk all of the tube's history for each bucket (PostgreSQL: 21 s for a day's chart
+    on 10 M rows) instead of the bucket's short range of (status, finished)."""
+    return sa.func.coalesce(_c.tube, "") == tube

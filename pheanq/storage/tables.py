@@ -110,6 +110,9 @@ task_table = sa.Table(
     # indexes. Its condition is not declared here: a postgresql_where would load the PostgreSQL dialect into every
     # process (tests/test_footprint.py); tests/test_listing_plans.py checks what the migration made.
     sa.Index("ix_pheanq_task_pending", "status", "id"),
+    # A batch's tasks in id order, for the newest page of one batch's list; partial (WHERE batch_id IS NOT NULL)
+    # on PostgreSQL and SQLite by revision 0013, for the same reason as the pending index's condition is not here.
+    sa.Index("ix_pheanq_task_batch_id", "batch_id", "id"),
     # SQLite otherwise hands out the id of the newest row again once that row is deleted.
     sqlite_autoincrement=True,
 )
