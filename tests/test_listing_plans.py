@@ -170,7 +170,7 @@ def test_one_batch_s_newest_tasks_are_read_through_the_batch_index(db_url: str) 
 @pytest.mark.parametrize("tube", [None, "tube-1"])
 def test_the_charts_read_each_bucket_as_a_range_of_the_status_finished_index(db_url: str, tube: str | None) -> None:
     """The overview's charts count each bucket's ends and sample its waits in a range of (status, finished), with a
-    tube too: through (tube, status), PostgreSQL walked the tube's whole history for each bucket."""
+    tube too: through (tube, status), a bucket would cost the tube's whole history."""
     store = Store(db_url)
     try:
         long_ago = utc_now() - dt.timedelta(days=3)

@@ -148,8 +148,9 @@ async def _logout(request: Request) -> Response:
 
 
 def _query_without(query: Any, name: str) -> str:
-    """A page's query string less one parameter (the page cursor, to link the first or the next page)."""
-    return urllib.parse.urlencode([(key, value) for key, value in query.multi_items() if key != name])
+    """A page's query string less one parameter (the page cursor, to link the first or the next page), and less
+    the note an action left (it told of that action, not of the next page)."""
+    return urllib.parse.urlencode([(key, value) for key, value in query.multi_items() if key not in (name, "note")])
 
 
 def _local_path(target: str | None, root: str) -> str:
