@@ -122,8 +122,7 @@ def guarded(view: View, role: str, as_json: bool) -> Callable[[Request], Awaitab
             if as_json or request.headers.get("authorization") is not None:
                 return JSONResponse({"error": "not logged in: send Authorization: Bearer TOKEN"}, 401,
                                     headers={"WWW-Authenticate": "Bearer"})
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"{root_of(request)}/login?next={urllib.parse.quote(target)}", 303)
+            return RedirectResponse(f"{root_of(request)}/login?next={urllib.parse.quote(_back_to(request))}", 303)
         if role == "admin" and not visitor.may_act:
             return _refused(request, as_json, 403, f"{visitor.name} may only look ({visitor.role} role): this "
                                                    "needs the admin role")
@@ -155,6 +154,17 @@ def guarded(view: View, role: str, as_json: bool) -> Callable[[Request], Awaitab
         return HTMLResponse(html)
 
     return endpoint
+
+
+def _back_to(request: Request) -> str:
+    """Where a visitor sent to log in goes back to: the page asked for; for an action (a POST, which a redirect
+    cannot repeat), the page its form was on, when that page is this site's."""
+    if request.method == "GET":
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    page = urllib.parse.urlsplit(request.headers.get("referer", ""))
+    if page.netloc == request.url.netloc and page.path.startswith("/"):
+        return page.path + (f"?{page.query}" if page.query else "")
+    return f"{root_of(request)}/"
 
 
 def _forged(request: Request, gate: Gate, form: dict[str, list[str]]) -> str | None:
