@@ -46,6 +46,7 @@ from benchlib import BenchError, beanstalkd, machine, machine_line, positive, st
 
 from pheanq.body import encode_data
 from pheanq.description import TaskDescription
+from pheanq.ops.metrics import read_table
 from pheanq.ops.reconcile import DEFAULT_MIN_AGE_SECONDS
 from pheanq.ops.report import PROGRESS_SHOWN
 from pheanq.storage import Store
@@ -237,6 +238,8 @@ def commands(fill: Fill, newest: int, oldest: int, first_created: dt.datetime) -
     older_than_all = int((dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - before_all).total_seconds())
     return [
         Timed("status", ["status"], status),
+        # The table's part of a Prometheus scrape (fold, counts, totals, histograms, oldest ready age, pool).
+        Timed("metrics (table)", None, read_table),
         Timed("show (newest)", ["show", str(newest)], show(newest)),
         Timed("show (oldest)", ["show", str(oldest)], show(oldest)),
         Timed("batch show (1000, finished)", ["batch", "show", str(fill.small_batch)], batch_show(fill.small_batch)),

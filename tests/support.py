@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -481,6 +481,36 @@ def finish_next(service: TaskQueueService, tube: str, status: Status) -> int:
     elif status is Status.DONE:
         assert claims(service).mark_done(package, None)
     return package.task_id
+
+
+@contextlib.contextmanager
+def folds_beside(url: str, threads: int = 4) -> Iterator[list[BaseException]]:
+    """Fold the task counts (pheanq.storage.counts) a change at a time in `threads` threads, each on a store of its
+    own, for as long as the block runs; yields the list of what they raised (empty when all went well)."""
+    from pheanq.storage import Store, counts
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def fold_until_stopped() -> None:
+        folder = Store(url)
+        try:
+            while not stop.is_set():
+                counts.fold(folder.database, page=1)
+        except BaseException as error:  # whatever a thread met, the test reports
+            errors.append(error)
+        finally:
+            folder.close()
+
+    folders = [threading.Thread(target=fold_until_stopped) for _ in range(threads)]
+    for folder in folders:
+        folder.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        for folder in folders:
+            folder.join(30)
 
 
 # --- Python tasks: the test applications (pytasks.py and others beside this file) and the workers that import them

@@ -4,12 +4,12 @@ folds running at once beside writers, and an upgrade of a table that already hel
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from support import folds_beside
 
 from pheanq.description import TaskDescription
 from pheanq.ops.reconcile import reconcile
@@ -68,30 +68,10 @@ def test_a_fold_empties_the_changes_and_keeps_the_counts(store: Store,
 def test_folds_at_once_beside_writers_count_each_change_once(store: Store, db_url: str,
                                                             make_service: Callable[..., TaskQueueService]) -> None:
     service = make_service(db_url)
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def fold_until_stopped() -> None:
-        folder = Store(db_url)
-        try:
-            while not stop.is_set():
-                counts.fold(folder.database, page=1)
-        except BaseException as error:  # whatever a thread met, the test reports
-            errors.append(error)
-        finally:
-            folder.close()
-
-    folders = [threading.Thread(target=fold_until_stopped) for _ in range(4)]
-    for folder in folders:
-        folder.start()
-    try:
+    with folds_beside(db_url) as errors:
         for n in range(40):
             service.queue_many([TaskDescription("work") for _ in range(5)], tube=f"t{n % 4}")
             service.queue_task(TaskDescription("work"), tube=f"t{n % 4}")
-    finally:
-        stop.set()
-        for folder in folders:
-            folder.join(30)
     assert errors == []
     assert counts.count_tasks(store.database) == _counted(store)
     assert sum(n for _, _, n in counts.count_tasks(store.database)) == 240

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from support import claims, pheanq, wait_for
+from support import finish_next, pheanq, wait_for
 
 from pheanq import Status, TaskDescription
 from pheanq.clock import utc_now
@@ -27,16 +27,6 @@ MakeEnv = Callable[..., dict[str, str]]
 WATCH = ["status", "--watch", "--interval", "0.5"]
 
 
-def _end(service: TaskQueueService, tube: str, status: Status) -> int:
-    package = claims(service).reserve_task(tube, timeout=0)
-    assert package is not None
-    if status is Status.DONE:
-        assert claims(service).mark_done(package, None)
-    else:
-        assert claims(service).mark_failed(package, "it broke\n", 3)
-    return package.task_id
-
-
 def test_each_drawing_has_the_counts_and_what_each_tube_ended_in_the_last_minute(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
 ) -> None:
@@ -44,9 +34,9 @@ def test_each_drawing_has_the_counts_and_what_each_tube_ended_in_the_last_minute
     for n in range(4):
         service.queue_task(TaskDescription("invoice", [n]), tube="billing")
     service.queue_task(TaskDescription("invoice", [9]))
-    _end(service, "billing", Status.DONE)
-    _end(service, "billing", Status.FAILED)
-    long_ago = _end(service, "billing", Status.DONE)
+    finish_next(service, "billing", Status.DONE)
+    finish_next(service, "billing", Status.FAILED)
+    long_ago = finish_next(service, "billing", Status.DONE)
     with service.store.database.transaction() as conn:  # it ended two minutes ago: no longer in the rate
         conn.execute(task_table.update().where(task_table.c.id == long_ago)
                      .values(finished=utc_now() - dt.timedelta(minutes=2)))
@@ -69,7 +59,7 @@ def test_off_a_terminal_the_drawings_follow_each_other(
 ) -> None:
     service = make_service(sqlite_url)
     service.queue_task(TaskDescription("invoice", [1]), tube="billing")
-    _end(service, "billing", Status.DONE)
+    finish_next(service, "billing", Status.DONE)
     result = pheanq([*WATCH, "--count", "3"], make_env(sqlite_url), tmp_path)
     assert result.returncode == 0, result.stderr
     assert "\x1b[" not in result.stdout

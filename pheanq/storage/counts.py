@@ -4,18 +4,22 @@ Triggers on `pheanq_task` (revision 0011) note every insert, delete and move as 
 (+1 for where a task went, -1 for where it left), in the transaction that makes it; nothing is updated in place,
 so writers never wait on one another for a count. `fold` moves those changes into `pheanq_count` (the reconciler
 does so at each pass, and `count_tasks` before it reads); a count is its `pheanq_count` row plus the changes not
-folded yet, read in one statement, so it is exact whenever it is read, folded or not.
+folded yet, read in one statement, so it is exact whenever it is read, folded or not. Since revision 0014 the
+change rows also carry what the totals and histograms of pheanq.storage.totals need, and the fold adds them there
+in the same transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pheanq.status import Status
+from pheanq.storage import totals
 from pheanq.storage.engine import Database
 from pheanq.storage.tables import count_change_table, count_table, task_table
 
@@ -56,6 +60,33 @@ def finished_since(database: Database, since: dt.datetime) -> list[tuple[str, St
         return [(tube, Status(status), int(n)) for tube, status, n in conn.execute(query)]
 
 
+def ready_since(database: Database, now: dt.datetime,
+                claimable: Iterable[tuple[str, Status]]) -> dict[str, dt.datetime]:
+    """Tube -> since when (naive UTC) its longest-ready task has been ready, among the tubes and claimable statuses of
+    `claimable` (those that have tasks: count_tasks says which). Ready: claimable, and its `run_at` has come; since
+    it entered that status (`modified`), or since its `run_at` when that came later.
+
+    One task per tube and status is read, the first in id order whose run_at has come, with an index in that
+    order: (tube, status) on SQLite and MariaDB, whose entries end with the id; on PostgreSQL that or the pending
+    index (status, id). So a scrape costs a few index lookups however long the table and the backlog are. The
+    first in id order is the longest-ready one unless a task older than others entered its status again later (a
+    hand-back, a release from `waiting`): then the age shown is that task's, a little less than the longest."""
+    c = task_table.c
+    found: dict[str, dt.datetime] = {}
+    with database.transaction() as conn:
+        for tube, status in claimable:
+            # The status as a literal: PostgreSQL may then use the partial pending index, whatever plan it caches.
+            first = conn.execute(
+                sa.select(c.modified, c.run_at)
+                .where(c.tube == tube, c.status == sa.literal_column(f"'{Status(status).value}'"),
+                       sa.or_(c.run_at.is_(None), c.run_at <= now))
+                .order_by(c.id).limit(1)).first()
+            if first is not None:
+                since = max(first.modified, first.run_at or first.modified)
+                found[tube] = min(since, found.get(tube, since))
+    return found
+
+
 def fold(database: Database, page: int = FOLD_PAGE) -> None:
     """Move the changes noted so far into `pheanq_count`, `page` ids a transaction. Two folds at once never count
     a change twice: each change is deleted by the transaction that adds it to its count."""
@@ -69,33 +100,27 @@ def fold(database: Database, page: int = FOLD_PAGE) -> None:
 
 
 def _fold_range(conn: Connection, low: int, high: int) -> None:
+    """Add the changes of ids `low` to `high` to the counts, and to the totals (pheanq.storage.totals), and delete
+    them: all in one transaction, so each change is added once, by whichever fold deletes it."""
     in_range = _ch.id.between(low, high)
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects import postgresql  # lazy: the dialect of the database in use only
-
-        # One statement: the DELETE locks what it takes, so a fold running beside this one skips those rows.
-        gone = count_change_table.delete().where(in_range).returning(_ch.tube, _ch.status, _ch.n).cte("gone")
-        summed = sa.select(gone.c.tube, gone.c.status, sa.func.sum(gone.c.n)).group_by(gone.c.tube, gone.c.status)
-        insert = postgresql.insert(count_table).from_select(["tube", "status", "n"], summed)
-        conn.execute(insert.on_conflict_do_update(index_elements=[_k.tube, _k.status],
-                                                  set_={"n": _k.n + insert.excluded.n}))
+        # One statement: the DELETE locks what it takes, so a fold running beside this one skips those rows; every
+        # addition reads what this DELETE took, and nothing else.
+        gone = count_change_table.delete().where(in_range).returning(*_ch).cte("gone")
+        first, *others = [_counts_added(dialect, gone), *totals.additions(dialect, gone)]
+        conn.execute(first.add_cte(*(other.cte(f"added_{n}") for n, other in enumerate(others))))
         return
     if dialect != "sqlite":
         # MariaDB/MySQL: lock the range's changes first, so that a fold beside this one waits, then finds them gone.
         conn.execute(sa.select(sa.func.count()).select_from(count_change_table).where(in_range).with_for_update())
-    summed = sa.select(_ch.tube, _ch.status, sa.func.sum(_ch.n)).where(in_range).group_by(_ch.tube, _ch.status)
-    conn.execute(_add_to_counts(dialect, summed))
+    changes = sa.select(count_change_table).where(in_range).subquery("changes")
+    for statement in [_counts_added(dialect, changes), *totals.additions(dialect, changes)]:
+        conn.execute(statement)
     conn.execute(count_change_table.delete().where(in_range))
 
 
-def _add_to_counts(dialect: str, summed: Any) -> Any:
-    if dialect == "sqlite":
-        from sqlalchemy.dialects import sqlite
-
-        upsert = sqlite.insert(count_table).from_select(["tube", "status", "n"], summed)
-        return upsert.on_conflict_do_update(index_elements=[_k.tube, _k.status], set_={"n": _k.n + upsert.excluded.n})
-    from sqlalchemy.dialects import mysql
-
-    added = mysql.insert(count_table).from_select(["tube", "status", "n"], summed)
-    return added.on_duplicate_key_update(n=_k.n + added.inserted.n)
+def _counts_added(dialect: str, changes: Any) -> Any:
+    summed = (sa.select(changes.c.tube, changes.c.status, sa.func.sum(changes.c.n)).where(sa.true())
+              .group_by(changes.c.tube, changes.c.status))
+    return totals.adding(dialect, count_table, ["tube", "status", "n"], summed, ["n"])

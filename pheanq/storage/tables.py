@@ -241,6 +241,38 @@ count_change_table = sa.Table(
     sa.Column("tube", sa.String(200), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("n", sa.BigInteger(), nullable=False),
+    # Revision 0014. On the row of a task entering a status (an insert, a move): its command, which the fold adds
+    # to pheanq_status_total; NULL on the -1 rows and on a change of tube alone.
+    sa.Column("command", sa.String(255), nullable=True),
+    # On the move that ends an attempt with a verdict: how long it ran; on a claim: how long the task had been
+    # ready before it (both in seconds, computed by the database; see pheanq.storage.totals).
+    sa.Column("run_seconds", sa.Double(), nullable=True),
+    sa.Column("wait_seconds", sa.Double(), nullable=True),
+)
+
+# How many times a task of each tube and command entered each status since revision 0014, folded from
+# pheanq_count_change; only ever added to, so deleting tasks never lowers it (the metrics' counters).
+status_total_table = sa.Table(
+    "pheanq_status_total",
+    metadata,
+    sa.Column("tube", sa.String(200), primary_key=True),
+    sa.Column("command", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+)
+
+# Histograms of durations per tube and command (`metric` "run" or "wait"): per bucket (`le`, its upper bound in
+# seconds as Prometheus writes it, "+Inf" for the last) how many observations fell into it, not below, and their
+# sum. Folded from pheanq_count_change, only ever added to.
+duration_table = sa.Table(
+    "pheanq_duration",
+    metadata,
+    sa.Column("tube", sa.String(200), primary_key=True),
+    sa.Column("command", sa.String(255), primary_key=True),
+    sa.Column("metric", sa.String(8), primary_key=True),
+    sa.Column("le", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+    sa.Column("seconds", sa.Double(), nullable=False),
 )
 
 
