@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ PAGES = ["/", "/tasks", "/tasks/{task}", "/batches", "/workers", "/tubes", "/bur
 def start_web(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
     started: list[WebServer] = []
 
-    def start(env: dict[str, str], **options: str | None) -> WebServer:
+    def start(env: dict[str, str], **options: Any) -> WebServer:
         server = WebServer(env, tmp_path, **options)
         started.append(server)
         return server
@@ -316,3 +317,36 @@ def test_the_workers_page_shows_each_tender_s_workers_with_their_memory(
     finally:
         tender.signal(15)
         tender.wait(30)
+
+
+def test_metrics_are_served_with_the_dashboard_and_alone_to_a_user_s_token(
+    db_url: str, make_service: MakeService, make_env: MakeEnv, start_web: Callable[..., WebServer],
+    tmp_path: Path,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    service = make_service(db_url)
+    for n in range(3):
+        service.queue_task(TaskDescription("invoice", [n]), tube="billing")
+    finish_next(service, "billing", Status.DONE)
+    finish_next(service, "billing", Status.DONE)
+    finish_next(service, "billing", Status.FAILED)
+    env = make_env(db_url)
+    for server in (start_web(env), start_web(env, command="metrics")):
+        with server.client() as anonymous:
+            refused = anonymous.get("/metrics")
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        with server.client(READER_TOKEN) as prometheus:
+            answer = prometheus.get("/metrics")
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+        families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+        totals = {(sample.labels["tube"], sample.labels["outcome"]): sample.value
+                  for sample in families["pheanq_tasks"].samples
+                  if sample.name == "pheanq_tasks_total" and sample.labels["task"] == "invoice"}
+        assert totals[("billing", "done")] == 2 and totals[("billing", "failed")] == 1
+    # Only the metrics: the dashboard's pages are not there.
+    with server.client(ADMIN_TOKEN) as admin:
+        assert admin.get("/tasks").status_code == 404 and admin.get("/api").status_code == 404
+    alone = pheanq(["metrics", "--bind", "0.0.0.0:9464"], {k: v for k, v in env.items() if k != "PHEANQ_WEB_USERS"},
+                   tmp_path, timeout=30)
+    assert alone.returncode == 2 and "refusing to serve the metrics on 0.0.0.0" in alone.stderr

@@ -21,14 +21,14 @@ USERS = f"alice:admin:{ADMIN_TOKEN},rita:read:{READER_TOKEN}"
 
 
 class WebServer(PheanqProcess):
-    """`pheanq web --bind 127.0.0.1:PORT`, up once it answers."""
+    """`pheanq web --bind 127.0.0.1:PORT` (or `pheanq metrics ...`), up once it answers."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, users: str | None = USERS) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: Path, users: str | None = USERS, command: str = "web") -> None:
         self.port = free_port()
         environment = dict(env)
         if users is not None:
             environment["PHEANQ_WEB_USERS"] = users
-        super().__init__("web", ["--bind", f"127.0.0.1:{self.port}"], environment, cwd)
+        super().__init__(command, ["--bind", f"127.0.0.1:{self.port}"], environment, cwd)
         wait_for(self._answers, 20, f"pheanq web on port {self.port} (stderr: {self.stderr_lines[-5:]})")
 
     @property

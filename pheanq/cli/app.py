@@ -33,7 +33,7 @@ COMMAND_MODULES = {
     "status": "ops",
     "task-worker": "worker",
     "stop-worker-tender": "tender", "worker-tender": "tender",
-    "web": "web",
+    "web": "web", "metrics": "web",
 }
 
 

@@ -1,4 +1,4 @@
-"""`pheanq web`: the dashboard."""
+"""`pheanq web` (the dashboard, with /metrics) and `pheanq metrics` (/metrics alone)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,23 @@ def web(context: Context, bind: str) -> None:
     _serve(context, bind)
 
 
-def _serve(context: Context, bind: str) -> None:
+@cli.command("metrics")
+@click.option("--bind", default="127.0.0.1:9464", show_default=True, metavar="HOST:PORT",
+              help="Where to serve /metrics. Any address but a loopback one needs users configured ([web.users.NAME]); "
+                   "Prometheus then sends a user's token as a bearer token.")
+@pass_context
+def metrics(context: Context, bind: str) -> None:
+    """Serve /metrics (Prometheus text format) alone, for hosts that do not run the dashboard."""
+    _serve(context, bind, metrics_only=True)
+
+
+def _serve(context: Context, bind: str, metrics_only: bool = False) -> None:
     try:
         from pheanq.web.server import bind_address, check_exposure, serve
     except ImportError as error:
         raise ConfigError(f"{WEB_EXTRA} ({error})") from None
-    check_exposure(bind_address(bind)[0], context.settings, "the dashboard")
-    click.echo(f"pheanq web: serving on http://{bind}/", err=True)
-    serve(context.settings, bind)
+    what = "the metrics" if metrics_only else "the dashboard"
+    check_exposure(bind_address(bind)[0], context.settings, what)
+    click.echo(f"pheanq {'metrics' if metrics_only else 'web'}: serving {what} on http://{bind}/"
+               + ("metrics" if metrics_only else ""), err=True)
+    serve(context.settings, bind, metrics_only)

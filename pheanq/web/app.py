@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pheanq.clock import utc_now
 from pheanq.config import Settings, load_settings
 from pheanq.ops.report import duration_text, utc_text
-from pheanq.web import actions, pages
+from pheanq.web import actions, metrics, pages
 from pheanq.web.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, Visitor, new_csrf_cookie
 from pheanq.web.guard import Backend, Context, Page, View, guarded, root_of
 
@@ -84,22 +84,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
             now=utc_text(utc_now()))
 
     backend = Backend(settings, render)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        backend.close()
-
     routes: list[BaseRoute] = []
     for path, view, role, methods in ROUTES:
         if path not in API_ONLY:
             routes.append(Route(path, guarded(view, role, as_json=False), methods=methods))
         routes.append(Route(f"/api{path}".rstrip("/") or "/api", guarded(view, role, as_json=True), methods=methods))
     routes += [
+        Route("/metrics", guarded(metrics.metrics, "read", as_json=True), methods=["GET"]),
         Route("/login", _login, methods=["GET", "POST"]),
         Route("/logout", _logout, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    return _app(routes, backend)
+
+
+def create_metrics_app(settings: Settings | None = None) -> Starlette:
+    """/metrics alone, for `pheanq metrics` on a host that does not run the dashboard: the same users and
+    bearer tokens; no pages, no actions, no login form."""
+    settings = settings or load_settings()
+    backend = Backend(settings, lambda request, context, page: "")
+    return _app([Route("/metrics", guarded(metrics.metrics, "read", as_json=True), methods=["GET"])], backend)
+
+
+def _app(routes: list[BaseRoute], backend: Backend) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        backend.close()
+
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = backend
     app.add_middleware(_Headers)
@@ -193,4 +205,4 @@ class _Headers:
         await self.app(scope, receive, send_with_headers)
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_metrics_app"]

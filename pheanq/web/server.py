@@ -11,7 +11,7 @@ import uvicorn
 
 from pheanq.config import Settings
 from pheanq.errors import ConfigError
-from pheanq.web.app import create_app
+from pheanq.web.app import create_app, create_metrics_app
 
 SHUTDOWN_SECONDS = 5
 
@@ -46,9 +46,9 @@ def is_loopback(host: str) -> bool:
     return bool(found) and all(ipaddress.ip_address(str(address).split("%")[0]).is_loopback for address in found)
 
 
-def serve(settings: Settings, address: str) -> None:
-    """Serve the dashboard until SIGINT or SIGTERM."""
+def serve(settings: Settings, address: str, metrics_only: bool = False) -> None:
+    """Serve the dashboard (or, with `metrics_only`, /metrics alone) until SIGINT or SIGTERM."""
     host, port = bind_address(address)
-    check_exposure(host, settings, "the dashboard")
-    app = create_app(settings)
+    check_exposure(host, settings, "the metrics" if metrics_only else "the dashboard")
+    app = create_metrics_app(settings) if metrics_only else create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS)
