@@ -18,7 +18,8 @@ from typing import Any
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import InvalidInput
-from pheanq.status import Status
+from pheanq.status import CLAIMABLE, Status
+from pheanq.storage.counts import ready_since
 
 WAIT_SAMPLE = 50
 
@@ -66,11 +67,15 @@ def activity(dispatch: Dispatcher, window: Window, tube: str | None = None) -> d
     }
 
 
-def oldest_waiting(dispatch: Dispatcher, tubes: list[str]) -> dict[str, float]:
-    """Tube -> the age in seconds of its oldest task waiting to start (`new`, its time to run come)."""
+def oldest_waiting(dispatch: Dispatcher, counts: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Tube -> how long (seconds) its longest-ready task has waited for a worker, as the metric
+    pheanq_oldest_ready_age_seconds says it (pheanq.storage.counts.ready_since), from the tubes' task counts
+    (tube -> status -> count) that say which tubes have ready tasks."""
     now = utc_now()
-    return {tube: round(max(0.0, (now - created).total_seconds()), 1)
-            for tube, created in dispatch.store.activity.oldest_waiting(tubes, now).items()}
+    claimable = [(tube, status) for tube, statuses in counts.items() for status in sorted(CLAIMABLE)
+                 if statuses.get(status.value)]
+    return {tube: round(max(0.0, (now - since).total_seconds()), 1)
+            for tube, since in ready_since(dispatch.store.database, now, claimable).items()}
 
 
 def percentile(values: list[float], rank: float) -> float | None:

@@ -1,8 +1,7 @@
-"""What the dashboard's overview charts read: tasks ended per time bucket, samples of how long tasks waited in
-their queue, and the age of the oldest task still waiting to start.
+"""What the dashboard's overview charts read: tasks ended per time bucket, and samples of how long tasks waited in
+their queue.
 
-Every read goes through an index and costs what the window's rows cost, never the history: ends and waits
-through `(status, finished)`, the oldest waiting task through the pending `(status, id)` index.
+Every read goes through the `(status, finished)` index and costs what the window's rows cost, never the history.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from pheanq.status import Status
 from pheanq.storage.engine import Database
-from pheanq.storage.tables import PENDING_ROW, task_table
+from pheanq.storage.tables import task_table
 
 _c = task_table.c
 ENDED = (Status.DONE.value, Status.FAILED.value)
@@ -66,19 +65,6 @@ class ActivityStatements:
             _without_jit(conn)
             for bucket, created, started in conn.execute(sa.union_all(*branches)):
                 found[int(bucket)].append(max(0.0, (started - created).total_seconds()))
-        return found
-
-    def oldest_waiting(self, tubes: list[str], now: dt.datetime) -> dict[str, dt.datetime]:
-        """Tube -> when its oldest `new` task whose time to run has come was queued (tubes with none left out)."""
-        found: dict[str, dt.datetime] = {}
-        with self.database.transaction() as conn:
-            for tube in tubes:
-                query = (sa.select(_c.created).where(
-                    PENDING_ROW, _c.status == Status.NEW.value, _c.tube == tube,
-                    sa.or_(_c.run_at.is_(None), _c.run_at <= now)).order_by(_c.id).limit(1))
-                created = conn.execute(query).scalar()
-                if created is not None:
-                    found[tube] = created
         return found
 
 

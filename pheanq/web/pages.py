@@ -37,8 +37,7 @@ AUDIT_PAGE = 100
 def overview(request: Request, context: Context) -> Page:
     """Counts per tube and status, beanstalkd's figures, paused tubes and each tube's oldest waiting task."""
     report = status_report(context.service.dispatch)
-    tubes = list(report["tubes"])
-    oldest = oldest_waiting(context.service.dispatch, tubes)
+    oldest = oldest_waiting(context.service.dispatch, {tube: entry["tasks"] for tube, entry in report["tubes"].items()})
     return Page("overview.html", {**report, "statuses": [status.value for status in Status],
                                   "oldest_waiting_seconds": oldest, "windows": list(WINDOWS)})
 
