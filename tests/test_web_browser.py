@@ -456,6 +456,25 @@ def test_ticked_tasks_and_every_one_a_filter_selects_are_cancelled_once_confirme
         [("alice", "tasks-cancel")] * 3 + [("alice", "login")]
 
 
+def test_the_line_an_action_leaves_is_not_shown_again_on_the_next_page(
+    sqlite_url: str, make_scene: MakeScene,
+) -> None:
+    scene = make_scene(sqlite_url)
+    # A page and two tasks more: after the action, whose answer shows a page of the default size, the list has a
+    # next page.
+    later = [scene.service.queue_task(TaskDescription("work", [0, f"later-{n}"]), tube="later")
+             for n in range(LISTING_PAGE + 2)]
+    dashboard = scene.dashboard
+    dashboard.log_in(ADMIN_TOKEN, f"{TASKS}?tube=later")
+    dashboard.tick([later[-1]])
+    dashboard.press(dashboard.bulk_button("cancel", "chosen"), confirm="Cancel the ticked tasks?")
+    assert dashboard.note() == "cancelled 1 of 1 selected task(s)"
+    dashboard.follow("#next-page")
+    assert dashboard.task_ids() == later[1::-1]
+    # Nothing was done on the way to this page: a line saying something was would mislead.
+    assert dashboard.all("#note") == [], dashboard.note()
+
+
 # --- tubes and buried jobs
 
 
@@ -798,30 +817,8 @@ def dashboard_bug(what: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"dashboard bug: {what}")
 
 
-NOTE_KEPT = "the task list's paging links keep the `note` of the action that led to the page " \
-            "(pheanq/web/app.py, _query_without drops `after` only)"
 LOGIN_LEADS_TO_THE_ACTION = "an action posted without a session sends the login page on to the action's path, " \
                             "which a GET answers with an error (pheanq/web/guard.py, guarded: the login's `next`)"
-
-
-@dashboard_bug(NOTE_KEPT)
-def test_the_line_an_action_leaves_is_not_shown_again_on_the_next_page(
-    sqlite_url: str, make_scene: MakeScene,
-) -> None:
-    scene = make_scene(sqlite_url)
-    # A page and two tasks more: after the action, whose answer shows a page of the default size, the list has a
-    # next page.
-    later = [scene.service.queue_task(TaskDescription("work", [0, f"later-{n}"]), tube="later")
-             for n in range(LISTING_PAGE + 2)]
-    dashboard = scene.dashboard
-    dashboard.log_in(ADMIN_TOKEN, f"{TASKS}?tube=later")
-    dashboard.tick([later[-1]])
-    dashboard.press(dashboard.bulk_button("cancel", "chosen"), confirm="Cancel the ticked tasks?")
-    assert dashboard.note() == "cancelled 1 of 1 selected task(s)"
-    dashboard.follow("#next-page")
-    assert dashboard.task_ids() == later[1::-1]
-    # Nothing was done on the way to this page: a line saying something was would mislead.
-    assert dashboard.all("#note") == [], dashboard.note()
 
 
 @dashboard_bug(LOGIN_LEADS_TO_THE_ACTION)
