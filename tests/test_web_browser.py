@@ -804,7 +804,15 @@ def test_the_content_security_policy_keeps_an_injected_inline_script_from_runnin
         document.body.appendChild(injected);
     """)
     assert dashboard.find("body").get_attribute("data-injected") is None
-    [blocked] = [entry for entry in console(dashboard.driver) if entry["level"] == "SEVERE"]
+    # The report reaches the log a moment after the script is refused.
+    seen: list[dict[str, Any]] = []
+
+    def reported() -> list[dict[str, Any]]:
+        seen.extend(entry for entry in console(dashboard.driver) if entry["level"] == "SEVERE")
+        return seen
+
+    wait_for(reported, PAGE_WAIT, "the browser's report of the blocked script")
+    [blocked] = seen
     assert "violates the following Content Security Policy directive" in blocked["message"], blocked
 
 
