@@ -703,6 +703,27 @@ def overview_charts_draw_and_counts_follow_the_table(dashboard: Dashboard, servi
     dashboard.check_console()
 
 
+def test_an_action_taken_after_the_session_ended_leads_through_the_login_back_to_its_page_undone(
+    sqlite_url: str, make_scene: MakeScene,
+) -> None:
+    scene = make_scene(sqlite_url)
+    service, dashboard = scene.service, scene.dashboard
+    [failed] = scene.fail([("billing", 1, "invoice")])
+    dashboard.log_in(ADMIN_TOKEN, f"{TASKS}?status=failed")
+    dashboard.tick([failed])
+    # The session ends (after its 12 hours) while the page is open; then a button of the page is pressed.
+    dashboard.driver.delete_cookie("pheanq_session")
+    dashboard.press(dashboard.bulk_button("retry", "chosen"), confirm="Retry the ticked failed tasks?")
+    assert urllib.parse.urlsplit(dashboard.path).path == "/login"
+    dashboard.find("#token").send_keys(ADMIN_TOKEN)
+    dashboard.press(dashboard.find("#login"))
+    # Back on the page the button was on (the action's own address answers POST only), the action not done: it was
+    # not done without a session, and a login does not replay it.
+    assert dashboard.path == f"{TASKS}?status=failed"
+    assert dashboard.all("#error") == [] and dashboard.task_ids() == [failed]
+    assert service.status_of(failed) is Status.FAILED
+
+
 @contextlib.contextmanager
 def another_site(page: str) -> Iterator[str]:
     """A web server of another origin (127.0.0.1 on another port: the same site for the browser's cookies) that
@@ -814,38 +835,3 @@ def test_the_content_security_policy_keeps_an_injected_inline_script_from_runnin
     wait_for(reported, PAGE_WAIT, "the browser's report of the blocked script")
     [blocked] = seen
     assert "violates the following Content Security Policy directive" in blocked["message"], blocked
-
-
-# --- bugs of the dashboard these tests found
-
-
-def dashboard_bug(what: str) -> pytest.MarkDecorator:
-    """The mark of a test that fails for a bug of the dashboard: strict, so that once the bug is fixed the test
-    fails until its mark is removed."""
-    return pytest.mark.xfail(strict=True, reason=f"dashboard bug: {what}")
-
-
-LOGIN_LEADS_TO_THE_ACTION = "an action posted without a session sends the login page on to the action's path, " \
-                            "which a GET answers with an error (pheanq/web/guard.py, guarded: the login's `next`)"
-
-
-@dashboard_bug(LOGIN_LEADS_TO_THE_ACTION)
-def test_logging_in_again_after_the_session_ended_under_an_open_page_leads_to_a_page_not_an_error(
-    sqlite_url: str, make_scene: MakeScene,
-) -> None:
-    scene = make_scene(sqlite_url)
-    service, dashboard = scene.service, scene.dashboard
-    [failed] = scene.fail([("billing", 1, "invoice")])
-    dashboard.log_in(ADMIN_TOKEN, f"{TASKS}?status=failed")
-    dashboard.tick([failed])
-    # The session ends (after its 12 hours) while the page is open; then a button of the page is pressed.
-    dashboard.driver.delete_cookie("pheanq_session")
-    dashboard.press(dashboard.bulk_button("retry", "chosen"), confirm="Retry the ticked failed tasks?")
-    assert urllib.parse.urlsplit(dashboard.path).path == "/login"
-    page = dashboard.find("html")
-    dashboard.find("#token").send_keys(ADMIN_TOKEN)
-    dashboard.find("#login").click()
-    dashboard.wait_for_next(page)
-    assert service.status_of(failed) is Status.FAILED  # not done without a session, nor replayed by the login
-    assert dashboard.all("#error") == [], f"{dashboard.path}: {dashboard.text('#error')}"
-    dashboard.check_console()
