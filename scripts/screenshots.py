@@ -194,10 +194,10 @@ def photograph(url: str, out: Path, service: TaskQueueService) -> None:
         shot("tasks", "/tasks?status=failed&status=retrying&tube=mail")
         failed = service.store.listings.task_ids(failed_thumbnails(), None, 1) or failed_mail
         if failed:
-            shot("task-failed", f"/tasks/{failed[0]}")
+            shot("task-failed", f"/tasks/{failed[0]}", height=1450)
         running = [entry for entry in service.store.tasks.progress_of_working(5)]
         if running:
-            shot("task-running", f"/tasks/{running[0][0]}")
+            shot("task-running", f"/tasks/{running[0][0]}", height=1300)
         shot("batches", "/batches", height=600)
         batch_id = service.store.workflow_listings.list_batches(None, 1)[0].id
         shot("batch", f"/batches/{batch_id}", height=800)
