@@ -193,6 +193,9 @@ def test_an_action_without_the_form_s_csrf_token_or_from_another_origin_is_refus
     assert service.find_task(task_id).status is Status.CANCELLED
     shown = admin.get(done.headers["location"])
     assert 'id="note"' in shown.text and "cancelled" in shown.text
+    # A note is shown only as the action signed it: a link from elsewhere cannot put words in the dashboard's mouth.
+    forged = admin.get(done.headers["location"].replace("note=", "note=all%20tasks%20deleted%3B%20"))
+    assert 'id="note"' not in forged.text and admin.get(f"/tasks/{task_id}?note=hello").text.count('id="note"') == 0
 
 
 def test_every_answer_carries_the_security_headers(

@@ -137,7 +137,7 @@ def _bulk_done(context: Context, action: str, target: str, outcome: BulkOutcome,
 
 def _filter_query(context: Context) -> str:
     """The form's filter as the task list's query string, to show the same selection after the action."""
-    pairs = [(name, value) for name in FILTER_PARAMETERS for value in context.fields(name) if value.strip()]
+    pairs = [(name, value) for name in (*FILTER_PARAMETERS, "limit") for value in context.fields(name) if value.strip()]
     return urllib.parse.urlencode(pairs)
 
 

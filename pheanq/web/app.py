@@ -9,6 +9,7 @@ answer forbid framing, inline scripts and styles, and sniffing (a content securi
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return templates.get_template(page.template).render(
             **page.data, page=page.template.removesuffix(".html"), root=root_of(request),
             visitor=context.visitor, csrf=context.backend.gate.csrf_token(csrf_cookie),
-            note=request.query_params.get("note"), query=request.query_params, open_gate=context.backend.gate.open,
+            note=_signed_note(request, context), query=request.query_params, open_gate=context.backend.gate.open,
             now=utc_text(utc_now()))
 
     backend = Backend(settings, render)
@@ -162,7 +163,16 @@ async def _logout(request: Request) -> Response:
 def _query_without(query: Any, name: str) -> str:
     """A page's query string less one parameter (the page cursor, to link the first or the next page), and less
     the note an action left (it told of that action, not of the next page)."""
-    return urllib.parse.urlencode([(key, value) for key, value in query.multi_items() if key not in (name, "note")])
+    return urllib.parse.urlencode([(key, value) for key, value in query.multi_items()
+                                   if key not in (name, "note", "noted")])
+
+
+def _signed_note(request: Request, context: Context) -> str | None:
+    """The note an action left in the address, if this dashboard signed it."""
+    note, signature = request.query_params.get("note"), request.query_params.get("noted", "")
+    if note is None or not hmac.compare_digest(signature, context.backend.gate.note_signature(note)):
+        return None
+    return note
 
 
 def _local_path(target: str | None, root: str) -> str:

@@ -96,6 +96,11 @@ class Gate:
         return bool(csrf_cookie) and bool(token) and hmac.compare_digest(self._sign("csrf", csrf_cookie or ""),
                                                                          token or "")
 
+    def note_signature(self, note: str) -> str:
+        """The signature an action's one-line outcome carries in the address it redirects to: a page shows a
+        note only with it, so a link from elsewhere cannot make the dashboard say what it did not do."""
+        return self._sign("note", note)[:32]
+
     def _sign(self, purpose: str, text: str) -> str:
         return hmac.new(self._key, f"{purpose}\0{text}".encode(), hashlib.sha256).hexdigest()
 

@@ -147,7 +147,8 @@ def guarded(view: View, role: str, as_json: bool) -> Callable[[Request], Awaitab
                 return JSONResponse({"message": answer.message, **answer.data})
             separator = "&" if "?" in answer.next_page else "?"
             return RedirectResponse(f"{root_of(request)}{answer.next_page}{separator}"
-                                    f"note={urllib.parse.quote(answer.message)}", 303)
+                                    f"note={urllib.parse.quote(answer.message)}"
+                                    f"&noted={backend.gate.note_signature(answer.message)}", 303)
         if as_json:
             return JSONResponse(json.loads(json.dumps(answer.data, default=str)))
         html = await run_in_threadpool(backend.render, request, context, answer)
