@@ -379,7 +379,10 @@ def test_ticked_failed_tasks_and_every_one_a_filter_selects_are_retried_and_run_
     dashboard.tick(newest[1:3])
     dashboard.press(dashboard.bulk_button("retry", "chosen"), confirm="Retry the ticked failed tasks?")
     assert dashboard.note() == "regenerated 2 of 2 selected task(s) (now restarted, back in their tubes)"
-    assert dashboard.query == {"status": ["failed"], "tube": ["billing"], "note": [dashboard.note()]}
+    # Back on the same selection and page size, with the action's note and the signature that lets it be shown.
+    query = dashboard.query
+    assert len(query.pop("noted", [])) == 1
+    assert query == {"status": ["failed"], "tube": ["billing"], "limit": ["3"], "note": [dashboard.note()]}
     assert statuses(service, newest) == [Status.FAILED, Status.RESTARTED, Status.RESTARTED, *[Status.FAILED] * 5]
     assert [job_state(beanstalkd, job_of(service, task_id)) for task_id in newest[1:3]] == ["ready", "ready"]
 

@@ -53,7 +53,7 @@ def tasks_action(request: Request, context: Context) -> Done:
         target = f"tasks matching {query or '(no filter: every task)'}"
         outcome = cancel_selection(dispatch, where, who) if action == "cancel" else \
             regenerate_selection(dispatch, where) if action == "retry" else delete_selection(dispatch, where)
-    return _bulk_done(context, f"tasks-{action}", target, outcome, f"/tasks?{_filter_query(context)}")
+    return _bulk_done(context, f"tasks-{action}", target, outcome, f"/tasks?{_filter_query(context, 'limit')}")
 
 
 def task_retry(request: Request, context: Context) -> Done:
@@ -135,9 +135,10 @@ def _bulk_done(context: Context, action: str, target: str, outcome: BulkOutcome,
     return Done("; ".join(lines), next_page, dataclasses.asdict(outcome))
 
 
-def _filter_query(context: Context) -> str:
-    """The form's filter as the task list's query string, to show the same selection after the action."""
-    pairs = [(name, value) for name in (*FILTER_PARAMETERS, "limit") for value in context.fields(name) if value.strip()]
+def _filter_query(context: Context, *also: str) -> str:
+    """The form's filter (and the fields named in `also`) as the task list's query string: what the action took,
+    and the page to show the same selection after it."""
+    pairs = [(name, value) for name in (*FILTER_PARAMETERS, *also) for value in context.fields(name) if value.strip()]
     return urllib.parse.urlencode(pairs)
 
 
