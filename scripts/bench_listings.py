@@ -107,32 +107,12 @@ class Timed:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench-listings", description=__doc__.splitlines()[0])
-    parser.add_argument("--database", default="sqlite,postgresql,mysql",
-                        help="comma-separated: sqlite, postgresql, mysql (default: all three)")
-    parser.add_argument("--postgres-url", default=DEFAULT_URLS["postgresql"])
-    parser.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
-    parser.add_argument("--rows", type=positive, default=10_000_000, help="tasks in the table (default 10,000,000)")
-    parser.add_argument("--runs", type=positive, default=3)
-    parser.add_argument("--refill", action="store_true", help="fill the table again even if it has --rows rows")
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or
-                                                                 Path.home() / ".cache") / "pheanq-bench-listings",
-                        help="where the SQLite file is kept (default ~/.cache/pheanq-bench-listings)")
-    parser.add_argument("--json", action="store_true")
-    options = parser.parse_args(argv)
-    kinds = [kind.strip() for kind in options.database.split(",") if kind.strip()]
-    if unknown := [kind for kind in kinds if kind not in DEFAULT_URLS]:
-        parser.error(f"unknown database {unknown[0]!r} (sqlite, postgresql, mysql)")
-    if options.rows < 1000:
-        parser.error("--rows must be at least 1000")
-    urls = {"sqlite": f"sqlite:///{options.cache_dir / 'listings.db'}", "postgresql": options.postgres_url,
-            "mysql": options.mysql_url}
+    options, kinds, urls = fill_options(parser, argv, "sqlite,postgresql,mysql", runs=3)
     info = machine()
     results: dict[str, dict[str, Any]] = {}
     try:
         with beanstalkd() as (host, port):
             for kind in kinds:
-                if kind == "sqlite":
-                    options.cache_dir.mkdir(parents=True, exist_ok=True)
                 results[kind] = measure(kind, urls[kind], options.rows, options.runs, options.refill,
                                         f"{host}:{port}")
     except BenchError as error:
@@ -149,6 +129,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- one database ---------------------------------------------------------------------------------------------
+
+def fill_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None, databases: str, runs: int
+                 ) -> tuple[argparse.Namespace, list[str], dict[str, str]]:
+    """The options of a bench on the kept fill (this one's and bench-web's), parsed: the options, the databases
+    asked for, and each database's URL."""
+    parser.add_argument("--database", default=databases, help=f"comma-separated: sqlite, postgresql, mysql "
+                                                               f"(default: {databases})")
+    parser.add_argument("--postgres-url", default=DEFAULT_URLS["postgresql"])
+    parser.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
+    parser.add_argument("--rows", type=positive, default=10_000_000, help="tasks in the table (default 10,000,000)")
+    parser.add_argument("--runs", type=positive, default=runs)
+    parser.add_argument("--refill", action="store_true", help="fill the table again even if it has --rows rows")
+    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or
+                                                                 Path.home() / ".cache") / "pheanq-bench-listings",
+                        help="where the SQLite file is kept (default ~/.cache/pheanq-bench-listings)")
+    parser.add_argument("--json", action="store_true")
+    options = parser.parse_args(argv)
+    kinds = [kind.strip() for kind in options.database.split(",") if kind.strip()]
+    if unknown := [kind for kind in kinds if kind not in DEFAULT_URLS]:
+        parser.error(f"unknown database {unknown[0]!r} (sqlite, postgresql, mysql)")
+    if options.rows < 1000:
+        parser.error("--rows must be at least 1000")
+    if "sqlite" in kinds:
+        options.cache_dir.mkdir(parents=True, exist_ok=True)
+    urls = {"sqlite": f"sqlite:///{options.cache_dir / 'listings.db'}", "postgresql": options.postgres_url,
+            "mysql": options.mysql_url}
+    return options, kinds, urls
+
 
 def measure(kind: str, url: str, rows: int, runs: int, refill: bool, server: str) -> dict[str, Any]:
     ensure_database(kind, url)

@@ -24,22 +24,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from bench_listings import (
-    DEFAULT_URLS,
     Fill,
     drop_tables,
     engine_scalar,
     ensure_database,
+    fill_options,
     fill_table,
     kept_fill,
     server_version,
 )
-from benchlib import BenchError, beanstalkd, free_port, machine, machine_line, positive, spawn, stop, stop_all
+from benchlib import BenchError, beanstalkd, free_port, machine, machine_line, spawn, stop, stop_all
 
 from pheanq.storage import Store
 from pheanq.storage.migrate import upgrade_database
@@ -49,33 +48,12 @@ GOAL_SECONDS = 0.3
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench-web", description=__doc__.splitlines()[0])
-    parser.add_argument("--database", default="sqlite,postgresql",
-                        help="comma-separated: sqlite, postgresql, mysql (default: sqlite,postgresql)")
-    parser.add_argument("--postgres-url", default=DEFAULT_URLS["postgresql"])
-    parser.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
-    parser.add_argument("--rows", type=positive, default=10_000_000, help="tasks in the table (default 10,000,000)")
-    parser.add_argument("--runs", type=positive, default=5)
-    parser.add_argument("--refill", action="store_true", help="fill the table again even if it has --rows rows")
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or
-                                                                 Path.home() / ".cache") / "pheanq-bench-listings",
-                        help="where the SQLite file is kept (default ~/.cache/pheanq-bench-listings, as "
-                             "bench-listings)")
-    parser.add_argument("--json", action="store_true")
-    options = parser.parse_args(argv)
-    kinds = [kind.strip() for kind in options.database.split(",") if kind.strip()]
-    if unknown := [kind for kind in kinds if kind not in DEFAULT_URLS]:
-        parser.error(f"unknown database {unknown[0]!r} (sqlite, postgresql, mysql)")
-    if options.rows < 1000:
-        parser.error("--rows must be at least 1000")
-    urls = {"sqlite": f"sqlite:///{options.cache_dir / 'listings.db'}", "postgresql": options.postgres_url,
-            "mysql": options.mysql_url}
+    options, kinds, urls = fill_options(parser, argv, "sqlite,postgresql", runs=5)
     info = machine()
     results: dict[str, dict[str, Any]] = {}
     try:
         with beanstalkd() as (host, port):
             for kind in kinds:
-                if kind == "sqlite":
-                    options.cache_dir.mkdir(parents=True, exist_ok=True)
                 results[kind] = measure(kind, urls[kind], options.rows, options.runs, options.refill,
                                         f"{host}:{port}")
     except BenchError as error:

@@ -119,7 +119,7 @@ def shoot(work: Path, server: str, out: Path, seconds: int) -> None:
             # Failed thumbnails regenerated into the paused images tube: they wait there, restarted.
             subprocess.run([python, "-m", "pheanq", "pause", "--use-tube", "images"], env=environment, check=True,
                            capture_output=True)
-            failed = service.store.listings.task_ids(failed_thumbnails(), None, 60)[6:]
+            failed = service.store.listings.task_ids(failed_in("images"), None, 60)[6:]
             for task_id in failed:
                 service.regenerate_task(task_id)
             service.queue_many([TaskDescription("thumbnail", [f"upload-{n}.jpg"]) for n in range(150)],
@@ -183,7 +183,7 @@ def photograph(url: str, out: Path, service: TaskQueueService) -> None:
         driver.find_element(By.ID, "login").click()
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "visitor"))
         # Two actions through the pages, so that the audit shows them: a failed mail retried, a task cancelled.
-        failed_mail = service.store.listings.task_ids(failed_mails(), None, 1)
+        failed_mail = service.store.listings.task_ids(failed_in("mail"), None, 1)
         if failed_mail:
             driver.get(f"{url}/tasks/{failed_mail[0]}")
             driver.find_element(By.ID, "retry").click()
@@ -192,7 +192,7 @@ def photograph(url: str, out: Path, service: TaskQueueService) -> None:
         shot("overview", "/", lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-charts") == "drawn",
              height=1250)
         shot("tasks", "/tasks?status=failed&status=retrying&tube=mail")
-        failed = service.store.listings.task_ids(failed_thumbnails(), None, 1) or failed_mail
+        failed = service.store.listings.task_ids(failed_in("images"), None, 1) or failed_mail
         if failed:
             shot("task-failed", f"/tasks/{failed[0]}", height=1450)
         running = [entry for entry in service.store.tasks.progress_of_working(5)]
@@ -209,18 +209,12 @@ def photograph(url: str, out: Path, service: TaskQueueService) -> None:
         driver.quit()
 
 
-def failed_thumbnails() -> Any:
+def failed_in(tube: str) -> Any:
+    """The filter of the failed tasks of a tube."""
     from pheanq.status import Status
     from pheanq.storage.listings import TaskFilter
 
-    return TaskFilter(statuses=(Status.FAILED,), tubes=("images",))
-
-
-def failed_mails() -> Any:
-    from pheanq.status import Status
-    from pheanq.storage.listings import TaskFilter
-
-    return TaskFilter(statuses=(Status.FAILED,), tubes=("mail",))
+    return TaskFilter(statuses=(Status.FAILED,), tubes=(tube,))
 
 
 def other_host(name: str) -> list[str]:

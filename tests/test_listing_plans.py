@@ -133,12 +133,7 @@ def test_the_last_minutes_ends_are_read_through_the_status_finished_index(db_url
     store = Store(db_url)
     try:
         # A history of ended tasks, analysed: the planner's statistics are what led it astray on a big table.
-        long_ago = utc_now() - dt.timedelta(days=1)
-        with store.database.transaction() as conn:
-            conn.execute(task_table.insert(), [
-                {"command": "cmd", "data": "{}", "tube": f"tube-{n % 4}", "status": "done", "priority": 1, "ttr": 1,
-                 "attempts": 1, "created": long_ago, "modified": long_ago, "finished": long_ago} for n in range(3000)])
-            conn.execute(sa.text("ANALYZE"))
+        _analysed_history(store, days_ago=1)
         with statements_run(store) as seen:
             store.tasks.finished_since(utc_now() - dt.timedelta(minutes=1))
         [(statement, parameters)] = [(sql, params) for sql, params in seen if "pheanq_task" in sql]
@@ -173,13 +168,7 @@ def test_the_charts_read_each_bucket_as_a_range_of_the_status_finished_index(db_
     tube too: through (tube, status), a bucket would cost the tube's whole history."""
     store = Store(db_url)
     try:
-        long_ago = utc_now() - dt.timedelta(days=3)
-        with store.database.transaction() as conn:
-            conn.execute(task_table.insert(), [
-                {"command": "cmd", "data": "{}", "tube": f"tube-{n % 4}", "status": "done", "priority": 1, "ttr": 1,
-                 "attempts": 1, "created": long_ago, "modified": long_ago, "started": long_ago,
-                 "finished": long_ago} for n in range(3000)])
-            conn.execute(sa.text("ANALYZE"))
+        _analysed_history(store, days_ago=3)
         now = utc_now()
         buckets = [(now - dt.timedelta(minutes=2), now - dt.timedelta(minutes=1)),
                    (now - dt.timedelta(minutes=1), now)]
@@ -192,3 +181,14 @@ def test_the_charts_read_each_bucket_as_a_range_of_the_status_finished_index(db_
             assert "Seq Scan" not in plan and "SCAN pheanq_task" not in plan, plan
     finally:
         store.close()
+
+
+def _analysed_history(store: Store, days_ago: int) -> None:
+    """3000 tasks that ended `days_ago` days ago in four tubes, and the planner's statistics of them."""
+    long_ago = utc_now() - dt.timedelta(days=days_ago)
+    with store.database.transaction() as conn:
+        conn.execute(task_table.insert(), [
+            {"command": "cmd", "data": "{}", "tube": f"tube-{n % 4}", "status": "done", "priority": 1, "ttr": 1,
+             "attempts": 1, "created": long_ago, "modified": long_ago, "started": long_ago, "finished": long_ago}
+            for n in range(3000)])
+        conn.execute(sa.text("ANALYZE"))

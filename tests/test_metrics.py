@@ -19,7 +19,17 @@ from alembic import command
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_text
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
-from support import Beanstalkd, TenderProcess, WorkerProcess, finish_next, folds_beside, pheanq, wait_for, write_config
+from support import (
+    Beanstalkd,
+    TenderProcess,
+    WorkerProcess,
+    finish_next,
+    folds_beside,
+    pheanq,
+    skip_here_fail_in_ci,
+    wait_for,
+    write_config,
+)
 
 from pheanq import Retry, Status, TaskDescription
 from pheanq.clock import utc_now
@@ -176,9 +186,7 @@ def test_totals_are_summed_over_tenders_on_two_hosts(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
 ) -> None:
     if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("two hosts are two UTS namespaces (unshare), which need root: in CI, tests run as root")
-        pytest.skip("two hosts are two UTS namespaces (unshare), which need root")
+        skip_here_fail_in_ci("two hosts are two UTS namespaces (unshare), which need root")
     write_config(tmp_path, commands={"ok": [sys.executable, "-c", SLEEPER, "0.2"]})
     service = make_service(db_url)
     ids = [service.queue_task(TaskDescription("ok"), tube="billing") for _ in range(12)]

@@ -12,14 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from support import finish_next, pheanq, wait_for
 from web_support import ADMIN_TOKEN, READER_TOKEN, WebServer
 
 from pheanq import Status, TaskDescription
 from pheanq.config import load_settings
 from pheanq.producer.service import TaskQueueService
-from pheanq.storage.tables import audit_table
+from pheanq.storage import Store
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
@@ -56,15 +55,11 @@ def _csrf(html: str) -> str:
 
 
 def _audit(db_url: str) -> list[tuple[str, str, str]]:
-    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://").replace(
-        "mysql://", "mysql+pymysql://"))
+    store = Store(db_url)
     try:
-        with engine.connect() as conn:
-            return [(actor, action, outcome) for actor, action, outcome in conn.execute(
-                sa.select(audit_table.c.actor, audit_table.c.action, audit_table.c.outcome)
-                .order_by(audit_table.c.id))]
+        return [(entry.actor, entry.action, entry.outcome) for entry in reversed(store.audit.recent(1000))]
     finally:
-        engine.dispose()
+        store.close()
 
 
 def test_every_page_answers_as_html_and_as_json_with_what_the_table_holds(

@@ -32,11 +32,8 @@ def metrics(context: Context, bind: str) -> None:
 
 def _serve(context: Context, bind: str, metrics_only: bool = False) -> None:
     try:
-        from pheanq.web.server import bind_address, check_exposure, serve
+        from pheanq.web.server import serve
     except ImportError as error:
         raise ConfigError(f"{WEB_EXTRA} ({error})") from None
-    what = "the metrics" if metrics_only else "the dashboard"
-    check_exposure(bind_address(bind)[0], context.settings, what)
-    click.echo(f"pheanq {'metrics' if metrics_only else 'web'}: serving {what} on http://{bind}/"
-               + ("metrics" if metrics_only else ""), err=True)
-    serve(context.settings, bind, metrics_only)
+    command = "metrics" if metrics_only else "web"
+    serve(context.settings, bind, metrics_only, announce=lambda line: click.echo(f"pheanq {command}: {line}", err=True))

@@ -69,6 +69,12 @@ def list_buried(dispatch: Dispatcher, tube: str, after: int = 0, limit: int = LI
     return BuriedList(tube, page[:limit], max(total, len(jobs)), len(jobs), next_after)
 
 
+def tubes_with_buried(dispatch: Dispatcher) -> list[str]:
+    """The tubes in which beanstalkd holds buried jobs, by name."""
+    return [tube for tube in sorted(dispatch.beanstalkd.tubes())
+            if int((dispatch.beanstalkd.tube_stats(tube) or {}).get("current-jobs-buried", 0))]
+
+
 def prune_buried(dispatch: Dispatcher, tube: str) -> int:
     """Forget the records of the tube's jobs that beanstalkd no longer holds as buried; how many."""
     before = len(dispatch.store.admin.list_buried(dispatch.beanstalkd.server, tube))

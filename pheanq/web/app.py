@@ -29,7 +29,7 @@ from pheanq.config import Settings, load_settings
 from pheanq.ops.report import duration_text, utc_text
 from pheanq.web import actions, metrics, pages
 from pheanq.web.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, Visitor, new_csrf_cookie
-from pheanq.web.guard import Backend, Context, Page, View, guarded, root_of
+from pheanq.web.guard import Backend, Context, Page, View, forged, form_lists, guarded, root_of
 
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {
@@ -128,13 +128,11 @@ async def _login(request: Request) -> Response:
         return RedirectResponse(next_page, 303)
     why = None
     if request.method == "POST":
-        form = await request.form()
-        token = form.get("token")
-        csrf = form.get("csrf")
-        if not backend.gate.csrf_holds(request.cookies.get(CSRF_COOKIE), csrf if isinstance(csrf, str) else None):
-            why = "the form's CSRF token is missing or wrong: reload the page and try again"
-        else:
-            visitor = backend.gate.by_token(token) if isinstance(token, str) else None
+        form = form_lists(await request.form())
+        token = form.get("token", [None])[-1]
+        why = forged(request, backend.gate, form)
+        if why is None:
+            visitor = backend.gate.by_token(token) if token is not None else None
             if visitor is not None:
                 backend.store.audit.record(utc_now(), visitor.name, visitor.role, "login", "dashboard", "logged in")
                 answer = RedirectResponse(next_page, 303)
@@ -151,10 +149,9 @@ async def _login(request: Request) -> Response:
 
 async def _logout(request: Request) -> Response:
     backend: Backend = request.app.state.backend
-    form = await request.form()
-    csrf = form.get("csrf")
-    if not backend.gate.csrf_holds(request.cookies.get(CSRF_COOKIE), csrf if isinstance(csrf, str) else None):
-        return HTMLResponse("refused: the form's CSRF token is missing or wrong", 403)
+    why = forged(request, backend.gate, form_lists(await request.form()))
+    if why is not None:
+        return HTMLResponse(why, 403)
     answer = RedirectResponse(f"{root_of(request)}/login", 303)
     answer.delete_cookie(SESSION_COOKIE, path=root_of(request) or "/")
     return answer

@@ -129,8 +129,8 @@ def guarded(view: View, role: str, as_json: bool) -> Callable[[Request], Awaitab
         form: dict[str, list[str]] = {}
         if request.method == "POST":
             data = await request.form()
-            form = _lists(data)
-            why = _forged(request, backend.gate, form)
+            form = form_lists(data)
+            why = forged(request, backend.gate, form)
             if why is not None:
                 return _refused(request, as_json, 403, why)
         context = Context(backend, visitor, form)
@@ -168,7 +168,7 @@ def _back_to(request: Request) -> str:
     return f"{root_of(request)}/"
 
 
-def _forged(request: Request, gate: Gate, form: dict[str, list[str]]) -> str | None:
+def forged(request: Request, gate: Gate, form: dict[str, list[str]]) -> str | None:
     """Why an action must be refused as possibly forged by another site (None: it may go on). A request with a
     bearer token is a script's: no browser adds that header by itself."""
     if request.headers.get("authorization") is not None:
@@ -193,7 +193,7 @@ def _refused(request: Request, as_json: bool, code: int, why: str) -> Response:
     return HTMLResponse(html, code)
 
 
-def _lists(data: FormData) -> dict[str, list[str]]:
+def form_lists(data: FormData) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for key, value in data.multi_items():
         if isinstance(value, str):

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from pheanq.errors import InvalidInput, NotFound, TubeUnavailable
 from pheanq.limits import LISTING_PAGE, MAX_LISTING_PAGE
 from pheanq.ops.activity import WINDOWS, activity, oldest_waiting, window_named
-from pheanq.ops.buried import list_buried
+from pheanq.ops.buried import list_buried, tubes_with_buried
 from pheanq.ops.filters import parse_tubes, task_filter, task_id
 from pheanq.ops.report import (
     STALE_REPORT_SECONDS,
@@ -118,15 +118,10 @@ def tubes(request: Request, context: Context) -> Page:
 def buried(request: Request, context: Context) -> Page:
     """The buried jobs of a tube (the first tube that has some, unless one is asked for)."""
     dispatch = context.service.dispatch
-    report = status_report(dispatch)
-    with_buried = [name for name, entry in report["tubes"].items()
-                   if entry["beanstalkd"] and entry["beanstalkd"]["current-jobs-buried"]]
     try:
-        extra = [name for name in dispatch.beanstalkd.tubes() if name not in report["tubes"]]
-        with_buried += [name for name in extra if (dispatch.beanstalkd.tube_stats(name) or {}).get(
-            "current-jobs-buried")]
+        with_buried = tubes_with_buried(dispatch)
     except TubeUnavailable:
-        pass
+        with_buried = []
     asked = request.query_params.get("tube")
     tube = parse_tubes([asked], "tube")[0] if asked else (with_buried[0] if with_buried else None)
     after = _number(request.query_params.get("after"), "after", 0, None) or 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -46,9 +47,14 @@ def is_loopback(host: str) -> bool:
     return bool(found) and all(ipaddress.ip_address(str(address).split("%")[0]).is_loopback for address in found)
 
 
-def serve(settings: Settings, address: str, metrics_only: bool = False) -> None:
-    """Serve the dashboard (or, with `metrics_only`, /metrics alone) until SIGINT or SIGTERM."""
+def serve(settings: Settings, address: str, metrics_only: bool = False,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Serve the dashboard (or, with `metrics_only`, /metrics alone) until SIGINT or SIGTERM; `announce` is told
+    where, once the address is accepted."""
     host, port = bind_address(address)
-    check_exposure(host, settings, "the metrics" if metrics_only else "the dashboard")
+    what = "the metrics" if metrics_only else "the dashboard"
+    check_exposure(host, settings, what)
     app = create_metrics_app(settings) if metrics_only else create_app(settings)
+    if announce is not None:
+        announce(f"serving {what} on http://{address}/" + ("metrics" if metrics_only else ""))
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS)
