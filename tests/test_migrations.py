@@ -43,7 +43,8 @@ def test_the_migrated_schema_is_exactly_the_stores_metadata(db_url: str) -> None
         inspector = sa.inspect(store.database.engine)
         assert {index["name"] for index in inspector.get_indexes("pheanq_task")} == {
             "ix_pheanq_task_tube_status", "ix_pheanq_task_status_finished", "uq_pheanq_task_unique_live",
-            "ix_pheanq_task_batch_status", "ix_pheanq_task_pending", "ix_pheanq_task_batch_id"}
+            "ix_pheanq_task_batch_status", "ix_pheanq_task_pending", "ix_pheanq_task_batch_id",
+                "ix_pheanq_task_limit_key"}
     finally:
         store.close()
 

@@ -100,6 +100,10 @@ task_table = sa.Table(
     sa.Column("result", _LongText, nullable=True),
     # The last progress a Python task reported, as JSON {"done", "total", "message"}.
     sa.Column("progress", sa.String(600), nullable=True),
+    # The slot (UTC) of the schedule that queued the task (pheanq_schedule_run); NULL: not queued by a schedule.
+    sa.Column("scheduled_for", _Timestamp, nullable=True),
+    # The key the task's key limits count it under (e.g. "tenant:42"); NULL: none.
+    sa.Column("limit_key", sa.String(191), nullable=True),
     # `status` and `show` group and filter by these; cleanup scans done rows by age.
     sa.Index("ix_pheanq_task_tube_status", "tube", "status"),
     sa.Index("ix_pheanq_task_status_finished", "status", "finished"),
@@ -113,6 +117,9 @@ task_table = sa.Table(
     # A batch's tasks in id order, for the newest page of one batch's list; partial (WHERE batch_id IS NOT NULL)
     # on PostgreSQL and SQLite by revision 0013, for the same reason as the pending index's condition is not here.
     sa.Index("ix_pheanq_task_batch_id", "batch_id", "id"),
+    # The tasks of each limit key by status, for the number waiting on a key limit; partial (WHERE limit_key IS NOT
+    # NULL) on PostgreSQL and SQLite by revision 0015.
+    sa.Index("ix_pheanq_task_limit_key", "limit_key", "status"),
     # SQLite otherwise hands out the id of the newest row again once that row is deleted.
     sqlite_autoincrement=True,
 )
@@ -276,6 +283,45 @@ duration_table = sa.Table(
 )
 
 
+# Per recurring schedule (pheanq.schedules): every slot at or before `decided_until` (UTC) has been decided.
+schedule_table = sa.Table(
+    "pheanq_schedule",
+    metadata,
+    sa.Column("name", sa.String(191), primary_key=True),
+    sa.Column("decided_until", _Timestamp, nullable=False),
+    sa.Column("modified", _Timestamp, nullable=False),
+)
+
+# One row per decided slot of a schedule: `queued` (with its task) or `skipped` (with the reason). The primary key
+# makes a slot's task exactly one: the row is inserted in the transaction that inserts the task.
+schedule_run_table = sa.Table(
+    "pheanq_schedule_run",
+    metadata,
+    sa.Column("schedule", sa.String(191), primary_key=True),
+    sa.Column("slot", _Timestamp, primary_key=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("task_id", sa.BigInteger(), nullable=True),
+    sa.Column("reason", sa.String(255), nullable=True),
+    sa.Column("created", _Timestamp, nullable=False),
+)
+
+# The places of the cluster-wide limits (pheanq.task_limits), per scope ("command:NAME", "tube:NAME", "key:KEY")
+# and kind ("concurrency" or "rate"). A concurrency place is held by one attempt (task_id, attempt) until the task
+# leaves that attempt or `expires` passes (its lease, renewed with the task's); a rate place was last used at
+# `taken` and serves again one period later. A claim takes its places by compare-and-set in its own transaction.
+limit_slot_table = sa.Table(
+    "pheanq_limit_slot",
+    metadata,
+    sa.Column("scope", sa.String(300), primary_key=True),
+    sa.Column("kind", sa.String(12), primary_key=True),
+    sa.Column("slot", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("task_id", sa.BigInteger(), nullable=True),
+    sa.Column("attempt", sa.Integer(), nullable=True),
+    sa.Column("taken", _Timestamp, nullable=True),
+    sa.Column("expires", _Timestamp, nullable=True),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerRow:
     """A row of `pheanq_worker`: a worker-tender, or one of its workers, as the tender last reported it."""
@@ -323,6 +369,8 @@ class TaskRow:
     cancel_requested_by: str | None = None
     result: str | None = None
     progress: str | None = None
+    scheduled_for: dt.datetime | None = None
+    limit_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
