@@ -88,6 +88,8 @@ class NewTask:
     batch_id: int | None = None
     after: tuple[int, ...] = ()
     nonce: str = dataclasses.field(default_factory=new_nonce)
+    scheduled_for: dt.datetime | None = None    # the schedule's slot (UTC) that queued it
+    limit_key: str | None = None                # the key its key limits count it under
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,4 +463,5 @@ def _row_values(task: NewTask, status: Status, waiting_for: int) -> dict[str, An
     return dict(command=task.command, data=task.data, tube=task.tube, status=status.value, priority=task.priority,
                 ttr=task.ttr, timeout=task.timeout, run_at=task.run_at, retry=task.retry, unique_key=task.unique_key,
                 unique_live=task.unique_key, waiting_for=waiting_for, batch_id=task.batch_id, attempts=0,
-                created=now, modified=now, nonce=task.nonce)
+                created=now, modified=now, nonce=task.nonce, scheduled_for=task.scheduled_for,
+                limit_key=task.limit_key)
