@@ -199,6 +199,13 @@ class BeanstalkdConnection:
         except greenstalk.NotFoundError:
             return None
 
+    def releases(self, job_id: int) -> int:
+        """How many times the job was released (stats-job); 0 when beanstalkd has no such job."""
+        try:
+            return self._call(lambda client: int(client.stats_job(job_id)["releases"]))
+        except greenstalk.NotFoundError:
+            return 0
+
     def kick_job(self, job_id: int) -> bool:
         """Make a buried (or delayed) job ready; False when there is no such job in those states."""
         return self._on_job(job_id, lambda client, job: client.kick_job(job))

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pheanq.errors import ConfigError
+from pheanq.task_limits import LimitTable, parse_limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +61,8 @@ class Settings:
     # Who may use the dashboard and the metrics endpoint (pheanq.web): name -> role and token. None given, they
     # serve loopback addresses only, to anyone who can reach them there.
     web_users: Mapping[str, WebUser] = dataclasses.field(default_factory=dict, repr=False)
+    # Cluster-wide concurrency and rate limits (pheanq.task_limits): pheanq.toml's [limits] table.
+    limits: LimitTable = dataclasses.field(default_factory=LimitTable)
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -395,6 +398,7 @@ _PARSERS = {
     "max_tasks_per_child": _parse_positive_int,
     "max_child_memory": _parse_positive_int,
     "web_users": _parse_web_users,
+    "limits": parse_limits,
 }
 
 _ENV_NAMES = {

@@ -52,7 +52,6 @@ def upgrade() -> None:
         sa.Column("task_id", sa.BigInteger(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=True),
         sa.Column("taken", _Timestamp, nullable=True),
-        sa.Column("expires", _Timestamp, nullable=True),
     )
     # Plain ADD COLUMN (no batch copy on SQLite): a copy of pheanq_task would drop its count triggers.
     op.add_column("pheanq_task", sa.Column("scheduled_for", _Timestamp, nullable=True))

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 
-from pheanq import task_registry, tasklog
+from pheanq import task_limits, task_registry, tasklog
 from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, JobToPut, ReservedJob
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
@@ -46,6 +46,7 @@ from pheanq.storage.restarts import RestartPage
 from pheanq.storage.tables import BuriedRow, TaskRow
 from pheanq.storage.tasks import Inserted
 from pheanq.storage.workflows import Cancelled
+from pheanq.task_limits import LimitTable, limited_wait
 
 log = logging.getLogger("pheanq.dispatch")
 
@@ -100,6 +101,12 @@ class Dispatcher:
         """The commands this process may run (its settings do not change), and the Python tasks its imports
         registered (a worker imports them before its first claim): every claim names them."""
         return [*self.settings.registry(), *(PYTHON_PREFIX + name for name in task_registry.names())]
+
+    @functools.cached_property
+    def _limits(self) -> LimitTable:
+        """The limits of pheanq.toml, and those the imports declared in code (`@task(concurrency=...)`) for the
+        commands it does not name: every claim takes its task's places."""
+        return self.settings.limits.with_code(task_limits.declared())
 
     def close(self) -> None:
         self.job_ids.close()
@@ -316,7 +323,8 @@ class Dispatcher:
         this worker may not run; released with a delay when it is early or held under a live lease; deleted when
         its task ended or runs under another job."""
         task_id = body.task_id
-        claim = self.store.claims.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, self._commands)
+        claim = self.store.claims.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, self._commands,
+                                             self._limits)
         if claim.outcome is ClaimOutcome.MISSING:
             self.bury(job, f"task {task_id} has no row in the table")
             return None
@@ -339,6 +347,13 @@ class Dispatcher:
             wait = put_delay(claim.row.run_at, utc_now())
             log.info("job %d: task %d may not run before %s UTC; the job waits %ds more", job.id, task_id,
                      claim.row.run_at, wait)
+            self.beanstalkd.release(job.id, claim.row.priority, wait)
+            return None
+        if claim.outcome is ClaimOutcome.LIMITED:
+            wait = limited_wait(claim.wait, self.beanstalkd.releases(job.id))
+            limits = self._limits.places_for(claim.row.command, claim.row.tube, claim.row.limit_key)
+            log.info("job %d: task %d is over a limit (of %s); the job waits %ds, the worker takes the next", job.id,
+                     task_id, ", ".join(sorted({place.scope for place in limits})), wait)
             self.beanstalkd.release(job.id, claim.row.priority, wait)
             return None
         if claim.outcome is ClaimOutcome.HELD_ALIVE:

@@ -26,6 +26,7 @@ from pheanq.limits import (
 )
 from pheanq.retry import Retry
 from pheanq.run_at import run_at_of
+from pheanq.task_limits import check_limit_key
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -51,6 +52,7 @@ class QueueKeywords(TypedDict, total=False):
     unique_key: str | None
     after: Iterable[int]
     batch: int | None
+    limit_key: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,7 @@ class QueueOptions:
     `unique_key`: while a task queued with this key has not ended, its id is returned instead.
     `after`: ids of tasks that must all be done first; the task is `waiting` until then.
     `batch`: the id of an open batch (see pheanq.producer.batch) the task joins.
+    `limit_key`: the key its key limits count it under (e.g. "tenant:42"; see pheanq.task_limits).
     """
 
     tube: str | None = None
@@ -77,6 +80,7 @@ class QueueOptions:
     unique_key: str | None = None
     after: tuple[int, ...] = ()
     batch: int | None = None
+    limit_key: str | None = None
     # The options the call named, so that a task's own defaults (a `@task`'s) fill only the others.
     given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
@@ -103,6 +107,8 @@ class QueueOptions:
                                             or not 0 < len(self.unique_key) <= MAX_UNIQUE_KEY):
             raise InvalidInput(f"unique_key must be a text of 1 to {MAX_UNIQUE_KEY} characters, "
                                f"not {self.unique_key!r}")
+        if self.limit_key is not None:
+            check_limit_key(self.limit_key)
         if self.run_at is not None:
             run_at_of(self.delay, self.run_at, utc_now())  # delay and run_at together, or a naive run_at, fail here
 

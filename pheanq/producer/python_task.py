@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from pheanq.errors import InvalidInput
 from pheanq.producer.options import QueueKeywords, QueueOptions, Unpack
-from pheanq.python_call import PythonCall, check_task_name
+from pheanq.python_call import PREFIX, PythonCall, check_task_name
+from pheanq.task_limits import check_limit_key, declare, limit_spec
 from pheanq.task_registry import register
 
 if TYPE_CHECKING:
@@ -45,10 +46,11 @@ class PythonTask(Generic[P, R]):
     __wrapped__: Callable[P, R]
 
     def __init__(self, function: Callable[P, R], name: str, defaults: QueueKeywords,
-                 service: TaskQueueService | None = None) -> None:
+                 service: TaskQueueService | None = None, key_of: Callable[..., str] | None = None) -> None:
         self.function = function
         self.name = name
         self.defaults = defaults
+        self.key_of = key_of      # computes a run's limit_key from its arguments
         self.service = service
         self.signature = inspect.signature(function)
         functools.update_wrapper(self, function)
@@ -65,6 +67,8 @@ class PythonTask(Generic[P, R]):
             raise InvalidInput(f"task {self.name}: {error}") from None
         call = PythonCall(self.name, bound.args, bound.kwargs, tube=self.defaults.get("tube"))
         call.queue_defaults = {key: value for key, value in self.defaults.items() if key != "tube"}
+        if self.key_of is not None:
+            call.queue_defaults["limit_key"] = check_limit_key(self.key_of(*bound.args, **bound.kwargs))
         return call
 
     def queue(self, *args: P.args, **kwargs: P.kwargs) -> int:
@@ -115,16 +119,23 @@ def task(function: Callable[P, R], /) -> PythonTask[P, R]: ...
 
 
 @overload
-def task(*, name: str | None = None, service: TaskQueueService | None = None,
+def task(*, name: str | None = None, service: TaskQueueService | None = None, concurrency: int | None = None,
+         rate: str | None = None, limit_key_of: Callable[..., str] | None = None,
          **defaults: Unpack[QueueKeywords]) -> Callable[[Callable[P, R]], PythonTask[P, R]]: ...
 
 
 def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
-         service: TaskQueueService | None = None,
+         service: TaskQueueService | None = None, concurrency: int | None = None, rate: str | None = None,
+         limit_key_of: Callable[..., str] | None = None,
          **defaults: Unpack[QueueKeywords]) -> PythonTask[P, R] | Callable[[Callable[P, R]], PythonTask[P, R]]:
     """Make a function a task (see the module's doc). `name`: the name queued tasks refer to; the keywords
     are the task's own queue options (tube, priority, ttr, timeout, retry, ...), which a queue call's
-    options override."""
+    options override. `concurrency` and `rate` ("10/m") limit its runs across every host (pheanq.task_limits);
+    `limit_key_of`, a function of the task's arguments, makes each run's `limit_key` (the key its key limits
+    count it under)."""
+    if limit_key_of is not None and not callable(limit_key_of):
+        raise InvalidInput(f"limit_key_of must be a function of the task's arguments, not {limit_key_of!r}")
+    spec = None if concurrency is None and rate is None else limit_spec("@task", concurrency, rate)
     checked = QueueOptions.of(defaults)
     for per_run in ("after", "batch", "unique_key", "delay", "run_at"):
         if per_run in defaults:
@@ -137,7 +148,9 @@ def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
         task_name = name if name is not None else _default_name(fn)
         check_task_name(task_name)
         register(task_name, fn)
-        return PythonTask(fn, task_name, defaults, service)
+        if spec is not None:
+            declare(PREFIX + task_name, spec)
+        return PythonTask(fn, task_name, defaults, service, limit_key_of)
 
     return decorate(function) if function is not None else decorate
 

@@ -66,7 +66,7 @@ class TaskQueueService:
                    django_db: str | None = None, **options: Unpack[QueueKeywords]) -> int:
         """Record the task as `new`, then put its job; returns the task id. The options are those of
         `QueueOptions` (pheanq.producer.options): tube, priority, delay, ttr, timeout, run_at, retry,
-        unique_key, after, batch.
+        unique_key, after, batch, limit_key.
 
         With `session`, the row is written in that SQLAlchemy session's transaction and the job is put
         only after it commits (a rollback sends nothing). With `django_db` (a name in Django's DATABASES), the
@@ -184,7 +184,7 @@ class TaskQueueService:
         run_at = options.runs_from(utc_now())
         task = NewTask(description.command, data, tube, options.priority, options.ttr,
                        options.timeout, run_at, None if options.retry is None else options.retry.to_json(),
-                       options.unique_key, options.batch, options.after, nonce)
+                       options.unique_key, options.batch, options.after, nonce, limit_key=options.limit_key)
         return PlannedJob(0, description, tube, options.priority, run_at, options.ttr, nonce, data), task
 
 

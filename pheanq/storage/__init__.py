@@ -4,9 +4,9 @@
 own life (`tasks`), a worker's claim of it and its lease (`claims`), what a task's end sets in motion
 (`workflows`), the tasks a filter selects (`listings`) and the failed ones among them regenerated a page at a
 time (`restarts`), everything that is not a task (`admin`), the dashboard's record of its actions
-(`audit`), and the recent activity its charts show (`activity`). Each statement that changes a task's status
-is one compare-and-set UPDATE whose condition comes from `pheanq.status.TRANSITIONS`, so two workers (or a
-worker and a person) can never both win a task.
+(`audit`), the places of the cluster-wide limits (`limit_places`), and the recent activity its charts show
+(`activity`). Each statement that changes a task's status is one compare-and-set UPDATE whose condition comes
+from `pheanq.status.TRANSITIONS`, so two workers (or a worker and a person) can never both win a task.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pheanq.storage.admin import AdminStatements
 from pheanq.storage.audit import AuditStatements
 from pheanq.storage.claims import ClaimStatements
 from pheanq.storage.engine import Database
+from pheanq.storage.limit_places import LimitPlaces
 from pheanq.storage.listings import ListingStatements, WorkflowListings
 from pheanq.storage.removals import RemovalStatements
 from pheanq.storage.restarts import RestartStatements
@@ -29,7 +30,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self.database = Database(url)
         self.tasks = TaskStatements(self.database)
-        self.claims = ClaimStatements(self.database)
+        self.limit_places = LimitPlaces(self.database)
+        self.claims = ClaimStatements(self.database, self.limit_places)
         self.workflows = WorkflowStatements(self.database)
         self.admin = AdminStatements(self.database)
         self.listings = ListingStatements(self.database)

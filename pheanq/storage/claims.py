@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from pheanq import tasklog
 from pheanq.clock import utc_now
@@ -22,7 +23,9 @@ from pheanq.lease import stale_after
 from pheanq.run_at import EARLY_TOLERANCE, is_early
 from pheanq.status import CLAIMABLE, Status
 from pheanq.storage.engine import Database, any_of, same
+from pheanq.storage.limit_places import LimitPlaces, take_places
 from pheanq.storage.tables import TaskRow, select_task, task_row, task_table
+from pheanq.task_limits import LimitTable, Place
 
 _c = task_table.c
 
@@ -59,22 +62,53 @@ class ClaimOutcome(enum.Enum):
     OTHER_TUBE = "other tube"      # the row's tube is not one the worker takes from: the job was moved or forged
     OTHER_ROW = "other row"        # the row's nonce is not the job's: the job is an earlier task's, or forged
     UNREGISTERED = "unregistered"  # the row's command is not one the worker may run
+    LIMITED = "limited"            # a limit it falls under has no free place: nothing was written, the job must wait
+
+
+class _OverLimit(Exception):
+    """Rolls a claim back: a limit of its task had no free place."""
+
+    def __init__(self, row: TaskRow, wait: float) -> None:
+        self.row, self.wait = row, wait
+
+
+class _PlacesMissing(Exception):
+    """Rolls a claim back: the rows of a limit of its task must be made first (in transactions of their own)."""
+
+    def __init__(self, places: list[Place]) -> None:
+        self.places = places
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
-    row: TaskRow | None
+    row: TaskRow | None          # LIMITED: the row as the claim would have left it (nothing was written)
+    wait: float = 0.0            # LIMITED: seconds until a place may free, where known (a rate limit's)
 
 
 class ClaimStatements:
     """The statements of a worker's claim and of the lease it holds."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, places: LimitPlaces) -> None:
         self.database = database
+        self.places = places
 
     def claim_task(self, task_id: int, nonce: str | None, job_id: int, worker: str, tubes: Sequence[str],
-                   commands: Sequence[str]) -> Claim:
+                   commands: Sequence[str], limits: LimitTable | None = None) -> Claim:
+        """Move the task to `working` for this job, or say why not (see _claim_task). With `limits`, the claim
+        also takes a place of every limit the task falls under, in the same transaction, or writes nothing
+        (LIMITED)."""
+        for _ in range(2):
+            try:
+                return self._claim_task(task_id, nonce, job_id, worker, tubes, commands, limits)
+            except _PlacesMissing as missing:
+                self.places.make_places(missing.places)
+            except _OverLimit as over:
+                return Claim(ClaimOutcome.LIMITED, over.row, over.wait)
+        raise AssertionError("a limit's places were made, yet missing")  # pragma: no cover
+
+    def _claim_task(self, task_id: int, nonce: str | None, job_id: int, worker: str, tubes: Sequence[str],
+                    commands: Sequence[str], limits: LimitTable | None) -> Claim:
         """Move the task to `working` for this job, or say why not. Compare-and-set UPDATEs only.
 
         Only the row the job names is claimed: its id *and* its nonce (a job without one names only a row
@@ -136,6 +170,8 @@ class ClaimStatements:
                                 + tasklog.holder_gone(row.attempts, row.worker))
                     ).rowcount
                     row = select_task(conn, task_id)
+            if changed == 1 and row is not None and limits:
+                self._take_places(conn, row, limits, now)
         if row is None:
             return Claim(ClaimOutcome.MISSING, None)
         if changed == 1:
@@ -143,6 +179,17 @@ class ClaimStatements:
         if row.status is Status.WORKING:
             return Claim(ClaimOutcome.HELD_ALIVE if row.job_id == job_id else ClaimOutcome.HELD_ELSEWHERE, row)
         return Claim(ClaimOutcome.FINISHED, row)
+
+    def _take_places(self, conn: Connection, row: TaskRow, limits: LimitTable, now: dt.datetime) -> None:
+        """Take the places of the claimed row's limits in the claim's transaction, or raise to roll it back."""
+        places = limits.places_for(row.command, row.tube, row.limit_key)
+        if not places:
+            return
+        if not self.places.made(places):
+            raise _PlacesMissing(places)
+        wait = take_places(conn, places, row.id, row.attempts, now)
+        if wait is not None:
+            raise _OverLimit(row, wait)
 
     def renew_lease(self, task_id: int, attempt: int) -> bool:
         """The holder's heartbeat; False when this attempt no longer holds the task."""

@@ -306,9 +306,9 @@ schedule_run_table = sa.Table(
 )
 
 # The places of the cluster-wide limits (pheanq.task_limits), per scope ("command:NAME", "tube:NAME", "key:KEY")
-# and kind ("concurrency" or "rate"). A concurrency place is held by one attempt (task_id, attempt) until the task
-# leaves that attempt or `expires` passes (its lease, renewed with the task's); a rate place was last used at
-# `taken` and serves again one period later. A claim takes its places by compare-and-set in its own transaction.
+# and kind ("concurrency" or "rate"). A concurrency place is held by one attempt (task_id, attempt) while the task
+# is `working` in that attempt under a lease that is not stale (pheanq.lease); a rate place was last used at `taken`
+# and serves again one period later. A claim takes its places by compare-and-set in its own transaction.
 limit_slot_table = sa.Table(
     "pheanq_limit_slot",
     metadata,
@@ -318,7 +318,6 @@ limit_slot_table = sa.Table(
     sa.Column("task_id", sa.BigInteger(), nullable=True),
     sa.Column("attempt", sa.Integer(), nullable=True),
     sa.Column("taken", _Timestamp, nullable=True),
-    sa.Column("expires", _Timestamp, nullable=True),
 )
 
 
