@@ -182,3 +182,9 @@ def held(runs: str, go: str, fail: bool = False) -> str:
 async def async_fail(message: str) -> None:
     await asyncio.sleep(0)  # a real await before the raise: the traceback passes through the event loop
     raise ValueError(message)
+
+
+@task(concurrency=1, rate="2/s", limit_key_of=lambda tenant, **_: f"tenant:{tenant}")
+def limited_echo(tenant: str, text: str = "") -> str:
+    """A task with limits declared in code and a limit key made from its arguments."""
+    return text

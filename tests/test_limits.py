@@ -6,12 +6,15 @@ ends or its lease goes stale; the rate window slides. The declarations themselve
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 
+import pytasks
 import pytest
 import sqlalchemy as sa
-from support import Beanstalkd, claims, job_state
+from support import Beanstalkd, claims, job_state, pheanq
 
 from pheanq import InvalidInput, Status, TaskDescription
 from pheanq.clock import utc_now
@@ -181,3 +184,23 @@ def test_places_are_made_once_however_many_processes_race(db_url: str, make_serv
         service.store.limit_places.make_places([place])
     with services[0].store.database.transaction() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pheanq_limit_slot")).scalar_one() == 5
+
+
+def test_status_shows_each_limit_with_its_use_including_those_declared_in_code(
+        sqlite_url: str, make_env: Callable[..., dict[str, str]], make_service: MakeService, tmp_path: Path) -> None:
+    (tmp_path / "pheanq.toml").write_text('[python]\nimports = ["pytasks"]\n[limits.commands.slow]\nconcurrency = 2\n'
+                                          '[limits.keys.tenant]\nrate = "5/m"\n[commands]\nslow = ["true"]\n')
+    service = make_service(sqlite_url)
+    for _ in range(3):
+        service.queue_task(TaskDescription("slow"))
+    assert pytasks.limited_echo.describe("acme").queue_defaults["limit_key"] == "tenant:acme"
+    service.queue_task(pytasks.limited_echo.describe("acme", text="hi"))
+    env = make_env(sqlite_url, PYTHONPATH=str(Path(__file__).parent))
+    text = pheanq(["status"], env, tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "limit command:slow concurrency 2: 0 running, 3 waiting" in text.stdout
+    assert "limit command:py:pytasks.limited_echo concurrency 1: 0 running, 1 waiting" in text.stdout
+    assert "limit command:py:pytasks.limited_echo rate 2/s: 0 started in the period, 1 waiting" in text.stdout
+    assert "limit key:tenant:acme rate 5/m: 0 started in the period, 1 waiting" in text.stdout
+    shown = json.loads(pheanq(["status", "--json"], env, tmp_path).stdout)["limits"]
+    assert {"scope": "command:slow", "kind": "concurrency", "limit": 2, "in_use": 0, "waiting": 3} in shown

@@ -14,7 +14,7 @@ import click
 
 from pheanq.config import Settings, check_tube_name, load_settings
 from pheanq.dispatch import Dispatcher
-from pheanq.errors import PheanqError
+from pheanq.errors import ConfigError, PheanqError
 from pheanq.producer.service import TaskQueueService
 from pheanq.rundir import default_run_dir
 
@@ -97,6 +97,17 @@ class Context:
     @property
     def dispatch(self) -> Dispatcher:
         return self.service.dispatch
+
+    def import_application(self) -> None:
+        """Import the `[python] imports` modules, so that the limits their `@task`s declare show; a module that
+        does not import is a warning, not an error: the rest of the report stands without it."""
+        if self.settings.python_imports:
+            from pheanq.worker.python_imports import import_tasks  # lazy: only with an application to import
+
+            try:
+                import_tasks(self.settings.python_imports)
+            except ConfigError as error:
+                click.echo(f"warning: limits declared in code are not shown: {error}", err=True)
 
     @property
     def run_dir(self) -> Path:

@@ -27,7 +27,8 @@ from pheanq.storage.migrate import upgrade_database
               help="With --watch: stop after N drawings. [default: until Ctrl-C]")
 @pass_context
 def status(context: Context, as_json: bool, watch: bool, interval: float, drawings: int | None) -> None:
-    """Task counts per tube and status from SQL, beside beanstalkd's own tube stats."""
+    """Task counts per tube and status from SQL, beside beanstalkd's own tube stats; the limits and their use."""
+    context.import_application()
     if not watch:
         if drawings is not None:
             raise click.UsageError("--count goes with --watch")

@@ -36,4 +36,6 @@ def _serve(context: Context, bind: str, metrics_only: bool = False) -> None:
     except ImportError as error:
         raise ConfigError(f"{WEB_EXTRA} ({error})") from None
     command = "metrics" if metrics_only else "web"
+    if not metrics_only:
+        context.import_application()
     serve(context.settings, bind, metrics_only, announce=lambda line: click.echo(f"pheanq {command}: {line}", err=True))

@@ -103,7 +103,7 @@ class Dispatcher:
         return [*self.settings.registry(), *(PYTHON_PREFIX + name for name in task_registry.names())]
 
     @functools.cached_property
-    def _limits(self) -> LimitTable:
+    def limits(self) -> LimitTable:
         """The limits of pheanq.toml, and those the imports declared in code (`@task(concurrency=...)`) for the
         commands it does not name: every claim takes its task's places."""
         return self.settings.limits.with_code(task_limits.declared())
@@ -324,7 +324,7 @@ class Dispatcher:
         its task ended or runs under another job."""
         task_id = body.task_id
         claim = self.store.claims.claim_task(task_id, body.nonce, job.id, self.worker_name, tubes, self._commands,
-                                             self._limits)
+                                             self.limits)
         if claim.outcome is ClaimOutcome.MISSING:
             self.bury(job, f"task {task_id} has no row in the table")
             return None
@@ -351,7 +351,7 @@ class Dispatcher:
             return None
         if claim.outcome is ClaimOutcome.LIMITED:
             wait = limited_wait(claim.wait, self.beanstalkd.releases(job.id))
-            limits = self._limits.places_for(claim.row.command, claim.row.tube, claim.row.limit_key)
+            limits = self.limits.places_for(claim.row.command, claim.row.tube, claim.row.limit_key)
             log.info("job %d: task %d is over a limit (of %s); the job waits %ds, the worker takes the next", job.id,
                      task_id, ", ".join(sorted({place.scope for place in limits})), wait)
             self.beanstalkd.release(job.id, claim.row.priority, wait)

@@ -20,6 +20,7 @@ from pheanq.python_call import PythonCall, to_json
 from pheanq.retry import describe_retry
 from pheanq.status import Status
 from pheanq.storage.tables import TaskRow, WorkerRow
+from pheanq.task_limits import CONCURRENCY, Rate
 
 # A tender reports every 2 s; one silent for longer than this is shown as possibly gone.
 STALE_REPORT_SECONDS = 15
@@ -44,6 +45,7 @@ def status_report(dispatch: Dispatcher) -> dict[str, Any]:
         report["tubes"][tube]["tasks"][status.value] = count
     report["paused"] = {tube: utc_text(until) for tube, until in sorted(dispatch.store.admin.paused_tubes(
         utc_now()).items())}
+    report["limits"] = limits_report(dispatch)
     report["pool"] = pool_report(dispatch.store.admin.list_pool())
     report["progress"] = [{"id": task_id, "command": command, "tube": tube, "progress": _json_or_text(progress)}
                           for task_id, command, tube, progress in dispatch.store.tasks.progress_of_working(
@@ -55,6 +57,14 @@ def status_report(dispatch: Dispatcher) -> dict[str, Any]:
     except TubeUnavailable as error:
         report["beanstalkd_error"] = str(error)
     return report
+
+
+def limits_report(dispatch: Dispatcher) -> list[dict[str, Any]]:
+    """Each cluster-wide limit this process knows (pheanq.toml's, and those the code it imported declared), with
+    its use now: running tasks (concurrency) or starts within the period (rate), and the tasks yet to start."""
+    return [{"scope": use.scope, "kind": use.kind, "limit": use.size if use.kind == CONCURRENCY
+             else str(Rate(use.size, use.period)), "in_use": use.in_use, "waiting": use.waiting}
+            for use in dispatch.store.limit_places.usage(dispatch.limits, utc_now())]
 
 
 def pool_report(rows: list[WorkerRow]) -> list[dict[str, Any]]:
@@ -91,6 +101,10 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"beanstalkd: {one_line(report['beanstalkd_error'])}")
     for tube, until in report["paused"].items():
         lines.append(f"tube {one_line(tube)} is paused until {until} (`pheanq resume --use-tube {one_line(tube)}`)")
+    for limit in report["limits"]:
+        use = "running" if limit["kind"] == CONCURRENCY else "started in the period"
+        lines.append(f"limit {one_line(limit['scope'])} {limit['kind']} {limit['limit']}: {limit['in_use']} {use}, "
+                     f"{limit['waiting']} waiting")
     for entry in report["progress"]:
         progress = progress_text(entry["progress"])
         if progress is not None:

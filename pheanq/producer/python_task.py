@@ -68,8 +68,19 @@ class PythonTask(Generic[P, R]):
         call = PythonCall(self.name, bound.args, bound.kwargs, tube=self.defaults.get("tube"))
         call.queue_defaults = {key: value for key, value in self.defaults.items() if key != "tube"}
         if self.key_of is not None:
-            call.queue_defaults["limit_key"] = check_limit_key(self.key_of(*bound.args, **bound.kwargs))
+            call.queue_defaults["limit_key"] = self._limit_key(bound)
         return call
+
+    def _limit_key(self, bound: inspect.BoundArguments) -> str:
+        """The run's limit key: `limit_key_of` called with every parameter by name, defaults included."""
+        assert self.key_of is not None
+        named = inspect.BoundArguments(self.signature, bound.arguments.copy())
+        named.apply_defaults()
+        try:
+            key = self.key_of(**named.arguments)
+        except Exception as error:
+            raise InvalidInput(f"task {self.name}: limit_key_of failed: {type(error).__name__}: {error}") from None
+        return check_limit_key(key)
 
     def queue(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Queue a run of the task with these arguments; returns its task id at once."""
@@ -131,8 +142,8 @@ def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
     """Make a function a task (see the module's doc). `name`: the name queued tasks refer to; the keywords
     are the task's own queue options (tube, priority, ttr, timeout, retry, ...), which a queue call's
     options override. `concurrency` and `rate` ("10/m") limit its runs across every host (pheanq.task_limits);
-    `limit_key_of`, a function of the task's arguments, makes each run's `limit_key` (the key its key limits
-    count it under)."""
+    `limit_key_of`, called with the task's arguments by name (defaults included), makes each run's `limit_key`
+    (the key its key limits count it under)."""
     if limit_key_of is not None and not callable(limit_key_of):
         raise InvalidInput(f"limit_key_of must be a function of the task's arguments, not {limit_key_of!r}")
     spec = None if concurrency is None and rate is None else limit_spec("@task", concurrency, rate)

@@ -26,6 +26,8 @@ from pheanq.storage.tables import limit_slot_table, task_table
 from pheanq.task_limits import CONCURRENCY, RATE, LimitTable, Place
 
 _s, _t = limit_slot_table.c, task_table.c
+# `pheanq status` shows the key limits of at most this many keys (those with places, or with tasks yet to start).
+MAX_KEYS_SHOWN = 100
 
 # The rows of one limit with their holders as the claim must judge them: a holder counts while its attempt is
 # `working` and its lease is not stale.
@@ -90,10 +92,16 @@ class LimitPlaces:
             self._made.add((place.scope, place.kind, place.size))
 
     def usage(self, table: LimitTable, now: dt.datetime) -> list[LimitUse]:
-        """Every declared limit with its use now, key limits once per key that has places; in scope order."""
+        """Every declared limit with its use now, key limits once per key that has places or tasks yet to start (at
+        most MAX_KEYS_SHOWN keys); in claim order."""
         with self.database.transaction() as conn:
-            keys = conn.execute(sa.select(_s.scope).where(_s.scope.like("key:%")).distinct()).scalars().all()
-            declared = table.declared_places(scope.removeprefix("key:") for scope in keys)
+            placed = conn.execute(sa.select(_s.scope).where(_s.scope.like("key:%")).distinct()
+                                  .limit(MAX_KEYS_SHOWN)).scalars().all()
+            queued = conn.execute(sa.select(_t.limit_key).where(_t.limit_key.is_not(None),
+                                                                 any_of(_t.status, [s.value for s in CLAIMABLE]))
+                                  .distinct().limit(MAX_KEYS_SHOWN)).scalars().all()
+            keys = sorted({scope.removeprefix("key:") for scope in placed} | {str(key) for key in queued})
+            declared = table.declared_places(keys[:MAX_KEYS_SHOWN])
             return [LimitUse(place.scope, place.kind, place.size, place.period, _in_use(conn, place, now),
                              _waiting(conn, place.scope)) for place in declared]
 
