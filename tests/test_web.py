@@ -70,8 +70,12 @@ def test_every_page_answers_as_html_and_as_json_with_what_the_table_holds(
         service.queue_task(TaskDescription("invoice", [n]), tube="billing")
     failed = finish_next(service, "billing", Status.FAILED)
     done = finish_next(service, "billing", Status.DONE)
-    server = start_web(make_env(db_url))
+    env = make_env(db_url)
+    with open(env["PHEANQ_CONFIG"], "a") as config:
+        config.write('[limits.tubes.billing]\nconcurrency = 3\n')
+    server = start_web(env)
     with server.client(READER_TOKEN) as client:
+        assert 'data-scope="tube:billing" data-kind="concurrency"' in client.get("/").text
         for path in (page.format(task=failed) for page in PAGES):
             page = client.get(path)
             assert page.status_code == 200, (path, page.text[:500])
@@ -83,6 +87,8 @@ def test_every_page_answers_as_html_and_as_json_with_what_the_table_holds(
         assert overview["tubes"]["billing"]["tasks"] == {**{status.value: 0 for status in Status},
                                                          "new": 1, "failed": 1, "done": 1}
         assert overview["tubes"]["billing"]["beanstalkd"]["current-jobs-ready"] == 1
+        assert overview["limits"] == [{"scope": "tube:billing", "kind": "concurrency", "limit": 3, "in_use": 0,
+                                       "waiting": 1}]
         listed = client.get("/api/tasks", params={"status": "failed", "tube": "billing"}).json()
         assert [task["id"] for task in listed["tasks"]] == [failed]
         shown = client.get(f"/api/tasks/{done}").json()
