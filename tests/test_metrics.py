@@ -250,6 +250,19 @@ def test_a_tender_that_stopped_reporting_is_stale(db_url: str, make_service: Mak
         frozenset({"host": "here", "state": "running"}.items()): 1}
 
 
+def test_each_limit_shows_its_places_use_and_waiting_tasks(sqlite_url: str, make_service: MakeService) -> None:
+    service = make_service(sqlite_url, commands={"slow": ["true"]},
+                           limits={"commands": {"slow": {"concurrency": 2, "rate": "5/m"}}})
+    for _ in range(3):
+        service.queue_task(TaskDescription("slow"))
+    assert finish_next(service, "pheanq", Status.WORKING)
+    samples = scrape(service.dispatch)
+    concurrency, rate = (frozenset({"scope": "command:slow", "kind": kind}.items()) for kind in ("concurrency", "rate"))
+    assert named(samples, "pheanq_limit_places") == {concurrency: 2, rate: 5}
+    assert named(samples, "pheanq_limit_in_use") == {concurrency: 1, rate: 1}
+    assert named(samples, "pheanq_limit_waiting") == {concurrency: 2, rate: 2}
+
+
 def test_deleting_tasks_lowers_what_the_table_holds_never_the_totals(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
 ) -> None:

@@ -28,7 +28,9 @@ from pheanq.errors import PheanqError
 from pheanq.ops.report import STALE_REPORT_SECONDS
 from pheanq.status import CLAIMABLE, FINAL, Status
 from pheanq.storage import Store, counts, totals
+from pheanq.storage.limit_places import LimitUse
 from pheanq.storage.tables import WorkerRow
+from pheanq.task_limits import LimitTable
 
 log = logging.getLogger("pheanq.metrics")
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class TableFigures:
     histograms: list[totals.Histogram]
     ready_since: dict[str, dt.datetime]
     pool: list[WorkerRow]
+    limits: list[LimitUse] = dataclasses.field(default_factory=list)
 
 
 _NOTHING = TableFigures(dt.datetime(2000, 1, 1), [], [], [], {}, [])
@@ -81,7 +84,7 @@ class PheanqCollector:
         yield _up("beanstalkd", stats is not None)
 
     def _read_table(self) -> TableFigures | None:
-        return _answered(lambda: read_table(self.dispatch.store), "the database")
+        return _answered(lambda: read_table(self.dispatch.store, self.dispatch.limits), "the database")
 
     def _read_beanstalkd(self, tubes: list[str]) -> dict[str, dict[str, Any]] | None:
         return _answered(lambda: {tube: self.dispatch.beanstalkd.tube_stats(tube) or {} for tube in tubes},
@@ -100,14 +103,15 @@ def _answered(read: Callable[[], T], what: str) -> T | None:
     return None
 
 
-def read_table(store: Store) -> TableFigures:
+def read_table(store: Store, limits: LimitTable | None = None) -> TableFigures:
     """Fold the changes the count triggers noted, then read what the metrics show of the table (what
     scripts/bench-listings times on 10 million rows)."""
     now = utc_now()
     counted = counts.count_tasks(store.database)  # folds first: the totals read next are as fresh as the counts
     claimable = [(tube, status) for tube, status, _ in counted if status in CLAIMABLE]
     return TableFigures(now, counted, totals.status_totals(store.database), totals.histograms(store.database),
-                        counts.ready_since(store.database, now, claimable), store.admin.list_pool())
+                        counts.ready_since(store.database, now, claimable), store.admin.list_pool(),
+                        store.limit_places.usage(limits, now) if limits else [])
 
 
 def _table_families(table: TableFigures, tubes: list[str]) -> Iterator[Metric]:
@@ -162,6 +166,18 @@ def _table_families(table: TableFigures, tubes: list[str]) -> Iterator[Metric]:
         for (host, state), n in sorted(states.items()):
             family.add_metric([host, state], n)
         yield family
+
+    scope_kind = ["scope", "kind"]
+    places = GaugeMetricFamily("pheanq_limit_places", "Places of each cluster-wide limit: N running at once "
+                               "(concurrency) or N starts per period (rate)", labels=scope_kind)
+    in_use = GaugeMetricFamily("pheanq_limit_in_use", "Places in use: running tasks (concurrency) or starts "
+                               "within the period (rate)", labels=scope_kind)
+    waiting = GaugeMetricFamily("pheanq_limit_waiting", "Tasks of the limit's scope yet to start", labels=scope_kind)
+    for use in table.limits:
+        places.add_metric([use.scope, use.kind], use.size)
+        in_use.add_metric([use.scope, use.kind], use.in_use)
+        waiting.add_metric([use.scope, use.kind], use.waiting)
+    yield from (places, in_use, waiting)
 
 
 def _jobs(stats: dict[str, dict[str, Any]]) -> Metric:
