@@ -118,8 +118,12 @@ def limited_wait(known: float, releases: int, rng: random.Random | None = None) 
     """Seconds (whole, at least 1: beanstalkd's delays) a job over a limit waits before it is reserved again,
     `known` being the seconds until a place frees where that is known (else 0) and `releases` how many times the
     job was released already."""
-    base = known if known > 0 else min(LIMITED_WAIT_CAP, LIMITED_WAIT_FIRST * 2 ** min(releases, 8))
-    return max(1, math.ceil(base * (1 + (rng or random).uniform(0, LIMITED_WAIT_JITTER))))
+    jitter = 1 + (rng or random).uniform(0, LIMITED_WAIT_JITTER)
+    if known > 0:
+        return max(1, math.ceil(known * jitter))  # never before the place frees
+    # Rounded, not raised, to whole seconds: ceil made the first wait of 1 s one of 2 s (+100 %, not +0-25 %), and
+    # every later one a second longer, while the place it waits for may have been free all along.
+    return max(1, round(min(LIMITED_WAIT_CAP, LIMITED_WAIT_FIRST << min(releases, 8)) * jitter))
 
 
 def _places(scope: str, spec: LimitSpec) -> list[Place]:

@@ -47,16 +47,14 @@ from bench_floors import (
 )
 from benchlib import (
     BenchError,
-    Stopped,
     beanstalkd,
     machine,
     machine_line,
+    measured,
     percentile,
     positive,
     spawn,
     stop,
-    stop_all,
-    stop_on_signals,
 )
 
 DEFAULT_URLS = {
@@ -71,31 +69,26 @@ Timed = Callable[[str, tuple[str, int], int], float]   # (database URL, beanstal
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
-    stop_on_signals()
     info = machine()
     info.update(drivers())
     figures: dict[str, Figures] = {}
     memory: dict[str, float] = {}
-    try:
+
+    def measure_all() -> None:
         with tempfile.TemporaryDirectory(prefix="pheanq-bench-", ignore_cleanup_errors=True) as root:
             # Every temporary directory a measurement makes lands in this one, removed at the end.
             tempfile.tempdir = root
-            for kind in options.databases:
-                figures[kind] = measure(kind, options.urls.get(kind, ""), Path(root), options)
-            if "memory" in options.only and "sqlite" in options.databases:
-                memory = resident_memory()
-    except BenchError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    except Stopped as stopped:
-        print(f"bench: stopped by {stopped}", file=sys.stderr)
-        return 128 + stopped.signum
-    finally:
-        stop_all()
-        tempfile.tempdir = None
+            try:
+                for kind in options.databases:
+                    figures[kind] = measure(kind, options.urls.get(kind, ""), Path(root), options)
+                if "memory" in options.only and "sqlite" in options.databases:
+                    memory.update(resident_memory())
+            finally:
+                tempfile.tempdir = None
+
+    code = measured("bench", measure_all)
+    if code:
+        return code
     if options.json:
         print(json.dumps({"runs": options.runs, "tasks": options.tasks, "tasks_e2e": options.tasks_e2e,
                           "pickups": options.pickups, "workers": WORKERS, "machine": info, "figures": figures,

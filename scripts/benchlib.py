@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +80,27 @@ def stop_on_signals() -> None:
 
 def _stop_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise Stopped(signum)
+
+
+def measured(prog: str, measure: Callable[[], None]) -> int:
+    """Run `measure` with SIGTERM and SIGHUP raising Stopped; stop every process it started, however it ends.
+    0 when it ran through; else what stopped it is said on stderr and its exit code returned: 1 for a BenchError,
+    130 for Ctrl-C, 128 + the signal number for SIGTERM or SIGHUP."""
+    stop_on_signals()
+    try:
+        measure()
+    except BenchError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Stopped as stopped:
+        print(f"{prog}: stopped by {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    finally:
+        stop_all()
+    return 0
 
 
 # --- beanstalkd and databases ---------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from typing import Any, TextIO
 import greenstalk
 import psutil
 import sqlalchemy as sa
+from chaos_limits import limits_under_kills
 from chaostasks import sleep_and_record
 
 from pheanq import TaskDescription, TaskPendingWarning, TaskQueueService, load_settings
@@ -1030,6 +1031,7 @@ SCENARIOS: dict[str, Scenario] = {
     "workflows": Scenario(workflows),
     "python-kill-workers": Scenario(kill_workers, python=True),
     "python-tender-restart": Scenario(tender_restart, python=True),
+    "limits": Scenario(limits_under_kills),
 }
 
 
