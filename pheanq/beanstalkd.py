@@ -199,6 +199,20 @@ class BeanstalkdConnection:
         except greenstalk.NotFoundError:
             return None
 
+    def kick_delayed(self, job_id: int) -> bool:
+        """Make the job ready now if it is delayed (stats-job, then kick-job); False when it is not delayed, or
+        gone."""
+        def kick(client: greenstalk.Client[bytes]) -> bool:
+            if client.stats_job(job_id)["state"] != "delayed":
+                return False
+            client.kick_job(job_id)
+            return True
+
+        try:
+            return self._call(kick)
+        except greenstalk.NotFoundError:
+            return False
+
     def releases(self, job_id: int) -> int:
         """How many times the job was released (stats-job); 0 when beanstalkd has no such job."""
         try:

@@ -115,9 +115,10 @@ def test_a_concurrency_limit_holds_and_its_place_comes_back_when_a_holder_ends(
     assert service.status_of(third) is Status.NEW
     third_job = service.find_task(third).job_id
     assert third_job is not None and job_state(beanstalkd, third_job) == "delayed"
-    # The first ends: its place is free again, with nothing released explicitly.
+    # The first ends: its place is free again, with nothing released explicitly, and the waiting job is woken.
     assert worker.mark_done(first, None)
-    assert service.beanstalkd.kick_job(third_job)
+    worker.wake_waiting(first)
+    assert job_state(beanstalkd, third_job) == "ready"
     package = worker.reserve_task("pheanq", 0)
     assert package is not None and package.task_id == third
     use = {(u.scope, u.kind): (u.in_use, u.waiting) for u in service.store.limit_places.usage(service.settings.limits,

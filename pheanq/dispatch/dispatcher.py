@@ -38,7 +38,7 @@ from pheanq.errors import (
 from pheanq.lease import stale_after
 from pheanq.limits import MAX_BURIED_REASON, MAX_BURIED_RECORDS, body_preview
 from pheanq.python_call import PREFIX as PYTHON_PREFIX
-from pheanq.run_at import put_delay
+from pheanq.run_at import EARLY_TOLERANCE, put_delay
 from pheanq.status import Status
 from pheanq.storage import Store
 from pheanq.storage.claims import ClaimOutcome
@@ -46,7 +46,7 @@ from pheanq.storage.restarts import RestartPage
 from pheanq.storage.tables import BuriedRow, TaskRow
 from pheanq.storage.tasks import Inserted
 from pheanq.storage.workflows import Cancelled
-from pheanq.task_limits import LimitTable, limited_wait
+from pheanq.task_limits import CONCURRENCY, LimitTable, limited_wait
 
 log = logging.getLogger("pheanq.dispatch")
 
@@ -386,6 +386,17 @@ class Dispatcher:
                         f"pheanq: the stored description cannot be read: {error}\n")
             return None
         return WorkPackage(job.id, claim.row, stored)
+
+    def wake_waiting(self, row: TaskRow) -> None:
+        """After an attempt of `row` ended: for each concurrency limit it held a place of, make one delayed job of
+        the same limit ready now, so that the freed place does not sit idle while that job waits out its backoff."""
+        for place in self.limits.places_for(row.command, row.tube, row.limit_key):
+            if place.kind != CONCURRENCY:
+                continue
+            for job_id in self.store.limit_places.waiting_jobs(place.scope, utc_now() + EARLY_TOLERANCE):
+                if self.beanstalkd.kick_delayed(job_id):
+                    log.info("job %d: a place of %s freed; the job is ready now", job_id, place.scope)
+                    break
 
     def bury(self, job: ReservedJob, reason: str) -> None:
         """Bury a job that must not run, and record why (the worker carries on)."""

@@ -26,6 +26,8 @@ from pheanq.storage.tables import limit_slot_table, task_table
 from pheanq.task_limits import CONCURRENCY, RATE, LimitTable, Place
 
 _s, _t = limit_slot_table.c, task_table.c
+# The column of pheanq_task a scope ("command:NAME", "tube:NAME", "key:KEY") names its tasks by.
+_SCOPE_COLUMNS = {"command": _t.command, "tube": _t.tube, "key": _t.limit_key}
 # `pheanq status` shows the key limits of at most this many keys (those with places, or with tasks yet to start).
 MAX_KEYS_SHOWN = 100
 
@@ -90,6 +92,16 @@ class LimitPlaces:
                 except IntegrityError:
                     pass  # another process made it first
             self._made.add((place.scope, place.kind, place.size))
+
+    def waiting_jobs(self, scope: str, now: dt.datetime, count: int = 3) -> list[int]:
+        """The job ids of the scope's oldest tasks that are `new` with a job and due: those a freed place of the
+        scope may wake."""
+        column = _SCOPE_COLUMNS[scope.partition(":")[0]]
+        with self.database.transaction() as conn:
+            return [int(job_id) for job_id in conn.execute(
+                sa.select(_t.job_id).where(_t.status == Status.NEW.value, column == scope.partition(":")[2],
+                                           _t.job_id.is_not(None), sa.or_(_t.run_at.is_(None), _t.run_at <= now))
+                .order_by(_t.id).limit(count)).scalars()]
 
     def usage(self, table: LimitTable, now: dt.datetime) -> list[LimitUse]:
         """Every declared limit with its use now, key limits once per key that has places or tasks yet to start (at
@@ -159,7 +171,7 @@ def _in_use(conn: Connection, place: Place, now: dt.datetime) -> int:
 def _waiting(conn: Connection, scope: str) -> int:
     """The tasks of the scope that have yet to start: queued, or waiting for a retry."""
     what, _, name = scope.partition(":")
-    column = {"command": _t.command, "tube": _t.tube, "key": _t.limit_key}[what]
+    column = _SCOPE_COLUMNS[what]
     return int(conn.execute(sa.select(sa.func.count()).select_from(task_table)
                             .where(column == name, any_of(_t.status, [s.value for s in CLAIMABLE]))).scalar_one())
 

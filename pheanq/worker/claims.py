@@ -4,13 +4,16 @@ ended. The writes themselves are the dispatcher's (pheanq.dispatch): this module
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from pheanq.beanstalkd import ReservedJob
 from pheanq.body import decode_body
 from pheanq.dispatch import Dispatcher, WorkPackage
-from pheanq.errors import MalformedBody, TubeUnavailable
+from pheanq.errors import MalformedBody, StoreUnavailable, TubeUnavailable
 from pheanq.status import Status
+
+log = logging.getLogger("pheanq.worker")
 
 
 class TaskClaims:
@@ -99,6 +102,14 @@ class TaskClaims:
         """The command of a task whose cancel was requested while it ran was stopped: the task ends
         `cancelled`, with the attempt's entry and exit code."""
         return self.dispatch.ends.end_cancelled(package, exit_code, log_text)
+
+    def wake_waiting(self, package: WorkPackage) -> None:
+        """The attempt ended: wake a job that waits for a concurrency place it held (pheanq.task_limits). Only
+        an optimisation (the job comes back by itself after its backoff), so an outage is logged, not raised."""
+        try:
+            self.dispatch.wake_waiting(package.row)
+        except (StoreUnavailable, TubeUnavailable) as error:
+            log.info("task %d: a job waiting for its place was not woken: %s", package.task_id, error)
 
     def touch(self, package: WorkPackage) -> bool:
         """Renew the job's reservation; False when this worker no longer holds it."""

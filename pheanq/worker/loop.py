@@ -173,6 +173,7 @@ class TaskWorker:
             self._record(lambda: self.claims.release_task(package, outcome.log), package)
         else:
             self._record(lambda: self._finish(package, outcome), package)
+        self.claims.wake_waiting(package)
 
     def _execute(self, package: WorkPackage, keep_running: Callable[[], str | None]) -> Outcome:
         """Run the task: a Python task in this worker's child process, a command as a process of its own."""
