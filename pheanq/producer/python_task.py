@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from pheanq.errors import InvalidInput
 from pheanq.producer.options import QueueKeywords, QueueOptions, Unpack
 from pheanq.python_call import PythonCall, check_task_name
+from pheanq.schedules import schedule_of_task
 from pheanq.task_registry import register
 
 if TYPE_CHECKING:
@@ -116,15 +117,17 @@ def task(function: Callable[P, R], /) -> PythonTask[P, R]: ...
 
 @overload
 def task(*, name: str | None = None, service: TaskQueueService | None = None,
+         schedule: str | Mapping[str, Any] | None = None,
          **defaults: Unpack[QueueKeywords]) -> Callable[[Callable[P, R]], PythonTask[P, R]]: ...
 
 
 def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
-         service: TaskQueueService | None = None,
+         service: TaskQueueService | None = None, schedule: str | Mapping[str, Any] | None = None,
          **defaults: Unpack[QueueKeywords]) -> PythonTask[P, R] | Callable[[Callable[P, R]], PythonTask[P, R]]:
     """Make a function a task (see the module's doc). `name`: the name queued tasks refer to; the keywords
     are the task's own queue options (tube, priority, ttr, timeout, retry, ...), which a queue call's
-    options override."""
+    options override. `schedule`: run it recurrently, a cron expression or a table of a schedule's keys
+    (pheanq.schedules.schedule_of_task), as a schedule named after the task."""
     checked = QueueOptions.of(defaults)
     for per_run in ("after", "batch", "unique_key", "delay", "run_at"):
         if per_run in defaults:
@@ -137,7 +140,10 @@ def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
         task_name = name if name is not None else _default_name(fn)
         check_task_name(task_name)
         register(task_name, fn)
-        return PythonTask(fn, task_name, defaults, service)
+        made = PythonTask(fn, task_name, defaults, service)
+        if schedule is not None:
+            schedule_of_task(made, schedule)
+        return made
 
     return decorate(function) if function is not None else decorate
 
