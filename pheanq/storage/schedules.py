@@ -76,15 +76,17 @@ class ScheduleStatements:
             with self.database.transaction() as conn:
                 return conn.execute(sa.select(_s.decided_until).where(_s.name == name)).scalar_one()  # type: ignore[no-any-return]
 
-    def queue_slot(self, name: str, slot: dt.datetime, task: NewTask, no_overlap: bool = False) -> SlotDecision:
+    def queue_slot(self, name: str, slot: dt.datetime, task: NewTask, no_overlap: bool = False,
+                   decided_at: dt.datetime | None = None) -> SlotDecision:
         """Decide a slot in one transaction: its row and its task, or its row `skipped` while the task of the
         schedule's previous queued slot has not ended (with `no_overlap`). `taken` when another scheduler decided
-        the slot first (its row's key), and then nothing of this one is kept."""
+        the slot first (its row's key), and then nothing of this one is kept. The row's `created` is
+        `decided_at`, the time its scheduler decided it by (whether it was on time or caught up)."""
         try:
             with self.database.transaction() as conn:
                 # The slot's row first: a second scheduler waits here (or fails at once) before inserting a task.
                 conn.execute(schedule_run_table.insert().values(schedule=name, slot=slot, outcome=QUEUED,
-                                                                created=utc_now()))
+                                                                created=decided_at or utc_now()))
                 if no_overlap:
                     running = self._previous_unended(conn, name, slot)
                     if running is not None:

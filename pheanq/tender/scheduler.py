@@ -107,7 +107,8 @@ class Scheduler:
                         slot_text(due.oldest_dropped) if due.oldest_dropped else "-")
         for slot in due.run:
             job, task = self._plan(schedule, slot)
-            decision = store.schedules.queue_slot(schedule.name, _naive(slot), task, schedule.no_overlap)
+            decision = store.schedules.queue_slot(schedule.name, _naive(slot), task, schedule.no_overlap,
+                                                  _naive(now))
             if decision.outcome == QUEUED and decision.task_id is not None:
                 log.info("schedule %s: slot %s queued task %d", schedule.name, slot_text(slot), decision.task_id)
                 self._service.dispatch.send(dataclasses.replace(job, task_id=decision.task_id))
@@ -122,9 +123,15 @@ class Scheduler:
         description = schedule.description
         if isinstance(description, PythonCall):
             registered = task_registry.lookup(description.name)
-            if registered is not None and SLOT_PARAMETER in inspect.signature(registered.function).parameters:
+            signature = None if registered is None else inspect.signature(registered.function)
+            if signature is not None and SLOT_PARAMETER in signature.parameters:
+                try:
+                    bound = signature.bind_partial(*description.args, **description.kwargs)
+                except TypeError as error:
+                    raise InvalidInput(f"task {description.name}: {error}") from None
+                bound.arguments[SLOT_PARAMETER] = slot_text(slot)  # where the signature has it
                 description = copy.copy(description)
-                description.kwargs = {**description.kwargs, SLOT_PARAMETER: slot_text(slot)}
+                description.args, description.kwargs = list(bound.args), dict(bound.kwargs)
         return self._service.plan(description, **schedule.queue_options())
 
 
