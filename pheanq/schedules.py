@@ -128,6 +128,16 @@ def due_slots(schedule: Schedule, decided_until: dt.datetime, now: dt.datetime) 
     return Due(sorted(kept + on_time), len(dropped), more, dropped[-1] if dropped else None)
 
 
+def first_cursor(schedule: Schedule, now: dt.datetime) -> dt.datetime:
+    """The cursor of a schedule seen for the first time: just before its newest slot when that is within its grace
+    (a tender started at 03:00:00.5 runs the 03:00 slot), else `now`. Nothing older is caught up: a schedule
+    every second does not start with a minute of slots at once."""
+    newest = last_slot(schedule, now)
+    if (now.astimezone(_UTC) - newest).total_seconds() <= schedule.grace:
+        return newest - _ONE_MICROSECOND
+    return now.astimezone(_UTC)
+
+
 def next_slot(schedule: Schedule, after: dt.datetime) -> dt.datetime:
     """The first slot strictly after `after` (tz-aware), in UTC."""
     return next(iter(CronSim(schedule.cron, after.astimezone(schedule.zone)))).astimezone(_UTC)

@@ -51,6 +51,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import chaos_schedules
 import greenstalk
 import psutil
 import sqlalchemy as sa
@@ -1030,6 +1031,7 @@ SCENARIOS: dict[str, Scenario] = {
     "workflows": Scenario(workflows),
     "python-kill-workers": Scenario(kill_workers, python=True),
     "python-tender-restart": Scenario(tender_restart, python=True),
+    "schedules": Scenario(chaos_schedules.schedules),
 }
 
 

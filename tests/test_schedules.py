@@ -26,6 +26,7 @@ from pheanq.schedules import (
     check_cron,
     declared,
     due_slots,
+    first_cursor,
     last_slot,
     next_slot,
     parse_schedule,
@@ -186,6 +187,16 @@ def test_the_window_holds_now_but_not_the_cursor() -> None:
     due = due_slots(every_second, at("2026-12-01 10:00:00"), at("2026-12-01 10:00:03"))
     assert due.run == [at("2026-12-01 10:00:01"), at("2026-12-01 10:00:02"), at("2026-12-01 10:00:03")]
     assert due_slots(every_second, at("2026-12-01 10:00:03"), at("2026-12-01 10:00:03.9")).run == []
+
+
+def test_a_schedule_seen_first_runs_its_newest_slot_within_the_grace_only() -> None:
+    every_second = schedule("* * * * * *", catch_up="all")
+    now = at("2026-12-01 03:00:00.5")
+    assert due_slots(every_second, first_cursor(every_second, now), now).run == [at("2026-12-01 03:00:00")]
+    daily = schedule("0 3 * * *", catch_up="all")
+    assert due_slots(daily, first_cursor(daily, now), now).run == [at("2026-12-01 03:00:00")]
+    later = at("2026-12-01 03:01:00.5")  # past the grace of 60 s: the slot is not run, nor caught up
+    assert first_cursor(daily, later) == later and due_slots(daily, first_cursor(daily, later), later).run == []
 
 
 def test_a_cursor_years_back_costs_only_the_slots_kept() -> None:

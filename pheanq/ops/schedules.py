@@ -14,7 +14,9 @@ _UTC = dt.timezone.utc
 WAITING = "waiting"           # no scheduler has seen it yet (no worker-tender runs, or all run --no-scheduler)
 OK = "ok"
 LATE = "late"                 # a slot is due past its grace and no scheduler decided it: is any tender running?
-UNDECLARED = "not declared"   # in the database, but in neither pheanq.toml nor the imported code
+# In the database (a scheduler ran it), but declared neither in pheanq.toml nor in the code this process imported:
+# declared in code elsewhere, or no longer declared.
+UNDECLARED = "unknown here"
 
 
 def schedule_listing(store: Store, schedules: list[Schedule], now: dt.datetime | None = None) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from pheanq.dispatch import PlannedJob
 from pheanq.errors import ConfigError, InvalidInput, PheanqError
 from pheanq.producer.service import TaskQueueService
 from pheanq.python_call import PythonCall
-from pheanq.schedules import SLOT_PARAMETER, Schedule, all_schedules, due_slots, next_slot, slot_text
+from pheanq.schedules import SLOT_PARAMETER, Schedule, all_schedules, due_slots, first_cursor, next_slot, slot_text
 from pheanq.storage.schedules import QUEUED, SKIPPED
 from pheanq.storage.tasks import NewTask
 from pheanq.worker.python_imports import import_tasks
@@ -98,8 +98,7 @@ class Scheduler:
         """Decide the schedule's slots up to `now`: queue or skip each to run, then move its cursor."""
         assert self._service is not None
         store = self._service.store
-        first = _naive(now - dt.timedelta(seconds=schedule.grace))  # a tender started just after a slot runs it
-        cursor = store.schedules.cursor(schedule.name, first).replace(tzinfo=_UTC)
+        cursor = store.schedules.cursor(schedule.name, _naive(first_cursor(schedule, now))).replace(tzinfo=_UTC)
         due = due_slots(schedule, cursor, now)
         if due.dropped or due.more_dropped:
             log.warning("schedule %s: %s%d missed slot(s) dropped (catch_up = %s), the newest %s", schedule.name,
