@@ -313,9 +313,9 @@ def periodic(name: str, cron: str, task: TaskDescription | Describable, *, args:
 def schedule_of_task(task: Describable, spec: str | Mapping[str, Any]) -> Schedule:
     """`@task(schedule=...)`: a cron expression, or a table of a schedule's keys (cron, args, kwargs and the
     options of `periodic`), named after the task."""
-    table = {"cron": spec} if isinstance(spec, str) else dict(spec)
     if not isinstance(spec, (str, Mapping)):
         raise ConfigError(f"schedules.{task.name}: schedule= takes a cron expression or a table, not {spec!r}")
+    table = {"cron": spec} if isinstance(spec, str) else dict(spec)
     args, kwargs = table.pop("args", ()), table.pop("kwargs", None)
     cron = table.pop("cron", None)
     return periodic(task.name, cron, task, args=args, kwargs=kwargs, **table)  # type: ignore[arg-type]

@@ -195,9 +195,13 @@ def test_no_overlap_skips_slots_while_the_previous_run_works(sqlite_url: str, tm
     write_schedules(tmp_path, {"slow": ["/bin/sh", "-c", "sleep 1.5"]},
                     {"slow": {"cron": "* * * * * *", "command": "slow", "no_overlap": True}})
     tender = start_tender(sqlite_url, 0, "--min-workers", "2")  # two idle workers: an overlap could run
+    # A second tender, without a scheduler: it runs tasks, and decides no slot.
+    bystander = start_tender(sqlite_url, 1, "--no-scheduler")
     wait_for(lambda: sum(run.outcome == QUEUED for run in runs(sqlite_url, "slow")) >= 3, 20,
              f"three runs; log:\n{tender.log[-2000:]}")
     tender.stop()
+    bystander.stop()
+    assert "pheanq.scheduler" in tender.log and "pheanq.scheduler" not in bystander.log
     decided = runs(sqlite_url, "slow")
     skipped = [run for run in decided if run.outcome == SKIPPED]
     assert len(skipped) >= 2
@@ -259,9 +263,12 @@ def test_a_bad_schedule_is_one_line_and_exit_2(sqlite_url: str, tmp_path: Path, 
         assert result.returncode == 2
         assert one_error_line(result) == "pheanq: error: schedules.bad.catch_up: 'never' is not one of skip, " \
                                          "latest, all"
-    write_schedules(tmp_path, {}, {"t": {"cron": "* * * * *", "python": "no_such_app.task"}})
-    result = pheanq(["worker-tender", "--import", "no_such_app"], make_env(sqlite_url), tmp_path, timeout=30)
-    assert result.returncode == 2 and "cannot import 'no_such_app'" in one_error_line(result)
+    # A module found but failing as it is imported: the scheduler's import says so in one line, at the start.
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('no database here')\n")
+    write_schedules(tmp_path, {}, {"t": {"cron": "* * * * *", "python": "broken_app.task"}})
+    result = pheanq(["worker-tender", "--import", "broken_app"], make_env(sqlite_url), tmp_path, timeout=30)
+    assert result.returncode == 2
+    assert one_error_line(result) == "pheanq: error: importing 'broken_app' failed: RuntimeError: no database here"
 
 
 def test_the_dashboard_shows_the_schedules(sqlite_url: str, tmp_path: Path, make_env: MakeEnv) -> None:

@@ -62,6 +62,11 @@ class Scheduler:
                 self._plan(schedule, now)
             except InvalidInput as error:
                 raise ConfigError(f"schedules.{schedule.name}: {error}") from None
+            call = schedule.description
+            if isinstance(call, PythonCall) and task_registry.lookup(call.name) is None:
+                log.warning("schedule %s: the Python task %s is not registered by the modules this tender imports "
+                            "([python] imports, --import); its jobs are buried unless its workers know it",
+                            schedule.name, call.name)
         log.info("scheduler: %d schedule(s): %s", len(self.schedules),
                  ", ".join(f"{s.name} ({s.cron}, {s.timezone})" for s in self.schedules))
         self._thread.start()

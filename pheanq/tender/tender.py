@@ -191,13 +191,13 @@ class Tender:
         try:
             self._install_signal_handlers()
             self._become_subreaper()
+            if self._scheduler is not None:
+                self._scheduler.start()  # imports the application: a module that fails is the one line said
             log.info("worker-tender %d for tube(s) %s: min %d, spare %d, max %d workers", os.getpid(),
                      ",".join(self.options.tubes), self.limits.min_workers, self.limits.spare_workers,
                      self.limits.max_workers)
             if self._reconciler is not None:
                 self._reconciler.start()
-            if self._scheduler is not None:
-                self._scheduler.start()
             while not (self.stopping and not self.workers):
                 self._tick()
         finally:
