@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pheanq.producer.service import TaskQueueService, default_service, queue_task
     from pheanq.python_call import PythonCall
     from pheanq.retry import Retry
+    from pheanq.schedules import periodic
     from pheanq.status import Status
     from pheanq.task_context import TaskContext, current_task
     from pheanq.task_registry import on_child_start, on_worker_start
@@ -56,6 +57,7 @@ _HOMES = {
     "pheanq.producer.service": ("TaskQueueService", "default_service", "queue_task"),
     "pheanq.python_call": ("PythonCall",),
     "pheanq.retry": ("Retry",),
+    "pheanq.schedules": ("periodic",),
     "pheanq.status": ("Status",),
     "pheanq.task_context": ("TaskContext", "current_task"),
     "pheanq.task_registry": ("on_child_start", "on_worker_start"),
@@ -92,6 +94,7 @@ __all__ = [
     "load_settings",
     "on_child_start",
     "on_worker_start",
+    "periodic",
     "queue_task",
     "task",
 ]

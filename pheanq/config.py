@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pheanq.errors import ConfigError
+from pheanq.schedules import Schedule, parse_schedules
 from pheanq.task_limits import LimitTable, parse_limits
 
 if sys.version_info >= (3, 11):
@@ -63,6 +64,8 @@ class Settings:
     web_users: Mapping[str, WebUser] = dataclasses.field(default_factory=dict, repr=False)
     # Cluster-wide concurrency and rate limits (pheanq.task_limits): pheanq.toml's [limits] table.
     limits: LimitTable = dataclasses.field(default_factory=LimitTable)
+    # The recurring schedules of pheanq.toml's [schedules] table (pheanq.schedules; those of code are added there).
+    schedules: tuple[Schedule, ...] = ()
     config_file: str | None = None
 
     def registry(self) -> dict[str, tuple[str, ...]]:
@@ -103,6 +106,7 @@ def load_settings(
     raw: dict[str, Any] = _read_toml(path) if path else {}
     raw.update(_python_section(raw.pop("python", None)))
     raw.update(_web_section(raw.pop("web", None)))
+    schedules = raw.pop("schedules", None)
     for key, env_name in _ENV_NAMES.items():
         if env_name in environ:
             raw[key] = environ[env_name]
@@ -111,6 +115,10 @@ def load_settings(
         raise ConfigError(f"unknown setting {unknown[0]!r} (known: {', '.join(_PARSERS)})")
     raw.update(flags)
     values: dict[str, Any] = {key: _PARSERS[key](key, value) for key, value in raw.items()}
+    values["schedules"] = parse_schedules(schedules, {**builtin_commands(), **values.get("commands", {})})
+    for schedule in values["schedules"]:
+        if schedule.tube is not None:
+            check_tube_name(schedule.tube, f"schedules.{schedule.name}.tube")
     return Settings(config_file=str(path) if path else None, **values)
 
 
@@ -168,7 +176,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML ({error})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not valid TOML (not UTF-8 text)") from None
-    known = [key for key in _PARSERS if key not in _PYTHON_SECTION.values() and key != "web_users"] + ["python", "web"]
+    known = [key for key in _PARSERS if key not in _PYTHON_SECTION.values() and key != "web_users"]
+    known += ["python", "web", "schedules"]
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")

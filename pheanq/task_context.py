@@ -9,6 +9,7 @@ is only kept in the object.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class TaskContext:
     name: str
     attempt: int = 1
     batch_id: int | None = None
+    scheduled_for: dt.datetime | None = None  # the slot (tz-aware, UTC) of the schedule that queued it
     done: int | None = None
     total: int | None = None
     message: str | None = None

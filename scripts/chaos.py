@@ -51,6 +51,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import chaos_schedules
 import greenstalk
 import psutil
 import sqlalchemy as sa
@@ -1032,6 +1033,7 @@ SCENARIOS: dict[str, Scenario] = {
     "python-kill-workers": Scenario(kill_workers, python=True),
     "python-tender-restart": Scenario(tender_restart, python=True),
     "limits": Scenario(limits_under_kills),
+    "schedules": Scenario(chaos_schedules.schedules),
 }
 
 

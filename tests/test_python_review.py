@@ -175,7 +175,8 @@ def test_an_outcome_that_came_while_the_worker_decided_to_stop_the_child_is_the_
         time.sleep(1.0)  # the function returns meanwhile, and its outcome waits in the pipe
         return "the worker was interrupted (SIGINT)"
 
-    package = cast(WorkPackage, SimpleNamespace(task_id=7, attempt=1, row=SimpleNamespace(batch_id=None, retry=None)))
+    row = SimpleNamespace(batch_id=None, retry=None, scheduled_for=None)
+    package = cast(WorkPackage, SimpleNamespace(task_id=7, attempt=1, row=row))
     call = pyreview.whoami.describe()
     try:
         run = pool.run(package, call, keep_running, lambda pid: None, lambda code: None, lambda text: None,

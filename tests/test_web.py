@@ -22,7 +22,7 @@ from pheanq.storage import Store
 
 MakeService = Callable[..., TaskQueueService]
 MakeEnv = Callable[..., dict[str, str]]
-PAGES = ["/", "/tasks", "/tasks/{task}", "/batches", "/workers", "/tubes", "/buried", "/audit"]
+PAGES = ["/", "/tasks", "/tasks/{task}", "/batches", "/workers", "/tubes", "/buried", "/schedules", "/audit"]
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "batch": "batch",
     "buried": "ops", "db": "ops", "pause": "ops", "reconcile": "ops", "resume": "ops", "show": "ops",
     "status": "ops",
+    "schedules": "schedules",
     "task-worker": "worker",
     "stop-worker-tender": "tender", "worker-tender": "tender",
     "web": "web", "metrics": "web",

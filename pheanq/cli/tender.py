@@ -48,12 +48,14 @@ _FLAG_ENV = {"config_file": "PHEANQ_CONFIG", "database_url": "PHEANQ_DATABASE_UR
 @click.option("--min-age", type=click.FloatRange(min=0), default=DEFAULT_MIN_AGE_SECONDS, show_default=True,
               metavar="SECONDS", help="The reconciler leaves waiting tasks changed more recently than this alone "
               "(their put may be in flight), as `pheanq reconcile --min-age`.")
+@click.option("--no-scheduler", is_flag=True, help="Do not run the recurring schedules here (every tender runs "
+              "them by default; each slot is queued once however many do).")
 @import_option
 @pass_context
 def worker_tender(context: Context, use_tube: str | None, worker_command: str | None, min_workers: int,
                   spare_workers: int, max_workers: int, max_worker_age: float, max_worker_buffer: int,
                   max_worker_memory: float | None, max_worker_tasks: int | None, shutdown_timeout: float,
-                  allow_second_tender: bool, reconcile_interval: float, min_age: float,
+                  allow_second_tender: bool, reconcile_interval: float, min_age: float, no_scheduler: bool,
                   python_imports: tuple[str, ...]) -> None:
     """Keep a pool of task-workers alive for the tube (SIGTERM: drain and stop; SIGHUP: replace them)."""
     command = DEFAULT_WORKER_COMMAND if worker_command is None else _split_command(worker_command)
@@ -69,7 +71,7 @@ def worker_tender(context: Context, use_tube: str | None, worker_command: str | 
         modules = check_importable([*context.settings.python_imports, *python_imports])
         worker_env["PHEANQ_PYTHON_IMPORTS"] = ",".join(modules)
     options = TenderOptions(context.tubes(use_tube), command, limits, shutdown_timeout, allow_second_tender,
-                            worker_env, reconcile_interval, min_age)
+                            worker_env, reconcile_interval, min_age, not no_scheduler, python_imports)
     sys.exit(Tender(options, context.run_dir, context.dispatch).run())
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from pheanq.errors import InvalidInput
 from pheanq.producer.options import QueueKeywords, QueueOptions, Unpack
 from pheanq.python_call import PREFIX, PythonCall, check_task_name
+from pheanq.schedules import schedule_of_task
 from pheanq.task_limits import check_limit_key, declare, limit_spec
 from pheanq.task_registry import register
 
@@ -130,20 +131,22 @@ def task(function: Callable[P, R], /) -> PythonTask[P, R]: ...
 
 
 @overload
-def task(*, name: str | None = None, service: TaskQueueService | None = None, concurrency: int | None = None,
+def task(*, name: str | None = None, service: TaskQueueService | None = None,
+         schedule: str | Mapping[str, Any] | None = None, concurrency: int | None = None,
          rate: str | None = None, limit_key_of: Callable[..., str] | None = None,
          **defaults: Unpack[QueueKeywords]) -> Callable[[Callable[P, R]], PythonTask[P, R]]: ...
 
 
 def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
-         service: TaskQueueService | None = None, concurrency: int | None = None, rate: str | None = None,
-         limit_key_of: Callable[..., str] | None = None,
+         service: TaskQueueService | None = None, schedule: str | Mapping[str, Any] | None = None,
+         concurrency: int | None = None, rate: str | None = None, limit_key_of: Callable[..., str] | None = None,
          **defaults: Unpack[QueueKeywords]) -> PythonTask[P, R] | Callable[[Callable[P, R]], PythonTask[P, R]]:
     """Make a function a task (see the module's doc). `name`: the name queued tasks refer to; the keywords
     are the task's own queue options (tube, priority, ttr, timeout, retry, ...), which a queue call's
-    options override. `concurrency` and `rate` ("10/m") limit its runs across every host (pheanq.task_limits);
-    `limit_key_of`, called with the task's arguments by name (defaults included), makes each run's `limit_key`
-    (the key its key limits count it under)."""
+    options override. `schedule`: run it recurrently, a cron expression or a table of a schedule's keys
+    (pheanq.schedules.schedule_of_task), as a schedule named after the task. `concurrency` and `rate` ("10/m")
+    limit its runs across every host (pheanq.task_limits); `limit_key_of`, called with the task's arguments by
+    name (defaults included), makes each run's `limit_key` (the key its key limits count it under)."""
     if limit_key_of is not None and not callable(limit_key_of):
         raise InvalidInput(f"limit_key_of must be a function of the task's arguments, not {limit_key_of!r}")
     spec = None if concurrency is None and rate is None else limit_spec("@task", concurrency, rate)
@@ -161,7 +164,10 @@ def task(function: Callable[P, R] | None = None, /, *, name: str | None = None,
         register(task_name, fn)
         if spec is not None:
             declare(PREFIX + task_name, spec)
-        return PythonTask(fn, task_name, defaults, service, limit_key_of)
+        made = PythonTask(fn, task_name, defaults, service, limit_key_of)
+        if schedule is not None:
+            schedule_of_task(made, schedule)
+        return made
 
     return decorate(function) if function is not None else decorate
 

@@ -172,6 +172,11 @@ class TaskQueueService:
             raise NotFound(f"task {task_id} does not exist")
         return row
 
+    def plan(self, description: TaskDescription, **options: Unpack[QueueKeywords]) -> tuple[PlannedJob, NewTask]:
+        """The row a task would be inserted as and the job to put once it has an id, without writing either (a
+        scheduler inserts the row with its slot's, pheanq.storage.schedules); InvalidInput for a bad task."""
+        return self._plan(description, QueueOptions.of(options))
+
     def _plan(self, description: TaskDescription, options: QueueOptions) -> tuple[PlannedJob, NewTask]:
         """The row to insert for a task and the job to put once it has an id; InvalidInput for a bad task."""
         _check_description(description)

@@ -4,8 +4,9 @@
 own life (`tasks`), a worker's claim of it and its lease (`claims`), what a task's end sets in motion
 (`workflows`), the tasks a filter selects (`listings`) and the failed ones among them regenerated a page at a
 time (`restarts`), everything that is not a task (`admin`), the dashboard's record of its actions
-(`audit`), the places of the cluster-wide limits (`limit_places`), and the recent activity its charts show
-(`activity`). Each statement that changes a task's status is one compare-and-set UPDATE whose condition comes
+(`audit`), the places of the cluster-wide limits (`limit_places`), the recent activity its charts show
+(`activity`), and the slots of recurring schedules (`schedules`). Each statement that changes a task's status is
+one compare-and-set UPDATE whose condition comes
 from `pheanq.status.TRANSITIONS`, so two workers (or a worker and a person) can never both win a task.
 """
 
@@ -20,6 +21,7 @@ from pheanq.storage.limit_places import LimitPlaces
 from pheanq.storage.listings import ListingStatements, WorkflowListings
 from pheanq.storage.removals import RemovalStatements
 from pheanq.storage.restarts import RestartStatements
+from pheanq.storage.schedules import ScheduleStatements
 from pheanq.storage.tasks import TaskStatements
 from pheanq.storage.workflows import WorkflowStatements
 
@@ -40,6 +42,7 @@ class Store:
         self.activity = ActivityStatements(self.database)
         self.workflow_listings = WorkflowListings(self.database)
         self.removals = RemovalStatements(self.database)
+        self.schedules = ScheduleStatements(self.database)
 
     @property
     def safe_url(self) -> str:

@@ -52,6 +52,7 @@ from pheanq.tender.pool import (
 from pheanq.tender.reconciler import DEFAULT_INTERVAL_SECONDS, PeriodicReconciler
 from pheanq.tender.recovery import Aftercare, OrphanedTask, reap_exit_code
 from pheanq.tender.registry import Registration
+from pheanq.tender.scheduler import Scheduler
 from pheanq.worker.child import die_with_parent, linux_prctl
 from pheanq.worker.protocol import EXIT_INTERRUPTED, TENDER_PID_VARIABLE, Line, parse
 from pheanq.worker.undumpable import make_undumpable
@@ -80,6 +81,8 @@ class TenderOptions:
     worker_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     reconcile_interval: float = DEFAULT_INTERVAL_SECONDS
     reconcile_min_age: float = DEFAULT_MIN_AGE_SECONDS
+    scheduler: bool = True                  # run the recurring schedules (pheanq.tender.scheduler)
+    python_imports: tuple[str, ...] = ()    # modules beside [python] imports whose schedules it runs
 
 
 class WorkerProcess:
@@ -174,6 +177,8 @@ class Tender:
         self._reconciler = PeriodicReconciler(lambda: Dispatcher(dispatch.settings), options.tubes,
                                               options.reconcile_interval, options.reconcile_min_age) \
             if dispatch is not None else None
+        self._scheduler = Scheduler(dispatch.settings, options.python_imports) \
+            if dispatch is not None and options.scheduler else None
         self._started_wall = utc_now()
 
     def run(self) -> int:
@@ -186,6 +191,8 @@ class Tender:
         try:
             self._install_signal_handlers()
             self._become_subreaper()
+            if self._scheduler is not None:
+                self._scheduler.start()  # imports the application: a module that fails is the one line said
             log.info("worker-tender %d for tube(s) %s: min %d, spare %d, max %d workers", os.getpid(),
                      ",".join(self.options.tubes), self.limits.min_workers, self.limits.spare_workers,
                      self.limits.max_workers)
@@ -194,6 +201,8 @@ class Tender:
             while not (self.stopping and not self.workers):
                 self._tick()
         finally:
+            if self._scheduler is not None:
+                self._scheduler.stop()
             if self._reconciler is not None:
                 self._reconciler.stop()
             if self._aftercare is not None:

@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, View, str, list[str]]] = [
     ("/tubes/resume", actions.tube_resume, "admin", ["POST"]),
     ("/buried", pages.buried, "read", ["GET"]),
     ("/buried/action", actions.buried_action, "admin", ["POST"]),
+    ("/schedules", pages.schedules, "read", ["GET"]),
     ("/audit", pages.audit, "read", ["GET"]),
 ]
 

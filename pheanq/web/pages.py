@@ -21,8 +21,10 @@ from pheanq.ops.report import (
     task_report,
     utc_text,
 )
+from pheanq.ops.schedules import schedule_listing
 from pheanq.ops.selection import list_selection
 from pheanq.python_call import PREFIX as PYTHON_PREFIX
+from pheanq.schedules import all_schedules
 from pheanq.status import PENDING, Status
 from pheanq.storage.listings import TaskFilter
 from pheanq.web.guard import Context, Page
@@ -128,6 +130,13 @@ def buried(request: Request, context: Context) -> Page:
     listing = list_buried(dispatch, tube, after) if tube is not None else None
     return Page("buried.html", {"tube": tube, "tubes": with_buried,
                                 "listing": listing.to_json() if listing is not None else None})
+
+
+def schedules(request: Request, context: Context) -> Page:
+    """The recurring schedules: those of pheanq.toml and of the code this process imported, and every other one
+    the database knows (declared in code the dashboard does not import), with their last and next slots."""
+    listing = schedule_listing(context.backend.store, all_schedules(context.backend.settings.schedules))
+    return Page("schedules.html", {"schedules": listing})
 
 
 def audit(request: Request, context: Context) -> Page:

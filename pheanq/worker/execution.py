@@ -44,7 +44,7 @@ def execute(package: WorkPackage, settings: Settings, worker_name: str,
             f"worker (known: {known}); add it to [commands] in pheanq.toml"))
     result = run_child(
         build_argv(prefix, description),
-        env=(environment or TaskEnvironment(os.environ, settings)).of_task(package.task_id),
+        env=(environment or TaskEnvironment(os.environ, settings)).of_task(package.task_id, package.row.scheduled_for),
         max_output=settings.max_log_bytes,
         keep_running=with_time_limit(package.row.timeout, keep_running),
         on_start=on_start,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import inspect
 import io
 import json
@@ -218,7 +219,9 @@ def _run(order: dict[str, Any], pipes: ChildPipes) -> dict[str, Any]:
             message = {**message, "task_id": order["task_id"]}
             _write(pipes.messages, (json.dumps(message, separators=(",", ":")) + "\n").encode())
 
+    scheduled_for = order.get("scheduled_for")
     context = task_context.TaskContext(order["task_id"], order["name"], order["attempt"], order.get("batch_id"),
+                                       None if scheduled_for is None else dt.datetime.fromisoformat(scheduled_for),
                                        _report=report)
     task_context.enter(context)
     try:

@@ -32,6 +32,7 @@ import psutil
 from pheanq.dispatch import WorkPackage
 from pheanq.python_call import PythonCall
 from pheanq.retry import Retry
+from pheanq.schedules import slot_text
 from pheanq.task_context import progress_json
 from pheanq.worker.child import BoundedOutput, exit_unreaped, stop_tree
 from pheanq.worker.python_child import ChildPipes, child_main
@@ -100,6 +101,7 @@ class PythonPool:
         on_start(child.pid)
         order = {"task_id": package.task_id, "name": call.name, "args": call.args, "kwargs": call.kwargs,
                  "attempt": package.attempt, "batch_id": package.row.batch_id,
+                 "scheduled_for": None if package.row.scheduled_for is None else slot_text(package.row.scheduled_for),
                  # What the child tells the tender of an exception the task's retry policy does not retry.
                  "final_errors": sorted(Retry.from_json(package.row.retry).error_names)}
         child.send((json.dumps(order, separators=(",", ":"), ensure_ascii=False) + "\n").encode())

@@ -14,6 +14,7 @@ The ``pass_env`` setting names variables a task receives all the same.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
 from collections.abc import Mapping
@@ -22,8 +23,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from pheanq.config import Settings, is_credential_parameter
+from pheanq.schedules import slot_text
 
 TASK_ID_VARIABLE = "PHEANQ_TASK_ID"
+SCHEDULED_FOR_VARIABLE = "PHEANQ_SCHEDULED_FOR"   # the slot of a schedule's task (pheanq.schedules), ISO 8601 UTC
 OWN_PREFIX = "PHEANQ_"
 DRIVER_PASSWORD_VARIABLES = frozenset({"PGPASSWORD", "MYSQL_PWD"})
 
@@ -44,9 +47,11 @@ class TaskEnvironment:
         self._kept = {name: value for name, value in environ.items()
                       if name in passed or not _kept_out(name, value, secrets)}
 
-    def of_task(self, task_id: int) -> dict[str, str]:
+    def of_task(self, task_id: int, scheduled_for: dt.datetime | None = None) -> dict[str, str]:
         env = dict(self._kept)
         env[TASK_ID_VARIABLE] = str(task_id)
+        if scheduled_for is not None:
+            env[SCHEDULED_FOR_VARIABLE] = slot_text(scheduled_for)
         return env
 
 
