@@ -258,9 +258,14 @@ def test_each_limit_shows_its_places_use_and_waiting_tasks(sqlite_url: str, make
     assert finish_next(service, "pheanq", Status.WORKING)
     samples = scrape(service.dispatch)
     concurrency, rate = (frozenset({"scope": "command:slow", "kind": kind}.items()) for kind in ("concurrency", "rate"))
-    assert named(samples, "pheanq_limit_places") == {concurrency: 2, rate: 5}
-    assert named(samples, "pheanq_limit_in_use") == {concurrency: 1, rate: 1}
-    assert named(samples, "pheanq_limit_waiting") == {concurrency: 2, rate: 2}
+
+    def of_slow(name: str) -> dict[frozenset[tuple[str, str]], float]:
+        # only command:slow's: a test process that imported tests/pytasks.py knows the limits it declares too
+        return {labels: value for labels, value in named(samples, name).items() if labels in (concurrency, rate)}
+
+    assert of_slow("pheanq_limit_places") == {concurrency: 2, rate: 5}
+    assert of_slow("pheanq_limit_in_use") == {concurrency: 1, rate: 1}
+    assert of_slow("pheanq_limit_waiting") == {concurrency: 2, rate: 2}
 
 
 def test_deleting_tasks_lowers_what_the_table_holds_never_the_totals(
