@@ -389,11 +389,14 @@ class Dispatcher:
 
     def wake_waiting(self, row: TaskRow) -> None:
         """After an attempt of `row` ended: for each concurrency limit it held a place of, make one delayed job of
-        the same limit ready now, so that the freed place does not sit idle while that job waits out its backoff."""
-        for place in self.limits.places_for(row.command, row.tube, row.limit_key):
-            if place.kind != CONCURRENCY:
-                continue
-            for job_id in self.store.limit_places.waiting_jobs(place.scope, utc_now() + EARLY_TOLERANCE):
+        the same limit in the same tube ready now, so that the freed place does not sit idle while that job waits
+        out its backoff. With no delayed job in the tube (one stats-tube), nothing is read."""
+        places = [place for place in self.limits.places_for(row.command, row.tube, row.limit_key)
+                  if place.kind == CONCURRENCY]
+        if not places or not (self.beanstalkd.tube_stats(row.tube) or {}).get("current-jobs-delayed"):
+            return
+        for place in places:
+            for job_id in self.store.limit_places.waiting_jobs(place.scope, row.tube, utc_now() + EARLY_TOLERANCE):
                 if self.beanstalkd.kick_delayed(job_id):
                     log.info("job %d: a place of %s freed; the job is ready now", job_id, place.scope)
                     break

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pheanq.lease import stale_after
 from pheanq.status import CLAIMABLE, Status
-from pheanq.storage.engine import Database, any_of, same
+from pheanq.storage.engine import Database, any_of
 from pheanq.storage.tables import limit_slot_table, task_table
 from pheanq.task_limits import CONCURRENCY, RATE, LimitTable, Place
 
@@ -40,6 +40,15 @@ _HELD = (
     .where(_s.scope == sa.bindparam("scope"), _s.kind == sa.bindparam("kind"), _s.slot < sa.bindparam("size"))
     .order_by(_s.slot)
 )
+
+
+# A place taken by compare-and-set on its `taken` as read (never taken: NULL), built once.
+_TAKE_WHERE = (_s.scope == sa.bindparam("of_scope"), _s.kind == sa.bindparam("of_kind"),
+               _s.slot == sa.bindparam("place"))
+_TAKE_VALUES: dict[str, Any] = {"task_id": sa.bindparam("task"), "attempt": sa.bindparam("for_attempt"),
+                                "taken": sa.bindparam("now")}
+_TAKE = limit_slot_table.update().where(*_TAKE_WHERE, _s.taken == sa.bindparam("read_taken")).values(_TAKE_VALUES)
+_TAKE_UNUSED = limit_slot_table.update().where(*_TAKE_WHERE, _s.taken.is_(None)).values(_TAKE_VALUES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +102,15 @@ class LimitPlaces:
                     pass  # another process made it first
             self._made.add((place.scope, place.kind, place.size))
 
-    def waiting_jobs(self, scope: str, now: dt.datetime, count: int = 3) -> list[int]:
-        """The job ids of the scope's oldest tasks that are `new` with a job and due: those a freed place of the
-        scope may wake."""
+    def waiting_jobs(self, scope: str, tube: str, now: dt.datetime, count: int = 3) -> list[int]:
+        """The job ids of the scope's oldest tasks in `tube` that are `new` with a job and due: those a freed place
+        of the scope may wake."""
         column = _SCOPE_COLUMNS[scope.partition(":")[0]]
         with self.database.transaction() as conn:
             return [int(job_id) for job_id in conn.execute(
                 sa.select(_t.job_id).where(_t.status == Status.NEW.value, column == scope.partition(":")[2],
-                                           _t.job_id.is_not(None), sa.or_(_t.run_at.is_(None), _t.run_at <= now))
+                                           _t.tube == tube, _t.job_id.is_not(None),
+                                           sa.or_(_t.run_at.is_(None), _t.run_at <= now))
                 .order_by(_t.id).limit(count)).scalars()]
 
     def usage(self, table: LimitTable, now: dt.datetime) -> list[LimitUse]:
@@ -121,15 +131,7 @@ class LimitPlaces:
 def _take_concurrency(conn: Connection, place: Place, task_id: int, attempt: int, now: dt.datetime) -> float | None:
     rows = conn.execute(_HELD, {"scope": place.scope, "kind": place.kind, "size": place.size}).all()
     for row in rows:
-        if _holds(row, now):
-            continue
-        taken = conn.execute(
-            limit_slot_table.update()
-            .where(_s.scope == place.scope, _s.kind == place.kind, _s.slot == row.slot, same(_s.task_id, row.task_id),
-                   same(_s.attempt, row.attempt))
-            .values(task_id=task_id, attempt=attempt, taken=now)
-        ).rowcount
-        if taken == 1:
+        if not _holds(row, now) and _take(conn, place, row, task_id, attempt, now):
             return None
     return 0.0
 
@@ -141,15 +143,19 @@ def _take_rate(conn: Connection, place: Place, task_id: int, attempt: int, now: 
     for row in sorted(rows, key=lambda row: row.taken or dt.datetime.min):
         if row.taken is not None and row.taken > served_before:
             break
-        taken = conn.execute(
-            limit_slot_table.update()
-            .where(_s.scope == place.scope, _s.kind == place.kind, _s.slot == row.slot, same(_s.taken, row.taken))
-            .values(task_id=task_id, attempt=attempt, taken=now)
-        ).rowcount
-        if taken == 1:
+        if _take(conn, place, row, task_id, attempt, now):
             return None
     oldest = min((row.taken for row in rows if row.taken is not None), default=None)
     return 0.0 if oldest is None else max(0.0, (oldest - served_before).total_seconds())
+
+
+def _take(conn: Connection, place: Place, row: Any, task_id: int, attempt: int, now: dt.datetime) -> bool:
+    """Take the place `row` read, if it is still as it was read: every take writes its own `taken`, so an unchanged
+    `taken` means nobody took the place in between."""
+    statement = _TAKE_UNUSED if row.taken is None else _TAKE
+    return bool(conn.execute(statement, {"of_scope": place.scope, "of_kind": place.kind, "place": row.slot,
+                                         "read_taken": row.taken, "task": task_id, "for_attempt": attempt,
+                                         "now": now}).rowcount == 1)
 
 
 def _holds(row: Any, now: dt.datetime) -> bool:
