@@ -158,3 +158,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in started:
         worker.stop()
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `long` first (a stable sort: the rest keep their order): with several workers, a minute-long test
+    dealt out last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -191,6 +191,7 @@ def test_a_concurrency_limit_of_2_across_3_tenders_never_has_3_running(
 
 
 @POSTGRESQL_ONLY
+@pytest.mark.long
 def test_a_rate_limit_holds_over_a_minute_and_its_throughput_is_near_the_rate(cluster: Cluster) -> None:
     """`rate = "5/10s"`, 30 tasks queued at once, 3 tenders of 2 workers: they take about a minute.
 

@@ -130,26 +130,26 @@ def at_instant(moment: float) -> None:
     time.sleep(max(0.0, moment - time.time()))
 
 
-def test_a_tender_killed_at_a_slots_instant_loses_no_slot(sqlite_url: str, tmp_path: Path,
+def test_a_tender_killed_at_a_slots_instant_loses_no_slot(db_url: str, tmp_path: Path,
                                                           start_tender: Callable[..., TenderProcess]) -> None:
     record = tmp_path / "record.txt"
     write_schedules(tmp_path, {"record": [*RECORD, str(record)]},
                     {"tick": {"cron": "* * * * * *", "command": "record", "catch_up": "all"}})
-    tender = start_tender(sqlite_url)
+    tender = start_tender(db_url)
     # Killed at a slot's instant and a few milliseconds past it (mid-decision), it is restarted 1.5 s later: the
     # slots it missed meanwhile are within their grace and run, none twice.
     for offset in (0.0, 0.006):
-        wait_for(lambda: len(runs(sqlite_url, "tick")) >= 2, 20, f"slots queued; log:\n{tender.log[-2000:]}")
+        wait_for(lambda: len(runs(db_url, "tick")) >= 2, 20, f"slots queued; log:\n{tender.log[-2000:]}")
         killed_at = int(time.time()) + 1 + offset
         at_instant(killed_at)
         tender.stop()  # SIGKILL to the tender and everything below it
         wait_for(lambda at=killed_at: time.time() > at + 1.5, 5, "slots without a tender")  # type: ignore[misc]
-        tender = start_tender(sqlite_url)
+        tender = start_tender(db_url)
         later = dt.datetime.fromtimestamp(killed_at + 2, dt.timezone.utc).replace(tzinfo=None)
-        wait_for(lambda at=later: any(run.slot > at for run in runs(sqlite_url, "tick")), 20,  # type: ignore[misc]
+        wait_for(lambda at=later: any(run.slot > at for run in runs(db_url, "tick")), 20,  # type: ignore[misc]
                  f"slots after the restart; log:\n{tender.log[-2000:]}")
     tender.stop()
-    slots = assert_every_slot_once(sqlite_url, "tick", record)
+    slots = assert_every_slot_once(db_url, "tick", record)
     assert len(slots) >= 6
 
 
@@ -190,24 +190,24 @@ def test_each_catch_up_policy_after_every_tender_stopped(db_url: str, tmp_path: 
         assert on_time == [on_time[0] + n * SECOND for n in range(len(on_time))], policy
 
 
-def test_no_overlap_skips_slots_while_the_previous_run_works(sqlite_url: str, tmp_path: Path,
+def test_no_overlap_skips_slots_while_the_previous_run_works(db_url: str, tmp_path: Path,
                                                              start_tender: Callable[..., TenderProcess]) -> None:
     write_schedules(tmp_path, {"slow": ["/bin/sh", "-c", "sleep 1.5"]},
                     {"slow": {"cron": "* * * * * *", "command": "slow", "no_overlap": True}})
-    tender = start_tender(sqlite_url, 0, "--min-workers", "2")  # two idle workers: an overlap could run
+    tender = start_tender(db_url, 0, "--min-workers", "2")  # two idle workers: an overlap could run
     # A second tender, without a scheduler: it runs tasks, and decides no slot.
-    bystander = start_tender(sqlite_url, 1, "--no-scheduler")
-    wait_for(lambda: sum(run.outcome == QUEUED for run in runs(sqlite_url, "slow")) >= 3, 20,
+    bystander = start_tender(db_url, 1, "--no-scheduler")
+    wait_for(lambda: sum(run.outcome == QUEUED for run in runs(db_url, "slow")) >= 3, 20,
              f"three runs; log:\n{tender.log[-2000:]}")
     tender.stop()
     bystander.stop()
     assert "pheanq.scheduler" in tender.log and "pheanq.scheduler" not in bystander.log
-    decided = runs(sqlite_url, "slow")
+    decided = runs(db_url, "slow")
     skipped = [run for run in decided if run.outcome == SKIPPED]
     assert len(skipped) >= 2
     assert all(run.reason and "of the slot before is still" in run.reason for run in skipped)
     assert "skipped: task" in tender.log and "(no_overlap)" in tender.log
-    store = Store(sqlite_url)
+    store = Store(db_url)
     started = [store.tasks.find_task(run.task_id) for run in decided if run.task_id is not None]
     store.close()
     spans = sorted((row.started, row.finished) for row in started if row is not None and row.started is not None)
