@@ -101,6 +101,7 @@ def explain(store: Store, statement: str, parameters: Any) -> str:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         if store.database.engine.dialect.name == "postgresql":
             cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
             cursor.execute("EXPLAIN " + statement, parameters)
             lines = [row[0] for row in cursor.fetchall()]
         else:
