@@ -94,14 +94,12 @@ def statements_run(store: Store) -> Iterator[list[tuple[str, Any]]]:
 
 
 def explain(store: Store, statement: str, parameters: Any) -> str:
-    """The database's plan of the statement, one line per step. PostgreSQL is told to shun sequential and bitmap
-    scans: on a test's near-empty table (or one whose statistics an earlier test's 100,000 rows left) it would
-    rightly prefer one, and the question is whether the index can serve, in its order."""
+    """The database's plan of the statement, one line per step. PostgreSQL is told to shun sequential scans: on a
+    test's near-empty table it would rightly prefer one, and the question is whether the index can serve."""
     with store.database.engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         if store.database.engine.dialect.name == "postgresql":
             cursor.execute("SET enable_seqscan = off")
-            cursor.execute("SET enable_bitmapscan = off")
             cursor.execute("EXPLAIN " + statement, parameters)
             lines = [row[0] for row in cursor.fetchall()]
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -99,15 +99,19 @@ class Context:
     def dispatch(self) -> Dispatcher:
         return self.service.dispatch
 
-    def import_application(self) -> None:
-        """Import the `[python] imports` modules, so that the limits their `@task`s declare show; a module that
-        does not import is a warning, not an error: the rest of the report stands without it."""
-        if self.settings.python_imports:
+    def import_application(self, extra: Sequence[str] = (), strict: bool = False) -> None:
+        """Import the `[python] imports` modules and `extra`, so that what their code declares (limits, schedules)
+        shows. With `strict`, a module that does not import is the command's error (ConfigError); else a warning,
+        and the rest of the report stands without it."""
+        modules = [*self.settings.python_imports, *extra]
+        if modules:
             from pheanq.worker.python_imports import import_tasks  # lazy: only with an application to import
 
             try:
-                import_tasks(self.settings.python_imports)
+                import_tasks(modules)
             except ConfigError as error:
+                if strict:
+                    raise
                 click.echo(f"warning: limits declared in code are not shown: {error}", err=True)
 
     @property

@@ -9,7 +9,6 @@ import click
 from pheanq.cli.app import Context, cli, import_option, pass_context
 from pheanq.ops.schedules import format_schedules, schedule_listing
 from pheanq.schedules import all_schedules
-from pheanq.worker.python_imports import import_tasks
 
 
 @cli.command("schedules")
@@ -18,6 +17,6 @@ from pheanq.worker.python_imports import import_tasks
 @pass_context
 def schedules(context: Context, as_json: bool, python_imports: tuple[str, ...]) -> None:
     """The recurring schedules of pheanq.toml and of the application's code: last and next slot, status."""
-    import_tasks([*context.settings.python_imports, *python_imports])  # their @task(schedule=...) and periodic()
+    context.import_application(python_imports, strict=True)  # their @task(schedule=...) and periodic()
     listing = schedule_listing(context.service.store, all_schedules(context.settings.schedules))
     click.echo(json.dumps(listing, indent=2) if as_json else format_schedules(listing))

@@ -5,6 +5,7 @@ and buries a job that must not run. Attempts end through its `ends` (pheanq.disp
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import itertools
 import logging
@@ -43,8 +44,9 @@ from pheanq.status import Status
 from pheanq.storage import Store
 from pheanq.storage.claims import ClaimOutcome
 from pheanq.storage.restarts import RestartPage
+from pheanq.storage.schedules import QUEUED, SlotDecision
 from pheanq.storage.tables import BuriedRow, TaskRow
-from pheanq.storage.tasks import Inserted
+from pheanq.storage.tasks import Inserted, NewTask
 from pheanq.storage.workflows import Cancelled
 from pheanq.task_limits import CONCURRENCY, LimitTable, limited_wait
 
@@ -284,6 +286,15 @@ class Dispatcher:
         if unsent:
             log.warning("%d regenerated task(s) were not sent (%s); the reconciler will send them", unsent, reason)
         return Regenerated(page, len(puts.put), unsent, reason)
+
+    def queue_slot(self, schedule: str, slot: dt.datetime, job: PlannedJob, task: NewTask, no_overlap: bool,
+                   decided_at: dt.datetime) -> SlotDecision:
+        """Decide a schedule's slot (pheanq.storage.schedules: its row and its task in one transaction), then put
+        the job of the task it queued; a job not put leaves the task `new`, for the reconciler."""
+        decision = self.store.schedules.queue_slot(schedule, slot, task, no_overlap, decided_at)
+        if decision.outcome == QUEUED and decision.task_id is not None:
+            self.send(dataclasses.replace(job, task_id=decision.task_id))
+        return decision
 
     # --- workflow writes that release tasks -----------------------------------------------------------------
 

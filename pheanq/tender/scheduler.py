@@ -12,7 +12,6 @@ was not put leaves its task `new` without a job, which the reconciler sends.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import inspect
 import logging
@@ -111,11 +110,10 @@ class Scheduler:
                         slot_text(due.oldest_dropped) if due.oldest_dropped else "-")
         for slot in due.run:
             job, task = self._plan(schedule, slot)
-            decision = store.schedules.queue_slot(schedule.name, _naive(slot), task, schedule.no_overlap,
-                                                  _naive(now))
-            if decision.outcome == QUEUED and decision.task_id is not None:
-                log.info("schedule %s: slot %s queued task %d", schedule.name, slot_text(slot), decision.task_id)
-                self._service.dispatch.send(dataclasses.replace(job, task_id=decision.task_id))
+            decision = self._service.dispatch.queue_slot(schedule.name, _naive(slot), job, task,
+                                                         schedule.no_overlap, _naive(now))
+            if decision.outcome == QUEUED:
+                log.info("schedule %s: slot %s queued task %s", schedule.name, slot_text(slot), decision.task_id)
             elif decision.outcome == SKIPPED:
                 log.warning("schedule %s: slot %s skipped: %s (no_overlap)", schedule.name, slot_text(slot),
                             decision.reason)

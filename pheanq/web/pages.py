@@ -134,7 +134,7 @@ def buried(request: Request, context: Context) -> Page:
 
 def schedules(request: Request, context: Context) -> Page:
     """The recurring schedules: those of pheanq.toml and of the code this process imported, and every other one
-    the database knows (declared in code the dashboard does not import), with their last and next slots."""
+    the database knows (declared in code this process did not import), with their last and next slots."""
     listing = schedule_listing(context.backend.store, all_schedules(context.backend.settings.schedules))
     return Page("schedules.html", {"schedules": listing})
 
