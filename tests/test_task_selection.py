@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from support import Beanstalkd, finish_next, pheanq
 
@@ -167,7 +166,6 @@ def test_on_a_terminal_it_asks_with_the_count_and_does_nothing_unless_told_yes(
     assert [service.status_of(task_id) for task_id in queued] == [Status.CANCELLED, Status.CANCELLED]
 
 
-@pytest.mark.long
 def test_100000_selected_tasks_are_regenerated_then_cancelled_in_short_transactions(
     db_url: str, tmp_path: Path, beanstalkd: Beanstalkd, make_service: MakeService, make_env: MakeEnv,
 ) -> None:
