@@ -268,6 +268,21 @@ def test_each_limit_shows_its_places_use_and_waiting_tasks(sqlite_url: str, make
     assert of_slow("pheanq_limit_waiting") == {concurrency: 2, rate: 2}
 
 
+def test_a_run_ending_in_the_last_half_millisecond_of_a_second_is_not_a_second_longer(
+        db_url: str, make_service: MakeService) -> None:
+    """SQLite keeps times in milliseconds: strftime('%s') rounded '...51.999700' up to :52, and revision 0014's
+    trigger counted that run a second too long (revision 0016)."""
+    service = make_service(db_url)
+    service.queue_task(TaskDescription("work"))
+    task_id = finish_next(service, "pheanq", Status.WORKING)
+    started = dt.datetime(2026, 12, 1, 8, 52, 51, 200000)
+    with service.store.database.transaction() as conn:
+        conn.execute(task_table.update().where(task_table.c.id == task_id).values(
+            status=Status.DONE.value, started=started, finished=started.replace(microsecond=999700)))
+    samples = scrape(service.dispatch)
+    assert sum(named(samples, "pheanq_task_run_seconds_sum").values()) == pytest.approx(0.7997, abs=1e-6)
+
+
 def test_deleting_tasks_lowers_what_the_table_holds_never_the_totals(
     db_url: str, tmp_path: Path, make_service: MakeService, make_env: MakeEnv,
 ) -> None:
