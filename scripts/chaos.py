@@ -46,7 +46,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -225,9 +225,9 @@ def pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 
@@ -290,17 +290,20 @@ class Beanstalkd:
 
 
 class PostgresCluster:
-    """A private, throwaway PostgreSQL cluster on a free loopback port (trust auth), run as user postgres
-    when this script runs as root. Never the machine's own server."""
+    """A private, throwaway PostgreSQL cluster on a free port of `listen` (loopback unless told; trust auth), run
+    as user postgres when this script runs as root, with `settings` as extra server settings (-c NAME=VALUE).
+    Never the machine's own server."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: str = "127.0.0.1", settings: Mapping[str, str] | None = None) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
         if not found and shutil.which("initdb") is None:
             raise ScenarioFailed("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
         self.bindir = Path(found[-1]).parent if found else Path(shutil.which("initdb") or "").parent
         self.root = Path(tempfile.mkdtemp(prefix="pheanq-chaos-pg-"))
         self.data = self.root / "data"
-        self.port = free_port()
+        self.listen = listen
+        self.settings = dict(settings or {})
+        self.port = free_port(listen)
         self.as_owner: list[str] = []
         _clusters.append(self)
         if os.geteuid() == 0:
@@ -310,12 +313,13 @@ class PostgresCluster:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.listen}:{self.port}/postgres"
 
     def start(self, timeout: float = 30) -> None:
         """Start it, again and again until the deadline: after a crash, the old backends may still hold
         the shared memory for a moment."""
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.listen} -c max_connections=200"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         deadline = time.monotonic() + timeout
         while True:
             result = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "20",

@@ -1,0 +1,365 @@
+"""The fault scenarios of scripts/cluster. Each builds a fresh cluster (see clusterlib), starts a tender on every
+host, queues tasks from several hosts, knocks something over mid-run, waits for every task to end, and counts
+from ran.txt (each completed command appends its task id) and from the table, each on its own::
+
+    <scenario>: queued N, done N, lost 0, completed twice 0 (notes)
+
+`lost` is a queued id that is not `done` (table) or never written (file); `completed twice` an id written more
+than once (file) or whose log has more than one completed attempt (table). The line shows the worse of the two.
+A command stopped half-way and run again elsewhere is expected: it is not "completed twice".
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import re
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import chaos
+from chaos import COMMAND, COMPLETED_ATTEMPT, TENDER_RESENT_MARK, ScenarioFailed, pause, wait_until
+from clusterlib import TTR, Cluster, Node, Process
+
+from pheanq.lease import stale_after
+
+# pheanq.dispatch.ends: a result refused because another attempt now holds the task (ends are compare-and-set).
+FENCED = "no longer holds the task"
+# pheanq.worker.holds: a holder that could renew neither its lease nor its reservation stopped its command.
+STOPPED_UNRENEWED = re.compile(r"could be renewed for \d+s")
+SCRIPTS = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every scenario of a run is asked to do."""
+
+    hosts: int = 3
+    servers: int = 1
+    tasks: int = 60
+    workers: int = 2
+    keep: bool = False      # keep every cluster's directory (a failed scenario's is always kept)
+
+
+class Outcome(chaos.Outcome):
+    """What one scenario found: chaos's counts (`failed` stays 0: the commands always exit 0), its own line."""
+
+    def line(self) -> str:
+        notes = [*self.notes, *(f"PROBLEM: {problem}" for problem in self.problems), f"{self.seconds:.1f}s"]
+        return (f"{self.scenario}: queued {self.queued}, done {self.done}, lost {self.lost}, completed twice "
+                f"{self.ran_twice} ({'; '.join(notes)})")
+
+
+class Run:
+    """One scenario on its cluster: its producers, its waits, its counts."""
+
+    def __init__(self, name: str, cluster: Cluster, plan: Plan) -> None:
+        self.name, self.cluster, self.plan = name, cluster, plan
+        self.outcome = Outcome(name)
+        self.producers: list[tuple[Process, Path]] = []
+
+    def note(self, text: str) -> None:
+        self.outcome.notes.append(text)
+
+    def problem(self, text: str) -> None:
+        self.outcome.problems.append(text)
+
+    # --- queueing from the hosts ---
+
+    def produce(self, hosts: list[Node], count: int, low: float, high: float, seconds: float,
+                command: str = COMMAND) -> None:
+        """`count` tasks of `low`..`high` seconds, queued from these hosts (a share each) over `seconds`."""
+        for i, host in enumerate(hosts):
+            share = count // len(hosts) + (1 if i < count % len(hosts) else 0)
+            number = len(self.producers) + 1
+            out = host.directory / f"queued-{number}.txt"
+            argv = [sys.executable, str(SCRIPTS / "cluster_producer.py"), str(out), command, str(share), str(low),
+                    str(high), str(TTR), str(seconds), f"{self.name}:{number}"]
+            self.producers.append((self.cluster.run_on(host, argv, host.directory / f"producer-{number}.log"), out))
+
+    def producing(self) -> bool:
+        return any(process.alive() for process, _ in self.producers)
+
+    def queued(self) -> list[int]:
+        ids: list[int] = []
+        for _, out in self.producers:
+            with contextlib.suppress(FileNotFoundError):
+                ids += [int(line.split()[0]) for line in out.read_text().splitlines() if line[:1].isdigit()]
+        return ids
+
+    def pending(self) -> int:
+        """Tasks whose queue_task warned TaskPendingWarning (beanstalkd away): the reconciler sends them."""
+        return sum(out.read_text().count(" pending") for _, out in self.producers if out.exists())
+
+    def started_at(self) -> float:
+        """When the first producer began to queue (epoch seconds)."""
+        starts = [float(line.split()[1]) for _, out in self.producers if out.exists()
+                  for line in out.read_text().splitlines()[:1] if line.startswith("start ")]
+        return min(starts, default=time.time())
+
+    def wait_queued(self, count: int, timeout: float) -> None:
+        wait_until(lambda: len(self.queued()) >= count, timeout, f"{count} task(s) to be queued")
+
+    # --- the table ---
+
+    def statuses(self) -> dict[str, int]:
+        """How many tasks are in each status ({} while the database cannot say)."""
+        try:
+            return {str(status): int(n) for status, n in
+                    self.cluster.sql("SELECT status, count(*) FROM pheanq_task GROUP BY status")}
+        except Exception:
+            return {}
+
+    def done(self) -> int:
+        return self.statuses().get("done", -1)
+
+    def working_on(self, host: Node) -> list[int]:
+        """The tasks a worker of `host` holds now."""
+        with contextlib.suppress(Exception):
+            return [int(row[0]) for row in self.cluster.sql(
+                "SELECT id FROM pheanq_task WHERE status = 'working' AND worker LIKE %(host)s",
+                {"host": f"{host.hostname}:%"})]
+        return []
+
+    def rows(self) -> dict[int, tuple[str, int, str, str]]:
+        """id -> (status, attempts, worker, log)."""
+        return {int(row[0]): (str(row[1]), int(row[2] or 0), str(row[3] or ""), str(row[4] or "")) for row in
+                self.cluster.sql("SELECT id, status, attempts, worker, log FROM pheanq_task")}
+
+    def wait_done(self, count: int, timeout: float) -> None:
+        wait_until(lambda: self.done() >= count, timeout, f"{count} task(s) to be done")
+
+    def wait_busy(self, host: Node, timeout: float, least: int = 1) -> list[int]:
+        """Until a worker of `host` runs a task; the tasks it holds then."""
+        return list(wait_until(lambda: len(self.working_on(host)) >= least and self.working_on(host), timeout,
+                               f"{host.hostname} to run {least} task(s)"))
+
+    def finish(self, timeout: float) -> None:
+        """Until queueing is over and every task is done; a problem saying what is missing at the deadline."""
+        def finished() -> bool:
+            if self.producing():
+                return False
+            counts = self.statuses()
+            return bool(counts) and counts.get("done", 0) == sum(counts.values()) >= len(self.queued())
+
+        with contextlib.suppress(ScenarioFailed):
+            wait_until(finished, timeout, "every task to end", 0.25)
+            return
+        self.problem(f"timed out after {timeout:.0f}s: statuses {self.statuses()}, still queueing {self.producing()}")
+
+    # --- the counts ---
+
+    def count(self) -> Outcome:
+        outcome = self.outcome
+        queued = self.queued()
+        outcome.queued = len(queued)
+        ran = collections.Counter(int(line) for line in self.cluster.ran_file.read_text().split() if line.isdigit())
+        outcome.lost_file = len(set(queued) - set(ran))
+        outcome.twice_file = sum(1 for task_id in queued if ran[task_id] > 1)
+        try:
+            rows = self.rows()
+        except Exception as error:
+            self.problem(f"the table could not be read at the end: {error}")
+            rows = {}
+        mine = {task_id: rows[task_id] for task_id in queued if task_id in rows}
+        outcome.done = sum(1 for status, *_ in mine.values() if status == "done")
+        outcome.lost_table = len(queued) - outcome.done
+        outcome.twice_table = sum(1 for *_, log in mine.values() if len(COMPLETED_ATTEMPT.findall(log)) > 1)
+        outcome.reruns = reruns = sum(max(attempts - 1, 0) for _, attempts, _, _ in mine.values())
+        if len(queued) != len(set(queued)):
+            self.problem("a task id was returned twice")
+        extra = set(rows) - set(queued)
+        if extra:
+            self.problem(f"{len(extra)} row(s) that no producer queued")
+        pending = self.pending()
+        outcome.pending = pending
+        self.note(f"{reruns} attempt(s) beyond the first")
+        if pending:
+            self.note(f"{pending} queued while beanstalkd was unreachable")
+        return outcome
+
+    def tender_log_count(self, pattern: str | re.Pattern[str], hosts: list[Node] | None = None) -> int:
+        """How often `pattern` appears in these hosts' tender logs (every host by default)."""
+        texts = [(host.directory / "tender.log").read_text(errors="replace")
+                 for host in (hosts or self.cluster.hosts) if (host.directory / "tender.log").exists()]
+        if isinstance(pattern, str):
+            return sum(text.count(pattern) for text in texts)
+        return sum(len(pattern.findall(text)) for text in texts)
+
+    def resent(self) -> int:
+        return sum(int(n) for host in self.cluster.hosts
+                   for n in TENDER_RESENT_MARK.findall((host.directory / "tender.log").read_text(errors="replace")))
+
+    def taken_over(self, ids: list[int], host: Node) -> int:
+        """Of these tasks (held by `host` at a fault), how many another host ended done."""
+        rows = self.rows()
+        return sum(1 for task_id in ids if rows.get(task_id, ("",))[0] == "done"
+                   and not rows[task_id][2].startswith(f"{host.hostname}:"))
+
+
+def deadline(run: Run, mean: float, fault: float = 0.0) -> float:
+    """A generous bound for a scenario: start-up, four times the expected work, the fault's own time."""
+    plan = run.plan
+    return 60.0 + fault + 4 * plan.tasks * (mean + 0.2) / (plan.hosts * plan.workers)
+
+
+def feed_seconds(run: Run) -> float:
+    """How long the queueing is spread over, so that the fault lands while tasks are still queued."""
+    return min(10.0, max(3.0, run.plan.tasks / 20))
+
+
+def short_tasks_from_every_host(run: Run) -> float:
+    """Tenders on every host, and tasks of 0.1-0.5 s queued from every host; the scenario's deadline."""
+    run.cluster.start_tenders()
+    run.produce(run.cluster.hosts, run.plan.tasks, 0.1, 0.5, feed_seconds(run))
+    return deadline(run, 0.3, 30)
+
+
+# --- the scenarios -------------------------------------------------------------------------------------------------
+
+
+def link_cut(run: Run) -> None:
+    """A host's link down, mid-run, for longer than a lease lasts, then up: its tasks are taken over elsewhere,
+    it stops its commands when it cannot renew, and the results it tries to record on its return are refused."""
+    cluster, victim = run.cluster, run.cluster.hosts[0]
+    cluster.start_tenders()
+    # Tasks of 5-6 s: longer than a holder may go on unrenewed (pheanq.lease.holder_must_stop_after(TTR) = 3.7 s),
+    # so a command running on the cut host is stopped before it completes rather than completed unrecorded.
+    run.produce(cluster.hosts[1:], run.plan.tasks, 8.0, 9.0, feed_seconds(run))
+    limit = deadline(run, 8.5, 40)
+    held = run.wait_busy(victim, limit, least=cluster.workers)
+    cut_for = stale_after(TTR) + 10
+    cluster.cut_link(victim)
+    pause(cut_for)  # the fault's own duration: longer than a lease stays valid
+    cluster.restore_link(victim)
+    run.finish(limit)
+    taken = run.taken_over(held, victim)
+    fenced = run.tender_log_count(FENCED, [victim])
+    stopped = run.tender_log_count(STOPPED_UNRENEWED, [victim])
+    run.outcome.figures.update(held=len(held), taken_over=taken, fenced=fenced, stopped=stopped)
+    run.note(f"{victim.hostname}'s link down {cut_for:.0f}s while it held {len(held)} task(s): {taken} taken over "
+             f"by other hosts, {stopped} command(s) stopped unrenewed, {fenced} late result(s) refused")
+
+
+def beanstalkd_killed(run: Run) -> None:
+    """A beanstalkd server killed -9 mid-run, then started again with its binlog."""
+    cluster = run.cluster
+    limit = short_tasks_from_every_host(run)
+    run.wait_queued(run.plan.tasks * 3 // 10, limit)
+    cluster.kill_beanstalkd(0)
+    down_for = 3.0
+    pause(down_for)  # the fault's own duration: the server stays down
+    cluster.start_beanstalkd(0)
+    run.finish(limit)
+    resent = run.resent()
+    run.outcome.figures["resent"] = resent
+    run.note(f"beanstalkd {cluster.servers[0].hostname} of {len(cluster.servers)} killed -9, back after "
+             f"{down_for:.0f}s with its binlog; the tenders' reconcilers sent {resent} job(s) again")
+
+
+def beanstalkd_partitioned(run: Run) -> None:
+    """A beanstalkd server cut off from half of the hosts only, then reachable again."""
+    cluster = run.cluster
+    cut_off = cluster.hosts[:max(1, len(cluster.hosts) // 2)]
+    limit = short_tasks_from_every_host(run)
+    run.wait_queued(run.plan.tasks * 3 // 10, limit)
+    cluster.partition_beanstalkd(0, cut_off)
+    apart = stale_after(TTR) + 2
+    pause(apart)  # the fault's own duration
+    cluster.heal()
+    run.finish(limit)
+    resent = run.resent()
+    run.outcome.figures["resent"] = resent
+    run.note(f"beanstalkd {cluster.servers[0].hostname} unreachable from {','.join(h.hostname for h in cut_off)} for "
+             f"{apart:.0f}s; the tenders' reconcilers sent {resent} job(s) again")
+
+
+def tender_killed(run: Run) -> None:
+    """One host's tender killed -9 mid-run (its workers and their commands go with it), started again later."""
+    cluster, victim = run.cluster, run.cluster.hosts[0]
+    cluster.start_tenders()
+    run.produce(cluster.hosts, run.plan.tasks, 0.5, 2.0, feed_seconds(run))
+    limit = deadline(run, 1.25, 30)
+    held = run.wait_busy(victim, limit)
+    cluster.kill_tender(victim)
+    pause(stale_after(TTR))  # the fault's own duration: the host has no tender for a lease's length
+    cluster.start_tenders([victim])
+    run.finish(limit)
+    taken = run.taken_over(held, victim)
+    run.outcome.figures.update(held=len(held), taken_over=taken)
+    run.note(f"{victim.hostname}'s tender killed -9 while it held {len(held)} task(s) ({taken} ended on other hosts, "
+             f"{len(held) - taken} on {victim.hostname} itself), started again after {stale_after(TTR):.0f}s")
+
+
+def host_killed(run: Run) -> None:
+    """Every process of one host killed -9 at once, mid-run; the host stays down."""
+    cluster, victim = run.cluster, run.cluster.hosts[0]
+    cluster.start_tenders()
+    run.produce(cluster.hosts[1:], run.plan.tasks, 0.5, 2.0, feed_seconds(run))
+    limit = deadline(run, 1.25, 30)
+    held = run.wait_busy(victim, limit, least=cluster.workers)
+    killed = cluster.kill_host(victim)
+    run.finish(limit)
+    taken = run.taken_over(held, victim)
+    run.outcome.figures.update(held=len(held), taken_over=taken, killed=killed)
+    run.note(f"all {killed} processes of {victim.hostname} killed -9 while it held {len(held)} task(s): {taken} "
+             f"taken over by other hosts")
+
+
+def postgres_restart(run: Run) -> None:
+    """PostgreSQL restarted (-m fast) while every host works."""
+    cluster = run.cluster
+    limit = short_tasks_from_every_host(run)
+    for host in cluster.hosts:
+        run.wait_busy(host, limit)
+    cluster.restart_postgres()
+    run.finish(limit)
+    run.note("PostgreSQL restarted (pg_ctl restart -m fast) while every host ran tasks")
+
+
+SCENARIOS: dict[str, Callable[[Run], None]] = {
+    "link-cut": link_cut,
+    "beanstalkd-killed": beanstalkd_killed,
+    "beanstalkd-partitioned": beanstalkd_partitioned,
+    "tender-killed": tender_killed,
+    "host-killed": host_killed,
+    "postgres-restart": postgres_restart,
+}
+
+
+def run_scenario(name: str, plan: Plan) -> Outcome:
+    """One scenario on a fresh cluster, counted; the cluster is removed whatever happens (its directory is kept
+    when the scenario failed, or with plan.keep)."""
+    started = time.monotonic()
+    cluster = Cluster(hosts=plan.hosts, servers=plan.servers, workers=plan.workers, keep=True)
+    outcome = Outcome(name)
+    try:
+        with cluster:
+            run = Run(name, cluster, plan)
+            outcome = run.outcome
+            try:
+                SCENARIOS[name](run)
+            except ScenarioFailed as error:
+                run.problem(str(error))
+            except Exception as error:   # a bug of the harness: this scenario reports it, the others still run
+                (cluster.directory / "harness.log").write_text(traceback.format_exc())
+                run.problem(f"harness error {type(error).__name__}: {error} (traceback in harness.log)")
+            outcome = run.count()
+    except Exception as error:   # the cluster could not be built or counted
+        outcome.problems.append(f"{type(error).__name__}: {error}")
+    outcome.seconds = round(time.monotonic() - started, 1)
+    if outcome.ok and not plan.keep:
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+    else:
+        outcome.directory = str(cluster.directory)
+    return outcome
+
+
+def figures_of(outcome: Outcome) -> dict[str, Any]:
+    return {**outcome.to_json(), "completed_twice": outcome.ran_twice}
