@@ -44,6 +44,7 @@ OURS = re.compile(rf"^{PREFIX}(\d+)-")
 LOCKS = Path(tempfile.gettempdir()) / "pheanq-cluster-locks"
 BEANSTALKD_PORT = 11300
 TUBE = "cluster"
+DATABASE = "pheanq"
 NOOP = "noop"                   # the trivial command of the capacity runs: only the queue's own cost remains
 NOOP_SCRIPT = 'echo "$PHEANQ_TASK_ID" >> "$1"'
 TTR = 4                         # short leases: see pheanq.lease (stale after 6 s, the holder stops at 3.7 s)
@@ -206,11 +207,13 @@ class Cluster:
     """K hosts, `servers` beanstalkd servers and one PostgreSQL, built on entry and removed on exit."""
 
     def __init__(self, hosts: int = 3, servers: int = 1, workers: int = 2, tender_args: Sequence[str] = (),
-                 keep: bool = False) -> None:
+                 keep: bool = False, reconcile_interval: float | None = RECONCILE_INTERVAL) -> None:
         if not 1 <= hosts <= 9 or not 1 <= servers <= 9:
             raise ClusterError("a cluster has 1 to 9 hosts and 1 to 9 beanstalkd servers")
         self.size, self.server_count, self.workers = hosts, servers, workers
         self.tender_args = list(tender_args)
+        if reconcile_interval is not None:     # None: the tender's own defaults
+            self.tender_args += ["--reconcile-interval", str(reconcile_interval), "--min-age", str(RECONCILE_MIN_AGE)]
         self.keep = keep                    # keep the directory (logs, ran.txt) after exit
         self.slot = 0
         self._lock: int | None = None
@@ -273,7 +276,8 @@ class Cluster:
             self.start_beanstalkd(i)
         for host in self.hosts:
             self._write_config(host)
-        self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database="postgres")
+        self.sql(f"CREATE DATABASE {DATABASE}", database="postgres")
         upgrade = subprocess.run([sys.executable, "-m", "pheanq", "db", "upgrade"], env=self.env(self.hosts[0]),
                                  capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if upgrade.returncode != 0:
@@ -302,8 +306,13 @@ class Cluster:
 
     @property
     def database_url(self) -> str:
+        """pheanq's database; the statistics are read from the database `postgres` beside it, so that reading
+        them does not count in pheanq's."""
+        return self.url_of(DATABASE)
+
+    def url_of(self, database: str) -> str:
         assert self.postgres is not None
-        return self.postgres.url
+        return f"{self.postgres.url.rsplit('/', 1)[0]}/{database}"
 
     @property
     def beanstalkd_setting(self) -> str:
@@ -329,9 +338,10 @@ class Cluster:
     def host(self, name: str) -> Node:
         return next(host for host in self.hosts if host.hostname == name)
 
-    def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def sql(self, statement: str, params: dict[str, Any] | None = None,
+            database: str = DATABASE) -> list[tuple[Any, ...]]:
         """One statement from this process (the root namespace), in its own connection."""
-        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as connection:
+        with psycopg.connect(self.url_of(database), autocommit=True, connect_timeout=5) as connection:
             cursor = connection.execute(statement.encode(), params)
             return list(cursor.fetchall()) if cursor.description else []
 
@@ -354,10 +364,10 @@ class Cluster:
         return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
 
     def start_tender(self, host: Node, *extra: str) -> Process:
-        """A `pheanq worker-tender` on `host`: `workers` workers, short reconcile interval, its log in hI/."""
+        """A `pheanq worker-tender` on `host`: `workers` workers, a short reconcile interval unless told, its log in
+        hI/tender.log."""
         argv = host.run_in([sys.executable, "-m", "pheanq", "worker-tender", "--min-workers", str(self.workers),
                             "--spare-workers", "0", "--max-workers", str(self.workers), "--shutdown-timeout", "5",
-                            "--reconcile-interval", str(RECONCILE_INTERVAL), "--min-age", str(RECONCILE_MIN_AGE),
                             *self.tender_args, *extra])
         process = Process(argv, host.directory / "tender.log", self.env(host))
         self.processes.append(process)
