@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import psutil
 import psycopg
 from chaos import COMMAND, TASK_SCRIPT, PostgresCluster, wait_until
 
@@ -84,9 +85,11 @@ def _try_lock(slot: int) -> int | None:
 
 
 def claim_slot() -> tuple[int, int]:
-    """A free slot and its held lock; leftovers of dead runs are removed first."""
+    """A free slot and its held lock; leftovers of dead runs are removed first. Each process starts looking at a
+    slot of its own (from its pid), so that a slot just given up is not at once taken by another process."""
     remove_leftovers()
-    for slot in range(1, 255):
+    first = os.getpid() % 254
+    for slot in (1 + (first + i) % 254 for i in range(254)):
         descriptor = _try_lock(slot)
         if descriptor is not None:
             remove_slot(slot)
@@ -126,10 +129,26 @@ def remove_slot(slot: int) -> None:
     spaces, links = names_of(slot)
     for space in spaces:
         kill_namespace(space)
+    kill_postgres(slot)
     for link in sorted(links, key=lambda name: name.endswith("-br")):   # the bridge last
         ip("link", "del", link, check=False)
     for space in spaces:
         ip("netns", "del", space, check=False)
+
+
+def kill_postgres(slot: int) -> None:
+    """SIGKILL a PostgreSQL server left listening on the slot's bridge address (pg_ctl starts it as a daemon, so
+    it outlives a harness killed -9), and remove its directory."""
+    listen = f"listen_addresses={NET}.{slot}.1"
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if listen in cmdline and "-D" in cmdline:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+                process.wait(10)
+            data = Path(cmdline[cmdline.index("-D") + 1])
+            if data.parent.name.startswith("pheanq-chaos-pg-"):
+                shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def kill_namespace(space: str) -> list[int]:
