@@ -131,7 +131,15 @@ def test_a_cluster_removes_everything_when_its_body_raises() -> None:
         raise RuntimeError("the body failed")
     assert clusterlib.leftovers(cluster.slot) == []
     assert not cluster.directory.exists()
-    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    wait_for(lambda: all(process_gone_or_zombie(pid) for pid in pids), 10, "the host's processes to go")
+
+
+def process_gone_or_zombie(pid: int) -> bool:
+    """True when the process is gone or a zombie its parent has not reaped yet (it runs nothing)."""
+    try:
+        return bool(clusterlib.psutil.Process(pid).status() == clusterlib.psutil.STATUS_ZOMBIE)
+    except clusterlib.psutil.NoSuchProcess:
+        return True
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
