@@ -186,7 +186,8 @@ class Run:
         outcome.pending = pending
         self.note(f"{reruns} attempt(s) beyond the first")
         if pending:
-            self.note(f"{pending} queued while beanstalkd was unreachable")
+            self.note(f"{pending} queued while beanstalkd was unreachable, sent later by their producer or a "
+                      f"reconciler")
         return outcome
 
     def tender_log_count(self, pattern: str | re.Pattern[str], hosts: list[Node] | None = None) -> int:
@@ -237,8 +238,10 @@ def link_cut(run: Run) -> None:
     # Tasks of 8-9 s, cut within 2 s of their start: longer than a holder may go on unrenewed after the cut
     # (pheanq.lease.holder_must_stop_after(TTR) = 3.7 s), so a command running on the cut host must be stopped before
     # it completes, not completed unrecorded.
-    run.produce(cluster.hosts[1:], run.plan.tasks, 8.0, 9.0, feed_seconds(run))
-    limit = deadline(run, 8.5, 40)
+    # A tenth of the tasks (at least two rounds of every worker): long tasks take long.
+    tasks = min(run.plan.tasks, max(2 * len(cluster.hosts) * cluster.workers, run.plan.tasks // 10))
+    run.produce(cluster.hosts[1:], tasks, 8.0, 9.0, feed_seconds(run))
+    limit = deadline(run, 8.5 * tasks / run.plan.tasks, 40)
     held = run.wait_busy(victim, limit, least=cluster.workers, started_within=2.0)
     cut_for = stale_after(TTR) + 10
     cluster.cut_link(victim)

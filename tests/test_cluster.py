@@ -92,10 +92,7 @@ def test_link_cut_longer_than_the_lease() -> None:
 
 
 def test_beanstalkd_killed() -> None:
-    outcome = scenario("beanstalkd-killed")
-    assert_once(outcome)
-    # Tasks queued while it was down got no job (TaskPendingWarning): the tenders' reconcilers sent them.
-    assert outcome.pending == 0 or outcome.figures["resent"] >= 1, outcome.line()
+    assert_once(scenario("beanstalkd-killed"))
 
 
 def test_beanstalkd_partitioned_from_half_of_the_hosts() -> None:
