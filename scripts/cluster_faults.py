@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import re
 import shutil
 import sys
@@ -27,6 +28,7 @@ import chaos
 from chaos import COMMAND, COMPLETED_ATTEMPT, TENDER_RESENT_MARK, ScenarioFailed, pause, wait_until
 from clusterlib import TTR, Cluster, Node, Process
 
+from pheanq.body import decode_data
 from pheanq.lease import stale_after
 
 # pheanq.dispatch.ends: a result refused because another attempt now holds the task (ends are compare-and-set).
@@ -119,13 +121,16 @@ class Run:
     def done(self) -> int:
         return self.statuses().get("done", -1)
 
-    def working_on(self, host: Node, started_within: float = 1e9) -> list[int]:
-        """The tasks a worker of `host` holds now, of those started at most `started_within` seconds ago."""
+    def working_on(self, host: Node, ahead: float = 0.0) -> list[int]:
+        """The tasks a worker of `host` holds now, of those whose command has `ahead` seconds or more still to run
+        (its start and its duration argument say)."""
         with contextlib.suppress(Exception):
-            return [int(row[0]) for row in self.cluster.sql(
-                "SELECT id FROM pheanq_task WHERE status = 'working' AND worker LIKE %(host)s AND started > "
-                "(now() AT TIME ZONE 'UTC') - %(within)s * interval '1 second'",
-                {"host": f"{host.hostname}:%", "within": started_within})]
+            rows = self.cluster.sql("SELECT id, started, data FROM pheanq_task WHERE status = 'working' AND worker "
+                                    "LIKE %(host)s", {"host": f"{host.hostname}:%"})
+            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)   # pheanq's clock: naive UTC
+            return [int(task_id) for task_id, started, data in rows
+                    if started + dt.timedelta(seconds=float(decode_data(data).arguments[0])) - now
+                    >= dt.timedelta(seconds=ahead)]
         return []
 
     def rows(self) -> dict[int, tuple[str, int, str, str]]:
@@ -136,11 +141,11 @@ class Run:
     def wait_done(self, count: int, timeout: float) -> None:
         wait_until(lambda: self.done() >= count, timeout, f"{count} task(s) to be done")
 
-    def wait_busy(self, host: Node, timeout: float, least: int = 1, started_within: float = 1e9) -> list[int]:
-        """Until workers of `host` run `least` tasks started at most `started_within` seconds ago (so that each has
-        a known part of its run still ahead when the fault comes); the tasks it holds then."""
+    def wait_busy(self, host: Node, timeout: float, least: int = 1, ahead: float = 0.0) -> list[int]:
+        """Until workers of `host` run `least` tasks each with `ahead` seconds or more of its command still to run,
+        so that none ends by chance at the moment of the fault; the tasks it holds then."""
         def held() -> list[int]:
-            fresh = self.working_on(host, started_within)
+            fresh = self.working_on(host, ahead)
             return fresh if len(fresh) >= least else []
 
         return list(wait_until(held, timeout, f"{host.hostname} to start {least} task(s)", 0.05))
@@ -235,14 +240,14 @@ def link_cut(run: Run) -> None:
     it stops its commands when it cannot renew, and the results it tries to record on its return are refused."""
     cluster, victim = run.cluster, run.cluster.hosts[0]
     cluster.start_tenders()
-    # Tasks of 8-9 s, cut within 2 s of their start: longer than a holder may go on unrenewed after the cut
-    # (pheanq.lease.holder_must_stop_after(TTR) = 3.7 s), so a command running on the cut host must be stopped before
-    # it completes, not completed unrecorded.
+    # Tasks of 8-9 s, cut with 6 s or more of each still to run: longer than a holder may go on unrenewed after the
+    # cut (pheanq.lease.holder_must_stop_after(TTR) = 3.7 s), so a command running on the cut host must be stopped
+    # before it completes, not completed unrecorded.
     # A tenth of the tasks (at least two rounds of every worker): long tasks take long.
     tasks = min(run.plan.tasks, max(2 * len(cluster.hosts) * cluster.workers, run.plan.tasks // 10))
     run.produce(cluster.hosts[1:], tasks, 8.0, 9.0, feed_seconds(run))
     limit = deadline(run, 8.5 * tasks / run.plan.tasks, 40)
-    held = run.wait_busy(victim, limit, least=cluster.workers, started_within=2.0)
+    held = run.wait_busy(victim, limit, least=cluster.workers, ahead=6.0)
     cut_for = stale_after(TTR) + 10
     cluster.cut_link(victim)
     pause(cut_for)  # the fault's own duration: longer than a lease stays valid
@@ -296,9 +301,9 @@ def tender_killed(run: Run) -> None:
     """One host's tender killed -9 mid-run (its workers and their commands go with it), started again later."""
     cluster, victim = run.cluster, run.cluster.hosts[0]
     cluster.start_tenders()
-    run.produce(cluster.hosts, run.plan.tasks, 1.0, 2.0, feed_seconds(run))
-    limit = deadline(run, 1.5, 30)
-    held = run.wait_busy(victim, limit, started_within=0.5)
+    run.produce(cluster.hosts, run.plan.tasks, 0.1, 2.0, feed_seconds(run))
+    limit = deadline(run, 1.05, 30)
+    held = run.wait_busy(victim, limit, ahead=1.0)
     cluster.kill_tender(victim)
     pause(stale_after(TTR))  # the fault's own duration: the host has no tender for a lease's length
     cluster.start_tenders([victim])
@@ -313,12 +318,12 @@ def host_killed(run: Run) -> None:
     """Every process of one host killed -9 at once, mid-run; the host stays down."""
     cluster, victim = run.cluster, run.cluster.hosts[0]
     cluster.start_tenders()
-    # Tasks of 2-3 s, killed within 1 s of their start: each killed mid-command, none in the instant between its
-    # command's end and the recording of its result (in which a whole host's death makes it run again, see
+    # Killed with 1 s or more of each command still to run: each is killed mid-command, none in the instant between
+    # its command's end and the recording of its result (in which a whole host's death makes it run again, see
     # docs/guarantees.rst, "What is not promised").
-    run.produce(cluster.hosts[1:], run.plan.tasks, 2.0, 3.0, feed_seconds(run))
-    limit = deadline(run, 2.5, 30)
-    held = run.wait_busy(victim, limit, least=cluster.workers, started_within=1.0)
+    run.produce(cluster.hosts[1:], run.plan.tasks, 0.1, 2.0, feed_seconds(run))
+    limit = deadline(run, 1.05, 30)
+    held = run.wait_busy(victim, limit, least=cluster.workers, ahead=1.0)
     killed = cluster.kill_host(victim)
     run.finish(limit)
     taken = run.taken_over(held, victim)
