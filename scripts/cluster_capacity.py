@@ -11,7 +11,9 @@ to pg_stat_database at once) and the statistics read again. Per task:
 - statements: pg_stat_statements' calls in pheanq's database (BEGIN and COMMIT included), delta / N, a
   statement executed being one round trip, give or take the driver's own.
 
-Everything the harness reads goes through the database `postgres`, not pheanq's, so it is not counted.
+The producers connect as a role of their own, so pg_stat_statements splits the statements into the producers'
+and the workers' (and tenders'). Everything the harness reads goes through the database `postgres`, not
+pheanq's, so it is not counted.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from chaos import wait_until
 from cluster_faults import SCRIPTS
-from clusterlib import DATABASE, NOOP, TTR, Cluster, Node, Process
+from clusterlib import DATABASE, NOOP, PRODUCER, TTR, Cluster, Node, Process
 
 TOP_STATEMENTS = 8
 
@@ -39,6 +41,7 @@ class Measured:
     seconds: float
     transactions: float          # per task
     statements: float            # per task
+    by_producers: float          # of `statements`, those of the producers (the rest: tenders and workers)
     top: list[tuple[float, str]]  # (calls per task, statement) of the most called statements
 
     @property
@@ -64,14 +67,17 @@ def measure(cluster: Cluster, hosts: int, tasks: int, number: int) -> Measured:
     cluster.stop_tenders()
     wait_until(lambda: not other_backends(cluster), 30, "the tenders' connections to close")
     spent = transactions(cluster) - transactions_before
-    rows = cluster.sql("SELECT calls, query FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-                       "WHERE d.datname = %(db)s ORDER BY calls DESC", {"db": DATABASE}, database="postgres")
+    rows = cluster.sql("SELECT calls, query, rolname FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                       "JOIN pg_roles r ON r.oid = s.userid WHERE d.datname = %(db)s ORDER BY calls DESC",
+                       {"db": DATABASE}, database="postgres")
     calls = sum(int(row[0]) for row in rows)
-    top = [(int(row[0]) / tasks, " ".join(str(row[1]).split())) for row in rows[:TOP_STATEMENTS]]
+    by_producers = sum(int(row[0]) for row in rows if row[2] == PRODUCER)
+    top = [(int(row[0]) / tasks, f"[{'producer' if row[2] == PRODUCER else 'worker'}] {' '.join(str(row[1]).split())}")
+           for row in rows[:TOP_STATEMENTS]]
     not_done = cluster.sql("SELECT count(*) FROM pheanq_task WHERE status <> 'done'")[0][0]
     if not_done:
         raise RuntimeError(f"{not_done} task(s) not done after the run")
-    return Measured(hosts, tasks, ended - started, spent / tasks, calls / tasks, top)
+    return Measured(hosts, tasks, ended - started, spent / tasks, calls / tasks, by_producers / tasks, top)
 
 
 def start_producer(cluster: Cluster, host: Node, count: int, name: str) -> tuple[Process, Path]:
@@ -108,18 +114,23 @@ def capacity(host_counts: list[int], tasks: int, runs: int, workers: int, server
                 done = measure(cluster, hosts, tasks, len(results) * 100 + number)
                 results[-1].append(done)
                 say(f"capacity: {hosts} host(s), run {number + 1}: {done.rate:.0f} tasks/s, "
-                    f"{done.transactions:.2f} transactions and {done.statements:.2f} statements per task")
+                    f"{done.transactions:.2f} transactions and {done.statements:.2f} statements per task "
+                    f"({done.by_producers:.2f} of them the producers')")
     return results
 
 
 def table(results: list[list[Measured]], workers: int) -> str:
     """Medians of each K's runs, a row each; then the top statements of the largest K's median run."""
-    lines = [f"{'hosts':>5} {'workers':>7} {'tasks/s':>8} {'transactions/task':>18} {'statements/task':>16}"]
+    lines = [f"{'hosts':>5} {'workers':>7} {'tasks/s':>8} {'transactions/task':>18} {'statements/task':>16} "
+             f"{'producers':>10} {'workers':>8}"]
     for runs in results:
+        statements = statistics.median(run.statements for run in runs)
+        producers = statistics.median(run.by_producers for run in runs)
+        workers_part = statistics.median(run.statements - run.by_producers for run in runs)
         lines.append(f"{runs[0].hosts:>5} {runs[0].hosts * workers:>7} "
                      f"{statistics.median(run.rate for run in runs):>8.0f} "
                      f"{statistics.median(run.transactions for run in runs):>18.2f} "
-                     f"{statistics.median(run.statements for run in runs):>16.2f}")
+                     f"{statements:>16.2f} {producers:>10.2f} {workers_part:>8.2f}")
     last = sorted(results[-1], key=lambda run: run.statements)[len(results[-1]) // 2]
     lines.append(f"top statements by calls per task ({last.hosts} host(s)):")
     lines += [f"  {per_task:6.2f}  {query[:110]}" for per_task, query in last.top]

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import chaos
+import greenstalk
 from chaos import COMMAND, COMPLETED_ATTEMPT, TENDER_RESENT_MARK, ScenarioFailed, pause, wait_until
-from clusterlib import TTR, Cluster, Node, Process
+from clusterlib import BEANSTALKD_PORT, TTR, TUBE, Cluster, Node, Process
 
 from pheanq.body import decode_data
 from pheanq.lease import stale_after
@@ -265,19 +266,39 @@ def link_cut(run: Run) -> None:
 
 
 def beanstalkd_killed(run: Run) -> None:
-    """A beanstalkd server killed -9 mid-run, then started again with its binlog."""
+    """A beanstalkd server killed -9 mid-run, then started again with its binlog. With several servers the others
+    carry on, the reconcilers send its tasks again, and the jobs it brings back from its binlog are deleted unrun."""
     cluster = run.cluster
+    several = len(cluster.servers) > 1
     limit = short_tasks_from_every_host(run)
     run.wait_queued(run.plan.tasks * 3 // 10, limit)
     cluster.kill_beanstalkd(0)
-    down_for = 3.0
-    pause(down_for)  # the fault's own duration: the server stays down
+    down_for = 10.0 if several else 3.0
+    pause(down_for)  # the fault's own duration: long enough, with several servers, for the reconcilers to re-send
     cluster.start_beanstalkd(0)
+    back = jobs_on(cluster, 0)
     run.finish(limit)
+    if several:
+        with contextlib.suppress(ScenarioFailed):
+            wait_until(lambda: jobs_on(cluster, 0) == 0, 30, "the returned server's old jobs to be dealt with")
+        if jobs_on(cluster, 0):
+            run.problem(f"{jobs_on(cluster, 0)} job(s) the returned server brought back are still there")
     resent = run.resent()
-    run.outcome.figures["resent"] = resent
+    run.outcome.figures.update(resent=resent, back=back)
     run.note(f"beanstalkd {cluster.servers[0].hostname} of {len(cluster.servers)} killed -9, back after "
-             f"{down_for:.0f}s with its binlog; the tenders' reconcilers sent {resent} job(s) again")
+             f"{down_for:.0f}s with {back} job(s) from its binlog; the tenders' reconcilers sent {resent} job(s) again")
+
+
+def jobs_on(cluster: Cluster, index: int) -> int:
+    """Jobs of the tube that server `index` holds ready or reserved (-1 when it cannot be asked)."""
+    try:
+        with greenstalk.Client((cluster.servers[index].address, BEANSTALKD_PORT), encoding=None) as client:
+            stats = client.stats_tube(TUBE)
+    except greenstalk.NotFoundError:
+        return 0
+    except (OSError, greenstalk.Error):
+        return -1
+    return int(stats.get("current-jobs-ready", 0)) + int(stats.get("current-jobs-reserved", 0))
 
 
 def beanstalkd_partitioned(run: Run) -> None:

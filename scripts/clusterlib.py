@@ -46,6 +46,7 @@ LOCKS = Path(tempfile.gettempdir()) / "pheanq-cluster-locks"
 BEANSTALKD_PORT = 11300
 TUBE = "cluster"
 DATABASE = "pheanq"
+PRODUCER = "producer"           # the database role of the producers (the tenders and workers are postgres)
 NOOP = "noop"                   # the trivial command of the capacity runs: only the queue's own cost remains
 NOOP_SCRIPT = 'echo "$PHEANQ_TASK_ID" >> "$1"'
 TTR = 4                         # short leases: see pheanq.lease (stale after 6 s, the holder stops at 3.7 s)
@@ -297,6 +298,7 @@ class Cluster:
             self._write_config(host)
         self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database="postgres")
         self.sql(f"CREATE DATABASE {DATABASE}", database="postgres")
+        self.sql(f"CREATE ROLE {PRODUCER} SUPERUSER LOGIN", database="postgres")
         upgrade = subprocess.run([sys.executable, "-m", "pheanq", "db", "upgrade"], env=self.env(self.hosts[0]),
                                  capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if upgrade.returncode != 0:
@@ -332,6 +334,12 @@ class Cluster:
     def url_of(self, database: str) -> str:
         assert self.postgres is not None
         return f"{self.postgres.url.rsplit('/', 1)[0]}/{database}"
+
+    @property
+    def producer_url(self) -> str:
+        """pheanq's database as the role the producers use, so that pg_stat_statements tells their statements
+        from the workers' and tenders'."""
+        return self.database_url.replace("://postgres@", f"://{PRODUCER}@", 1)
 
     @property
     def beanstalkd_setting(self) -> str:
@@ -413,8 +421,8 @@ class Cluster:
         self.tenders.clear()
 
     def run_on(self, host: Node, argv: Sequence[str], log: Path) -> Process:
-        """Any process on a host (a producer), with the host's pheanq environment."""
-        process = Process(host.run_in(argv), log, self.env(host))
+        """A producer on a host: the host's pheanq environment, connected as the producers' role."""
+        process = Process(host.run_in(argv), log, {**self.env(host), "PHEANQ_DATABASE_URL": self.producer_url})
         self.processes.append(process)
         return process
 
