@@ -13,16 +13,24 @@ server) whose database pheanq's own `pheanq db upgrade` made.
        WHERE id = :id AND status IN ('new', 'working')
 
   on a random one of --rows rows. Before each run the table is vacuumed, the count trigger's change rows are
-  emptied and a CHECKPOINT is taken, so that every run starts alike.
+  emptied and a CHECKPOINT is taken, so that every run starts alike. From the server's statistics, each run also
+  gives the commits per WAL flush and the milliseconds of a flush (`pg_stat_wal`, with `track_wal_io_timing`):
+  with `synchronous_commit = on` a commit waits for its flush, and the clients that commit meanwhile share the
+  next one (group commit), so the flush time of this machine's disk is what bounds the figure.
 - **end to end** (skipped with --no-e2e): --tasks tasks queued one at a time with `queue_task`, then run by a
   `pheanq worker-tender` keeping 2 task-workers (`/bin/true`, as ./scripts/bench's e2e row), with each setting of
   `synchronous_commit`: tasks/s of each side, and the transactions each task cost the database, counted by
   PostgreSQL itself (`pg_stat_database.xact_commit`, the benchmark's own reads taken off). Then the
   transactions per second of an idle tender and its 2 workers, over --idle seconds: the cost of a host that does
-  nothing.
+  nothing, and the connections they hold.
+- **cleanup** (skipped with --no-cleanup): what `pheanq task-cleanup` does to --cleanup-rows done tasks (pheanq's
+  own DELETE, through its store), and the VACUUM that must then reclaim the dead rows: seconds and megabytes of
+  WAL (what a replica must receive too); beside them, the DROP of a table holding the same rows with the same
+  indexes, which is what dropping a time partition of the task table would cost (pheanq has no partitions: this
+  is the plan's figure, not a feature).
 
     ./scripts/bench-commits [--runs R] [--seconds S] [--clients 1,4,16] [--rows N] [--tasks N] [--idle S]
-                            [--no-e2e] [--json]
+                            [--cleanup-rows N] [--no-e2e] [--no-cleanup] [--json]
 
 Exit code 0 when every figure was taken; 1 when one could not be (it says why); 2 for a bad argument.
 """
@@ -30,6 +38,8 @@ Exit code 0 when every figure was taken; 1 when one could not be (it says why); 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import functools
 import json
 import os
 import re
@@ -38,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -59,6 +69,9 @@ UPDATE pheanq_task SET status = CASE status WHEN 'new' THEN 'working' ELSE 'new'
  WHERE id = :id AND status IN ('new', 'working');
 """
 TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+# What a cleanup costs: pheanq's DELETE of old done tasks (and the VACUUM that must follow it) against dropping a
+# table that holds the same rows with the same indexes, as dropping a time partition would.
+CLEANUP = ("delete_seconds", "delete_wal_mb", "vacuum_seconds", "vacuum_wal_mb", "drop_seconds", "drop_wal_mb")
 SERVER_SETTINGS = ("server_version", "fsync", "wal_sync_method", "shared_buffers", "max_wal_size")
 Figures = dict[str, Any]
 
@@ -72,10 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
     info = machine()
     figures: Figures = {"update": {setting: {str(n): [] for n in options.clients} for setting in SETTINGS},
+                        "flush": {setting: {str(n): [] for n in options.clients} for setting in SETTINGS},
+                        "cleanup": {key: [] for key in CLEANUP},
                         "e2e": {setting: {"queue_per_second": [], "queue_commits_per_task": [],
                                           "run_per_second": [], "run_commits_per_task": []}
                                 for setting in SETTINGS},
-                        "idle_commits_per_second": [], "server": {}}
+                        "idle_commits_per_second": [], "idle_connections": [], "server": {}}
 
     def measure_all() -> None:
         try:
@@ -88,9 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             create_database(url)
             upgrade(url)
             figures["server"] = server_settings(cluster.url)
-            measure_updates(cluster, url, options, figures["update"])
+            measure_updates(cluster, url, options, figures["update"], figures["flush"])
             if options.e2e:
                 measure_end_to_end(cluster.url, url, options, figures)
+            if options.cleanup:
+                measure_cleanup(cluster.url, url, options, figures["cleanup"])
         except ScenarioFailed as error:
             raise BenchError(str(error)) from None
         finally:
@@ -113,11 +130,13 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
                                 ("--seconds", 10, "seconds of each pgbench run"),
                                 ("--rows", 100_000, "rows of pheanq_task the UPDATE picks from"),
                                 ("--tasks", 1000, "tasks queued and run per end-to-end run"),
-                                ("--idle", 10, "seconds an idle tender is watched")):
+                                ("--idle", 10, "seconds an idle tender is watched"),
+                                ("--cleanup-rows", 100_000, "done tasks deleted per cleanup run")):
         parser.add_argument(flag, type=positive, default=default, metavar="N", help=f"{what} (default: %(default)s)")
     parser.add_argument("--clients", type=client_counts, default=list(DEFAULT_CLIENTS), metavar="N,N,...",
                         help="pgbench's clients, one run each (default: 1,4,16)")
     parser.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip the end-to-end figures")
+    parser.add_argument("--no-cleanup", dest="cleanup", action="store_false", help="skip the cleanup figures")
     parser.add_argument("--json", action="store_true", help="print every run's figures as JSON")
     return parser.parse_args(argv)
 
@@ -186,7 +205,11 @@ def committed(server_url: str) -> int:
 
 
 def measure_updates(cluster: PostgresCluster, url: str, options: argparse.Namespace,
-                    found: dict[str, dict[str, list[float]]]) -> None:
+                    found: dict[str, dict[str, list[float]]], flushes: dict[str, dict[str, list[list[float]]]]) -> None:
+    """pgbench's commits/s; and per run, from the server's statistics, the commits per WAL flush (fdatasync) and
+    the milliseconds a flush took: with synchronous_commit on, a commit waits for its flush, and the commits of
+    other clients that arrived meanwhile share it (group commit)."""
+    autocommit(cluster.url, "ALTER SYSTEM SET track_wal_io_timing = on", "SELECT pg_reload_conf()")
     fill(url, options.rows)
     with tempfile.TemporaryDirectory(prefix="pheanq-bench-commits-") as root:
         script = Path(root) / "cas-update.sql"
@@ -197,28 +220,46 @@ def measure_updates(cluster: PostgresCluster, url: str, options: argparse.Namesp
                 set_synchronous_commit(url, setting)
                 for clients in options.clients:
                     autocommit(url, "TRUNCATE pheanq_count_change", "VACUUM pheanq_task", "CHECKPOINT")
+                    before = wal_flushes(cluster.url)
                     rate = pgbench(cluster, script, clients, options)
+                    commits, syncs, sync_ms = (after - first for after, first in
+                                               zip(wal_flushes(cluster.url), before, strict=True))
                     found[setting][str(clients)].append(rate)
+                    flushes[setting][str(clients)].append([commits / max(syncs, 1), sync_ms / max(syncs, 1)])
                     progress(f"run {run + 1}/{options.runs} synchronous_commit={setting}, {clients} client(s): "
-                             f"{rate:.0f} commits/s")
+                             f"{rate:.0f} commits/s, {commits / max(syncs, 1):.1f} commits a WAL flush of "
+                             f"{sync_ms / max(syncs, 1):.2f} ms")
     set_synchronous_commit(url, "on")
 
 
-def fill(url: str, rows: int) -> None:
-    """`rows` new tasks, ids 1..rows, as pheanq writes them (the count trigger's change rows are dropped)."""
+def wal_flushes(server_url: str) -> tuple[int, int, float]:
+    """The benchmark database's commits, and the server's WAL flushes and their milliseconds, so far (the sessions
+    that wrote them have ended)."""
+    commits = settled(server_url)
+    (syncs,) = autocommit(server_url, "SELECT wal_sync || ' ' || wal_sync_time FROM pg_stat_wal")
+    count, milliseconds = str(syncs).split()
+    return commits, int(count), float(milliseconds)
+
+
+def fill(url: str, rows: int, table: str = "pheanq_task", status: str = "new", age: str = "0 s") -> None:
+    """`rows` tasks in `status`, ids 1..rows, created and (when done) finished `age` ago, as pheanq writes them;
+    the count trigger's change rows are dropped."""
     engine = create_engine(url)
+    finished = "LOCALTIMESTAMP - CAST(:age AS interval)" if status == "done" else "NULL"
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE pheanq_task, pheanq_count_change, pheanq_count RESTART IDENTITY CASCADE"))
+            conn.execute(sa.text(f"TRUNCATE {table}, pheanq_count_change, pheanq_count RESTART IDENTITY CASCADE"))
             conn.execute(sa.text(
-                "INSERT INTO pheanq_task (command, data, tube, status, priority, ttr, attempts, created, modified, "
-                "nonce) SELECT 'true', '{\"command\":\"true\",\"arguments\":[],\"options\":{}}', 'pheanq', 'new', "
-                "1024, 60, 0, LOCALTIMESTAMP, LOCALTIMESTAMP, substr(md5(n::text), 1, 16) "
-                "FROM generate_series(1, :rows) AS n"), {"rows": rows})
+                f"INSERT INTO {table} (command, data, tube, status, priority, ttr, attempts, created, modified, "
+                "started, finished, exit_code, nonce) SELECT 'true', "
+                "'{\"command\":\"true\",\"arguments\":[],\"options\":{}}', 'pheanq', :status, 1024, 60, 0, "
+                f"LOCALTIMESTAMP - CAST(:age AS interval), LOCALTIMESTAMP, {finished}, {finished}, "
+                f"{'0' if status == 'done' else 'NULL'}, substr(md5(n::text), 1, 16) "
+                "FROM generate_series(1, :rows) AS n"), {"rows": rows, "status": status, "age": age})
             conn.execute(sa.text("TRUNCATE pheanq_count_change"))
     finally:
         engine.dispose()
-    autocommit(url, "VACUUM ANALYZE pheanq_task")
+    autocommit(url, f"VACUUM ANALYZE {table}")
 
 
 def pgbench(cluster: PostgresCluster, script: Path, clients: int, options: argparse.Namespace) -> float:
@@ -253,8 +294,10 @@ def measure_end_to_end(server_url: str, url: str, options: argparse.Namespace, f
                      f"ran {found['run_per_second']:.0f}/s ({found['run_commits_per_task']:.2f} commits a task)")
     set_synchronous_commit(url, "on")
     fresh_table("postgresql", url, Path("unused.db"))
-    figures["idle_commits_per_second"].append(idle_tender(server_url, url, options.idle))
-    progress(f"idle tender and 2 workers: {figures['idle_commits_per_second'][-1]:.2f} commits/s")
+    rate, connections = idle_tender(server_url, url, options.idle)
+    figures["idle_commits_per_second"].append(rate)
+    figures["idle_connections"].append(connections)
+    progress(f"idle tender and 2 workers: {rate:.2f} commits/s, {connections} connection(s)")
 
 
 def end_to_end(server_url: str, url: str, tasks: int) -> dict[str, float]:
@@ -309,8 +352,9 @@ def run_until_done(url: str, tasks: int, workers: list[subprocess.Popen[bytes]])
             stop(worker)
 
 
-def idle_tender(server_url: str, url: str, seconds: int) -> float:
-    """Transactions/s of a tender and its 2 workers with nothing to do, after their start has settled."""
+def idle_tender(server_url: str, url: str, seconds: int) -> tuple[float, int]:
+    """Transactions/s of a tender and its 2 workers with nothing to do, after their start has settled, and the
+    connections they hold to the database."""
     with beanstalkd() as address:
         workers = pheanq_workers(url, address, ["true", "/bin/true"])
         try:
@@ -318,13 +362,66 @@ def idle_tender(server_url: str, url: str, seconds: int) -> float:
             before = committed(server_url)
             time.sleep(seconds)
             after = committed(server_url)
+            (connections,) = autocommit(server_url, "SELECT count(*) FROM pg_stat_activity "
+                                                    f"WHERE datname = '{DATABASE}'")
         finally:
             for worker in workers:
                 stop(worker)
-    return (after - before) / seconds
+    return (after - before) / seconds, int(connections)
+
+
+# --- what a cleanup costs ----------------------------------------------------------------------------------------
+
+
+def measure_cleanup(server_url: str, url: str, options: argparse.Namespace, found: dict[str, list[float]]) -> None:
+    from pheanq.storage import Store
+
+    rows = options.cleanup_rows
+    for run in range(options.runs):
+        fill(url, rows, status="done", age="2 days")
+        autocommit(url, "CHECKPOINT")
+        store = Store(url)
+        cutoff = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(days=1)
+        try:  # what `pheanq task-cleanup --period 86400` runs
+            seconds, wal = timed_wal(server_url, functools.partial(store.tasks.delete_done_before, cutoff))
+        finally:
+            store.close()
+        found["delete_seconds"].append(seconds)
+        found["delete_wal_mb"].append(wal)
+        seconds, wal = timed_wal(server_url, lambda: autocommit(url, "VACUUM pheanq_task"))
+        found["vacuum_seconds"].append(seconds)
+        found["vacuum_wal_mb"].append(wal)
+        autocommit(url, "DROP TABLE IF EXISTS pheanq_task_partition",
+                   "CREATE TABLE pheanq_task_partition (LIKE pheanq_task INCLUDING ALL)")
+        fill(url, rows, table="pheanq_task_partition", status="done", age="2 days")
+        autocommit(url, "CHECKPOINT")
+        seconds, wal = timed_wal(server_url, lambda: autocommit(url, "DROP TABLE pheanq_task_partition"))
+        found["drop_seconds"].append(seconds)
+        found["drop_wal_mb"].append(wal)
+        progress(f"run {run + 1}/{options.runs} cleanup of {rows:,} done tasks: DELETE "
+                 f"{found['delete_seconds'][-1]:.2f} s, {found['delete_wal_mb'][-1]:.1f} MB of WAL, then VACUUM "
+                 f"{found['vacuum_seconds'][-1]:.2f} s, {found['vacuum_wal_mb'][-1]:.1f} MB; DROP of a table of "
+                 f"the same rows {seconds:.3f} s, {wal:.3f} MB")
+
+
+def timed_wal(server_url: str, action: Callable[[], object]) -> tuple[float, float]:
+    """Seconds `action` took, and the megabytes of WAL the server wrote meanwhile."""
+    (start,) = autocommit(server_url, "SELECT pg_current_wal_insert_lsn()::text")
+    began = time.perf_counter()
+    action()
+    seconds = time.perf_counter() - began
+    (written,) = autocommit(server_url, f"SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '{start}')")
+    return seconds, float(written) / 1e6
 
 
 # --- the table ------------------------------------------------------------------------------------------------
+
+
+def flush_cell(runs: list[list[float]]) -> str:
+    if not runs:
+        return "-"
+    return (f"{statistics.median(run[0] for run in runs):.1f} / "
+            f"{statistics.median(run[1] for run in runs):.2f} ms")
 
 
 def format_table(figures: Figures, info: dict[str, Any], options: argparse.Namespace) -> str:
@@ -340,6 +437,11 @@ def format_table(figures: Figures, info: dict[str, Any], options: argparse.Names
         on, off = (figures["update"][setting][str(clients)] for setting in SETTINGS)
         ratio = statistics.median(off) / statistics.median(on)
         lines.append(f"{clients:<10}{cell(on):<28}{cell(off):<28}{ratio:>7.1f}x")
+    lines += ["", "the same runs: commits per WAL flush / milliseconds per flush (fdatasync), medians",
+              f"{'clients':<10}{'synchronous_commit=on':<28}{'synchronous_commit=off':<28}"]
+    for clients in options.clients:
+        lines.append(f"{clients:<10}" + "".join(
+            f"{flush_cell(figures['flush'][setting][str(clients)]):<28}" for setting in SETTINGS))
     if options.e2e:
         lines += ["", f"pheanq end to end, {options.tasks} tasks: queue_task one at a time, then a worker-tender "
                   f"keeping 2 task-workers (/bin/true); median (min-max) of {options.runs} run(s)",
@@ -351,7 +453,18 @@ def format_table(figures: Figures, info: dict[str, Any], options: argparse.Names
             on, off = (figures["e2e"][setting][key] for setting in SETTINGS)
             lines.append(f"{what:<32}{cell(on, digits):<28}{cell(off, digits):<28}")
         lines.append(f"{'idle tender + 2 workers':<32}{cell(figures['idle_commits_per_second'], 2)} "
-                     f"transactions/s (synchronous_commit=on, over {options.idle} s)")
+                     f"transactions/s over {options.idle} s, holding {max(figures['idle_connections'])} "
+                     "connection(s)")
+    if options.cleanup:
+        cleanup = figures["cleanup"]
+        lines += ["", f"cleanup of {options.cleanup_rows:,} done tasks; median (min-max) of {options.runs} run(s)",
+                  f"{'':<44}{'seconds':<24}{'WAL, MB':<24}",
+                  f"{'DELETE (pheanq task-cleanup)':<44}{cell(cleanup['delete_seconds'], 2):<24}"
+                  f"{cell(cleanup['delete_wal_mb'], 1):<24}",
+                  f"{'  then VACUUM of pheanq_task':<44}{cell(cleanup['vacuum_seconds'], 2):<24}"
+                  f"{cell(cleanup['vacuum_wal_mb'], 1):<24}",
+                  f"{'DROP TABLE of the same rows and indexes':<44}{cell(cleanup['drop_seconds'], 3):<24}"
+                  f"{cell(cleanup['drop_wal_mb'], 3):<24}"]
     server = figures["server"]
     lines += ["", f"PostgreSQL {server['server_version']}, a private cluster (data under {tempfile.gettempdir()}), "
               f"fsync={server['fsync']}, wal_sync_method={server['wal_sync_method']}, "
