@@ -5,8 +5,8 @@ server) whose database pheanq's own `pheanq db upgrade` made.
 - **compare-and-set UPDATE**: commits/s of pgbench (the server's own client, in C, statements prepared by the
   server as psycopg prepares pheanq's hot statements) running one statement a transaction, for 1, 4 and 16
   clients, with `synchronous_commit` on and off: a one-row UPDATE of `pheanq_task` by primary key whose WHERE
-  names the statuses it moves from, as a claim and an end do. It moves the row `new` -> `working` or back, so it
-  changes an indexed column and fires pheanq's count trigger, as a claim and an end do::
+  names the statuses it moves from. It moves the row `new` -> `working` or back, so it changes an indexed column
+  and fires pheanq's count trigger: the shape of a claim and of an end::
 
       UPDATE pheanq_task SET status = CASE status WHEN 'new' THEN 'working' ELSE 'new' END,
              attempts = attempts + 1, modified = ..., heartbeat = ...
