@@ -36,13 +36,16 @@ CONFIG_DIR_NAME = "pheanq"
 MIN_SECRET_LENGTH = 16
 
 # beanstalkd's own rule for tube names (protocol.txt: "Names").
+Address = tuple[str, int]
+
 _TUBE_NAME = re.compile(r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]{0,199}\Z")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///pheanq.db"
-    beanstalkd: tuple[str, int] = ("127.0.0.1", 11300)
+    # One server as (host, port), or several as a tuple of them (pheanq.beanstalkd spreads jobs over them).
+    beanstalkd: Address | tuple[Address, ...] = ("127.0.0.1", 11300)
     default_tube: str = "pheanq"
     commands: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     log_worker_output_on_failure: bool = True
@@ -73,9 +76,17 @@ class Settings:
         return {**builtin_commands(), **self.commands}
 
     @property
+    def beanstalkd_servers(self) -> tuple[Address, ...]:
+        """Every beanstalkd server, in the order given: one or several."""
+        first = self.beanstalkd[0]
+        if isinstance(first, tuple):
+            return tuple(self.beanstalkd)  # type: ignore[arg-type]  # a tuple of addresses
+        return (self.beanstalkd,)  # type: ignore[return-value]  # one address
+
+    @property
     def beanstalkd_address(self) -> str:
-        host, port = self.beanstalkd
-        return f"{host}:{port}"
+        """The servers as the setting takes them: `host:port`, or several joined by commas."""
+        return ",".join(address_text(address) for address in self.beanstalkd_servers)
 
 
 WEB_ROLES = ("read", "admin")
@@ -229,12 +240,33 @@ _CREDENTIAL_WORDS = r"pass|pwd|secret|token|key"
 _CREDENTIAL_PARAMETER = re.compile(rf"([?&;][^=&;#]*(?:{_CREDENTIAL_WORDS})[^=&;#]*=)[^&;#]*", re.IGNORECASE)
 
 
-def _parse_address(key: str, value: Any) -> tuple[str, int]:
+def address_text(address: Address) -> str:
+    """`host:port`, as the setting, the messages and the server records name a server."""
+    host, port = address
+    return f"{host}:{port}"
+
+
+def _parse_servers(key: str, value: Any) -> Address | tuple[Address, ...]:
+    """One `host:port`, or several: a comma-separated text or a list. One stays an address, as before."""
     if isinstance(value, tuple):
         return value
-    host, sep, port = str(value).rpartition(":")
+    items = [str(item) for item in value] if isinstance(value, list) else str(value).split(",")
+    addresses = tuple(_parse_address(key, item.strip()) for item in items if item.strip())
+    if not addresses:
+        raise ConfigError(f"{key}: no server given (host:port, or several separated by commas)")
+    seen: set[Address] = set()
+    for address in addresses:
+        if address in seen:
+            raise ConfigError(f"{key}: {address_text(address)} is given twice")
+        seen.add(address)
+    return addresses[0] if len(addresses) == 1 else addresses
+
+
+def _parse_address(key: str, value: str) -> Address:
+    host, sep, port = value.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: {value!r} is not host:port (e.g. 127.0.0.1:11300)")
+        raise ConfigError(f"{key}: {value!r} is not host:port (e.g. 127.0.0.1:11300, or several separated by "
+                          "commas)")
     return host.strip("[]"), int(port)
 
 
@@ -394,7 +426,7 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z
 
 _PARSERS = {
     "database_url": _parse_database_url,
-    "beanstalkd": _parse_address,
+    "beanstalkd": _parse_servers,
     "default_tube": _parse_tube,
     "commands": _parse_commands,
     "log_worker_output_on_failure": _parse_bool,

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from support import Beanstalkd, WorkerProcess, jobs_per_task, write_config
 
 from pheanq import InvalidInput, Status, TaskDescription, TaskPendingWarning
-from pheanq.beanstalkd import DEFAULT_IO_TIMEOUT
+from pheanq.beanstalkd.connection import DEFAULT_IO_TIMEOUT
 from pheanq.ops.reconcile import reconcile
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.engine import create_engine

@@ -347,7 +347,9 @@ def test_a_scrape_answers_with_beanstalkd_stopped_and_with_the_database_gone(
         samples = scrape(gone)
     finally:
         gone.close()
-    assert samples == {("pheanq_database_up", frozenset()): 0, ("pheanq_beanstalkd_up", frozenset()): 0}
+    # Each server is named, down, among the families; nothing else is said.
+    assert samples == {("pheanq_database_up", frozenset()): 0, ("pheanq_beanstalkd_up", frozenset()): 0,
+                       ("pheanq_beanstalkd_server_up", frozenset({("server", beanstalkd.address_text)})): 0}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from support import Beanstalkd, jobs_per_task, settings_for
 
 from pheanq import InvalidInput, Status, TaskDescription, TaskPendingWarning
-from pheanq.beanstalkd import PIPELINED_PUTS, BeanstalkdConnection, JobToPut
+from pheanq.beanstalkd.connection import PIPELINED_PUTS, BeanstalkdConnection, JobToPut
 from pheanq.ops.reconcile import reconcile
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.tables import task_table

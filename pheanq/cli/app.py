@@ -162,7 +162,8 @@ import_option = click.option(
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", metavar="PATH", help="pheanq.toml to read [env: PHEANQ_CONFIG].")
 @click.option("--database-url", metavar="URL", help="SQLAlchemy URL of the task table [env: PHEANQ_DATABASE_URL].")
-@click.option("--beanstalkd", metavar="HOST:PORT", help="beanstalkd server [env: PHEANQ_BEANSTALKD].")
+@click.option("--beanstalkd", metavar="HOST:PORT[,...]",
+              help="beanstalkd server, or several separated by commas [env: PHEANQ_BEANSTALKD].")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
 @click.version_option(package_name="pheanq")
 @click.pass_context

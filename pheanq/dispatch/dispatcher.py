@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 from pheanq import task_limits, task_registry, tasklog
-from pheanq.beanstalkd import BeanstalkdConnection, JobInfo, JobToPut, ReservedJob
+from pheanq.beanstalkd import BeanstalkdConnection, BeanstalkdServers, JobInfo, JobToPut, ReservedJob
 from pheanq.body import JobBody, decode_body, decode_data, encode_body
 from pheanq.clock import utc_now
 from pheanq.config import Settings
@@ -86,10 +86,13 @@ class Dispatcher:
     """The task table and beanstalkd of one process, and every write that changes both."""
 
     def __init__(self, settings: Settings, store: Store | None = None,
-                 beanstalkd: BeanstalkdConnection | None = None) -> None:
+                 beanstalkd: BeanstalkdConnection | BeanstalkdServers | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.database_url)
-        self.beanstalkd = beanstalkd or BeanstalkdConnection(settings.beanstalkd)
+        if isinstance(beanstalkd, BeanstalkdConnection):
+            beanstalkd = BeanstalkdServers([beanstalkd])
+        self.beanstalkd = beanstalkd or BeanstalkdServers.at(settings.beanstalkd_servers,
+                                                             self.store.servers.number_servers)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._beanstalkd_down_until = 0.0
         self._beanstalkd_down_reason = ""
@@ -221,7 +224,12 @@ class Dispatcher:
         """The task's recorded job if beanstalkd still holds it (in any state) and it is this task's."""
         if row.job_id is None:
             return None
-        info = self.beanstalkd.inspect(row.job_id)
+        try:
+            info = self.beanstalkd.inspect(row.job_id)
+        except TubeUnavailable:
+            if not self.beanstalkd.several:
+                raise
+            return None  # a server of several that is away or unlisted: gone (back, its job is refused by the claim)
         if info is None or info.tube != row.tube:
             return None
         try:

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from pheanq import tasklog
-from pheanq.beanstalkd import BeanstalkdConnection, ReservedJob
+from pheanq.beanstalkd import BeanstalkdServers, ReservedJob
 from pheanq.body import decode_data
 from pheanq.clock import utc_now
 from pheanq.dispatch.jobs import Attempt, WorkPackage
@@ -35,7 +35,7 @@ log = logging.getLogger("pheanq.dispatch")
 class AttemptEnds:
     """The ends of attempts, on one dispatcher's database and beanstalkd connection."""
 
-    def __init__(self, store: Store, beanstalkd: BeanstalkdConnection,
+    def __init__(self, store: Store, beanstalkd: BeanstalkdServers,
                  send_released: Callable[[Iterable[int]], None]) -> None:
         self.store = store
         self.beanstalkd = beanstalkd
@@ -190,7 +190,7 @@ class AttemptEnds:
         self.beanstalkd.delete(attempt.job_id)
 
 
-def delete_jobs(beanstalkd: BeanstalkdConnection, tasks_of: dict[int, int], why: str) -> None:
+def delete_jobs(beanstalkd: BeanstalkdServers, tasks_of: dict[int, int], why: str) -> None:
     """Delete the jobs (keys of `tasks_of`, each its task's id) of tasks whose rows have ended, in one round trip,
     as delete_job does one."""
     if not tasks_of:
@@ -201,7 +201,7 @@ def delete_jobs(beanstalkd: BeanstalkdConnection, tasks_of: dict[int, int], why:
         log.warning("%d task(s) (%s...): %s, but their jobs were not deleted: %s", len(tasks_of), shown, why, error)
 
 
-def delete_job(beanstalkd: BeanstalkdConnection, task_id: int, job_id: int, why: str) -> None:
+def delete_job(beanstalkd: BeanstalkdServers, task_id: int, job_id: int, why: str) -> None:
     """Delete the job of a task whose row has ended; if beanstalkd cannot be told, the claim of the job
     finds the task ended and deletes it unrun."""
     error = _twice(lambda: beanstalkd.delete(job_id))

@@ -26,6 +26,7 @@ from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import PheanqError
 from pheanq.ops.report import STALE_REPORT_SECONDS
+from pheanq.ops.servers import JOB_STATES, BeanstalkdFigures, ServerFigures, beanstalkd_figures
 from pheanq.status import CLAIMABLE, FINAL, Status
 from pheanq.storage import Store, counts, totals
 from pheanq.storage.limit_places import LimitUse
@@ -37,8 +38,6 @@ T = TypeVar("T")
 
 # The outcomes of pheanq_tasks_total: the statuses a task ends in (done, failed, cancelled, upstream_failed).
 OUTCOMES = tuple(status for status in Status if status in FINAL)
-# beanstalkd's job states, as its stats-tube counts them.
-JOB_STATES = ("ready", "reserved", "delayed", "buried")
 # The state of a worker or tender whose tender has not reported for longer than STALE_REPORT_SECONDS.
 STALE = "stale"
 # The histograms' names (pheanq_task_<name>_seconds) by their metric in pheanq.storage.totals.
@@ -70,25 +69,27 @@ class PheanqCollector:
     def describe(self) -> Iterable[Metric]:
         """The families, empty, without reading anything: a registry checks their names when it takes the
         collector."""
-        return [*_table_families(_NOTHING, []), _jobs({}), _up("database", False), _up("beanstalkd", False)]
+        return [*_table_families(_NOTHING, []), _jobs({}), *_server_families([]), _up("database", False),
+                _up("beanstalkd", False)]
 
     def collect(self) -> Iterator[Metric]:
         table = self._read_table()
         tubes = sorted({self.dispatch.settings.default_tube} | {tube for tube, _, _ in (table or _NOTHING).counted})
-        stats = self._read_beanstalkd(tubes)
+        figures = self._read_beanstalkd(tubes)
         if table is not None:
             yield from _table_families(table, tubes)
-        if stats is not None:
-            yield _jobs(stats)
+        if figures is not None:
+            if any(server.up for server in figures.servers):
+                yield _jobs({tube: stats or {} for tube, stats in figures.tubes.items()})
+            yield from _server_families(figures.servers)
         yield _up("database", table is not None)
-        yield _up("beanstalkd", stats is not None)
+        yield _up("beanstalkd", figures is not None and all(server.up for server in figures.servers if server.listed))
 
     def _read_table(self) -> TableFigures | None:
         return _answered(lambda: read_table(self.dispatch.store, self.dispatch.limits), "the database")
 
-    def _read_beanstalkd(self, tubes: list[str]) -> dict[str, dict[str, Any]] | None:
-        return _answered(lambda: {tube: self.dispatch.beanstalkd.tube_stats(tube) or {} for tube in tubes},
-                         "beanstalkd")
+    def _read_beanstalkd(self, tubes: list[str]) -> BeanstalkdFigures | None:
+        return _answered(lambda: beanstalkd_figures(self.dispatch, tubes), "beanstalkd")
 
 
 def _answered(read: Callable[[], T], what: str) -> T | None:
@@ -187,6 +188,19 @@ def _jobs(stats: dict[str, dict[str, Any]]) -> Metric:
         for state in JOB_STATES:
             family.add_metric([tube, state], int(figures.get(f"current-jobs-{state}", 0)))
     return family
+
+
+def _server_families(servers: list[ServerFigures]) -> Iterator[Metric]:
+    """Each beanstalkd server: whether it answered, and its jobs of the tubes by state."""
+    up = GaugeMetricFamily("pheanq_beanstalkd_server_up", "1 when the beanstalkd server answered this scrape",
+                           labels=["server"])
+    jobs = GaugeMetricFamily("pheanq_beanstalkd_server_jobs", "The server's jobs of pheanq's tubes, by state",
+                             labels=["server", "state"])
+    for server in servers:
+        up.add_metric([server.address], int(server.up))
+        for state in JOB_STATES if server.up else ():
+            jobs.add_metric([server.address, state], server.jobs[state])
+    yield from (up, jobs)
 
 
 def _up(what: str, answered: bool) -> Metric:

@@ -11,9 +11,10 @@ from typing import Any
 from pheanq.body import decode_data
 from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
-from pheanq.errors import InvalidInput, TubeUnavailable
+from pheanq.errors import InvalidInput
 from pheanq.limits import LISTING_PAGE
 from pheanq.ops.buried import BuriedList
+from pheanq.ops.servers import beanstalkd_figures
 from pheanq.ops.terminal import one_line, visible
 from pheanq.python_call import PREFIX as PYTHON_PREFIX
 from pheanq.python_call import PythonCall, to_json
@@ -50,13 +51,25 @@ def status_report(dispatch: Dispatcher) -> dict[str, Any]:
     report["progress"] = [{"id": task_id, "command": command, "tube": tube, "progress": _json_or_text(progress)}
                           for task_id, command, tube, progress in dispatch.store.tasks.progress_of_working(
                               PROGRESS_SHOWN)]
-    try:
-        for tube in tubes:
-            stats = dispatch.beanstalkd.tube_stats(tube)
-            report["tubes"][tube]["beanstalkd"] = {key: stats.get(key, 0) if stats else 0 for key in TUBE_FIGURES}
-    except TubeUnavailable as error:
-        report["beanstalkd_error"] = str(error)
+    figures = beanstalkd_figures(dispatch, tubes)
+    for tube in tubes:
+        stats = figures.tubes[tube]
+        answered = stats is not None or any(server.up for server in figures.servers)
+        report["tubes"][tube]["beanstalkd"] = {key: (stats or {}).get(key, 0) for key in TUBE_FIGURES} \
+            if answered else None
+    report["beanstalkd_error"] = figures.error
+    report["servers"] = [server.as_json() for server in figures.servers]
     return report
+
+
+def _server_line(server: dict[str, Any]) -> str:
+    number = "" if server["number"] is None else f" (#{server['number']})"
+    if not server["listed"]:
+        return f"server {one_line(server['address'])}{number}: not listed; its tasks are sent to the others"
+    if not server["up"]:
+        return f"server {one_line(server['address'])}{number}: DOWN ({one_line(server['reason'])})"
+    jobs = ", ".join(f"{state} {count}" for state, count in server["jobs"].items())
+    return f"server {one_line(server['address'])}{number}: up, {jobs}"
 
 
 def limits_report(dispatch: Dispatcher) -> list[dict[str, Any]]:
@@ -99,6 +112,8 @@ def format_status(report: dict[str, Any]) -> str:
                                for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
     if report["beanstalkd_error"]:
         lines.append(f"beanstalkd: {one_line(report['beanstalkd_error'])}")
+    if len(report["servers"]) > 1:
+        lines.extend(_server_line(server) for server in report["servers"])
     for tube, until in report["paused"].items():
         lines.append(f"tube {one_line(tube)} is paused until {until} (`pheanq resume --use-tube {one_line(tube)}`)")
     for limit in report["limits"]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from pheanq.beanstalkd import BeanstalkdConnection
+from pheanq.beanstalkd import BeanstalkdConnection, BeanstalkdServers
 from pheanq.body import encode_body, encode_data, new_nonce
 from pheanq.clock import utc_now
 from pheanq.config import Settings, check_tube_name, load_settings
@@ -44,7 +44,7 @@ class TaskQueueService:
     """The application's handle on pheanq: one database and one beanstalkd connection (see `dispatch`)."""
 
     def __init__(self, settings: Settings, store: Store | None = None,
-                 beanstalkd: BeanstalkdConnection | None = None) -> None:
+                 beanstalkd: BeanstalkdConnection | BeanstalkdServers | None = None) -> None:
         self.dispatch = Dispatcher(settings, store, beanstalkd)
 
     @property
@@ -56,7 +56,7 @@ class TaskQueueService:
         return self.dispatch.store
 
     @property
-    def beanstalkd(self) -> BeanstalkdConnection:
+    def beanstalkd(self) -> BeanstalkdServers:
         return self.dispatch.beanstalkd
 
     def close(self) -> None:

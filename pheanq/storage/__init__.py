@@ -5,7 +5,8 @@ own life (`tasks`), a worker's claim of it and its lease (`claims`), what a task
 (`workflows`), the tasks a filter selects (`listings`) and the failed ones among them regenerated a page at a
 time (`restarts`), everything that is not a task (`admin`), the dashboard's record of its actions
 (`audit`), the places of the cluster-wide limits (`limit_places`), the recent activity its charts show
-(`activity`), and the slots of recurring schedules (`schedules`). Each statement that changes a task's status is
+(`activity`), the slots of recurring schedules (`schedules`), and the numbers of the beanstalkd servers
+(`servers`). Each statement that changes a task's status is
 one compare-and-set UPDATE whose condition comes
 from `pheanq.status.TRANSITIONS`, so two workers (or a worker and a person) can never both win a task.
 """
@@ -22,6 +23,7 @@ from pheanq.storage.listings import ListingStatements, WorkflowListings
 from pheanq.storage.removals import RemovalStatements
 from pheanq.storage.restarts import RestartStatements
 from pheanq.storage.schedules import ScheduleStatements
+from pheanq.storage.servers import ServerNumbers
 from pheanq.storage.tasks import TaskStatements
 from pheanq.storage.workflows import WorkflowStatements
 
@@ -43,6 +45,7 @@ class Store:
         self.workflow_listings = WorkflowListings(self.database)
         self.removals = RemovalStatements(self.database)
         self.schedules = ScheduleStatements(self.database)
+        self.servers = ServerNumbers(self.database)
 
     @property
     def safe_url(self) -> str:

@@ -192,6 +192,17 @@ lock_table = sa.Table(
     sa.Column("expires", _Timestamp, nullable=False),
 )
 
+# The numbers of the beanstalkd servers of an installation with several (pheanq.beanstalkd): a task's job id is its
+# server's number and that server's own id of the job in one integer. Number 0 is the first server registered, and
+# the one server of an installation with one (whose job ids are beanstalkd's own).
+beanstalkd_server_table = sa.Table(
+    "pheanq_beanstalkd",
+    metadata,
+    sa.Column("number", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("address", sa.String(255), nullable=False, unique=True),
+    sa.Column("added", _Timestamp, nullable=False),
+)
+
 # Why a worker buried a job: beanstalkd keeps the job but has nowhere to keep the reason.
 buried_table = sa.Table(
     "pheanq_buried",

@@ -6,8 +6,9 @@ beanstalkd every WATCH_SECONDS which run of the server it is talking to (its id,
 counter, see ServerIdentity); when that changed, and at its first look, it reconciles the tubes at once,
 checking the tasks whose job id was recorded whatever their age (`reconcile(after_restart=True)`: their put
 is done, so a missing job was lost with the server, while a task still without a job id may be mid-put and
-waits out `min_age` as always). Each pass also forgets the records of buried jobs that beanstalkd no longer
-holds.
+waits out `min_age` as always). With several servers (pheanq.beanstalkd) each is watched, and one that stops
+answering owes the same pass: the tasks whose jobs it held are sent to the others. Each pass also forgets the
+records of buried jobs that beanstalkd no longer holds.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class PeriodicReconciler:
         self.min_age = min_age
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pheanq-reconciler", daemon=True)
-        self._server: ServerIdentity | None = None     # the run of beanstalkd seen last
-        self._unreachable = False
+        self._servers: dict[str, ServerIdentity] = {}  # the run of each beanstalkd server seen last
+        self._unreachable_servers: set[str] = set()
+        self._unreachable = False                       # every server is
         self._after_restart: set[str] = set()          # tubes still owed a pass after a restart
 
     def start(self) -> None:
@@ -78,30 +80,38 @@ class PeriodicReconciler:
             dispatch.close()
 
     def _watch(self, dispatch: Dispatcher) -> None:
-        """Note which run of beanstalkd answers; after a restart, owe every tube a pass."""
-        try:
-            server = dispatch.beanstalkd.identity()
-        except TubeUnavailable as error:
-            if not self._unreachable:
-                log.warning("%s; watching for its return", error)
-            self._unreachable = True
+        """Note which run of each beanstalkd server answers; after a restart of any, owe every tube a pass. With
+        several servers, one that stops answering also owes a pass: its tasks go to the others."""
+        answers = dispatch.beanstalkd.identities()
+        for address, answer in answers.items():
+            self._watch_server(address, answer, dispatch.beanstalkd.several)
+        self._unreachable = all(address in self._unreachable_servers for address in answers)
+
+    def _watch_server(self, address: str, server: ServerIdentity | TubeUnavailable, several: bool) -> None:
+        if isinstance(server, TubeUnavailable):
+            if address not in self._unreachable_servers:
+                log.warning("%s; watching for its return%s", server,
+                            "; its tasks go to the other servers now" if several else "")
+                if several:
+                    self._after_restart = set(self.tubes)
+            self._unreachable_servers.add(address)
             return
-        if self._server is None:
+        earlier = self._servers.get(address)
+        if earlier is None:
             # What the server held before this first look is unknown (it may have restarted just before the
             # tender did, or while it was unreachable since the tender started): check at once, as after a restart.
-            log.info("watching beanstalkd at %s for a restart (pid %d, up %ds); reconciling now",
-                     dispatch.beanstalkd.server, server.pid, server.uptime)
+            log.info("watching beanstalkd at %s for a restart (pid %d, up %ds); reconciling now", address,
+                     server.pid, server.uptime)
             self._after_restart = set(self.tubes)
-        elif server.restarted_since(self._server):
+        elif server.restarted_since(earlier):
             log.warning("beanstalkd at %s restarted (pid %d, up %ds; before: pid %d, up %ds): the jobs it held may "
-                        "be lost; reconciling now", dispatch.beanstalkd.server, server.pid, server.uptime,
-                        self._server.pid, self._server.uptime)
+                        "be lost; reconciling now", address, server.pid, server.uptime, earlier.pid, earlier.uptime)
             self._after_restart = set(self.tubes)
-        elif self._unreachable:
-            log.warning("beanstalkd at %s answers again (the same run: pid %d, up %ds)", dispatch.beanstalkd.server,
-                        server.pid, server.uptime)
-        self._server = server
-        self._unreachable = False
+        elif address in self._unreachable_servers:
+            log.warning("beanstalkd at %s answers again (the same run: pid %d, up %ds)", address, server.pid,
+                        server.uptime)
+        self._servers[address] = server
+        self._unreachable_servers.discard(address)
 
     def _pass(self, dispatch: Dispatcher, tubes: list[str], after_restart: bool) -> None:
         for n, tube in enumerate(tubes):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pheanq.beanstalkd import BeanstalkdConnection
+from pheanq.beanstalkd import BeanstalkdServers
 
 
-def jobs_to_come(beanstalkd: BeanstalkdConnection, tubes: Iterable[str]) -> int:
+def jobs_to_come(beanstalkd: BeanstalkdServers, tubes: Iterable[str]) -> int:
     """How many jobs of `tubes` are ready or delayed: those a reserve on them may still return."""
     total = 0
     for tube in tubes:

@@ -65,13 +65,16 @@ class LeaseHold:
             self.renewed = now
         except StoreUnavailable as error:
             lease_problem = str(error)
-        try:
-            if self.claims.touch(self.package):
-                self.reserved = now
-            else:
-                self._note_job_lost("beanstalkd no longer has it reserved for this worker")
-        except TubeUnavailable as error:
-            self._note_job_lost(str(error))
+        # A reservation once lost never comes back, and a touch may not hold up the next renewal of the lease: a
+        # server cut off by the network would make the lease go stale while this child still runs.
+        if not self.job_lost:
+            try:
+                if self.claims.touch(self.package, within=self.interval / 2):
+                    self.reserved = now
+                else:
+                    self._note_job_lost("beanstalkd no longer has it reserved for this worker")
+            except TubeUnavailable as error:
+                self._note_job_lost(str(error))
         if lease_problem is not None:
             held_for = now - max(self.renewed, self.reserved)
             if held_for >= self.deadline_after:

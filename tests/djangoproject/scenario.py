@@ -29,7 +29,7 @@ class Abandoned(Exception):
 def jobs_in_tube() -> int:
     """How many jobs the task's tube holds, by a plain beanstalkd client."""
     service = default_service()
-    with greenstalk.Client(service.settings.beanstalkd, encoding=None) as client:
+    with greenstalk.Client(service.settings.beanstalkd_servers[0], encoding=None) as client:
         try:
             stats: dict[str, Any] = dict(client.stats_tube(service.settings.default_tube))
         except greenstalk.NotFoundError:

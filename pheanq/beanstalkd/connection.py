@@ -158,9 +158,41 @@ class BeanstalkdConnection:
 
         return self._call(reserve)
 
-    def touch(self, job_id: int) -> bool:
-        """Renew the reservation; False when this connection no longer holds the job."""
-        return self._on_job(job_id, lambda client, job: client.touch(job))
+    def reserve_started(self, tubes: Iterable[str], timeout: int) -> socket.socket:
+        """Send a reserve of up to `timeout` seconds and return at once, with the socket its answer comes on: a wait
+        on several servers at once selects on their sockets. Then `reserve_answer` reads the answer, or `close`
+        gives the wait up (beanstalkd puts back a job it reserved for a connection that closed)."""
+        wanted = set(tubes)
+
+        def start(client: greenstalk.Client[bytes]) -> socket.socket:
+            self._watch(client, wanted)
+            assert self._sock is not None
+            self._sock.sendall(b"reserve-with-timeout %d\r\n" % timeout)
+            return self._sock
+
+        return self._call(start)
+
+    def reserve_answer(self) -> ReservedJob | None:
+        """The answer to the reserve `reserve_started` sent: the job, or None when none came in time."""
+        def read(_client: greenstalk.Client[bytes]) -> ReservedJob | None:
+            assert self._sock is not None
+            return _reserve_answer(self._sock)
+
+        return self._call(read)
+
+    def touch(self, job_id: int, within: float | None = None) -> bool:
+        """Renew the reservation; False when this connection no longer holds the job. A connection that broke took
+        its reservations with it, so no new one is opened for a touch. `within`: the longest the answer may take
+        (a server cut off by the network would otherwise hold the caller for the whole io_timeout)."""
+        with self._lock:
+            if self._client is None:
+                return False
+            if within is not None:
+                self._set_socket_timeout(min(within, self.io_timeout))
+            try:
+                return self._on_job(job_id, lambda client, job: client.touch(job))
+            finally:
+                self._set_socket_timeout(self.io_timeout)
 
     def delete(self, job_id: int) -> bool:
         return self._on_job(job_id, lambda client, job: client.delete(job))
@@ -333,6 +365,33 @@ def _answer_lines(sock: socket.socket, count: int) -> list[bytes]:
             raise ConnectionError("the server closed the connection")
         received += chunk
     return bytes(received).split(b"\r\n")[:count]
+
+
+def _reserve_answer(sock: socket.socket) -> ReservedJob | None:
+    """Read a reserve's answer off `sock`, and nothing past it (no other answer is pending on the connection)."""
+    received = bytearray()
+    while b"\r\n" not in received:
+        received += _received(sock, 65536)  # nothing follows the answer: a large read cannot take another's bytes
+    line, _, rest = bytes(received).partition(b"\r\n")
+    words = line.split()
+    if words in ([b"TIMED_OUT"], [b"DEADLINE_SOON"]):
+        return None
+    if len(words) != 3 or words[0] != b"RESERVED" or not (words[1].isdigit() and words[2].isdigit()):
+        raise ConnectionError(f"unexpected answer to a reserve: {line[:80]!r}")
+    body = bytearray(rest)
+    size = int(words[2])
+    while len(body) < size + 2:
+        body += _received(sock, size + 2 - len(body))
+    if body[size:] != b"\r\n":
+        raise ConnectionError("a reserved job's body did not end where its size said")
+    return ReservedJob(int(words[1]), bytes(body[:size]))
+
+
+def _received(sock: socket.socket, most: int) -> bytes:
+    chunk = sock.recv(most)
+    if not chunk:
+        raise ConnectionError("the server closed the connection")
+    return chunk
 
 
 def _delete_answer(line: bytes) -> bool:
