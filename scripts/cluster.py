@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for sub, tasks in ((run, 1000), (faults, 200), (measure, 1000)):
         sub.add_argument("--tasks", type=_count(1, 10**6), default=tasks, metavar="N",
                          help=f"tasks per run or scenario [default {tasks}]")
-        sub.add_argument("--servers", type=_count(1, 3), default=1, metavar="S", help="beanstalkd servers [default 1]")
+        sub.add_argument("--servers", type=_count(1, 3), default=2, metavar="S", help="beanstalkd servers [default 2]")
         sub.add_argument("--workers", type=_count(1, 32), default=2, metavar="W", help="workers per host [default 2]")
     run.add_argument("--hosts", type=_count(1, 9), default=3, metavar="K", help="hosts [default 3]")
     faults.add_argument("--hosts", type=_count(2, 9), default=3, metavar="K", help="hosts [default 3]")

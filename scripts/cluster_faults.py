@@ -44,7 +44,7 @@ class Plan:
     """What every scenario of a run is asked to do."""
 
     hosts: int = 3
-    servers: int = 1
+    servers: int = 2
     tasks: int = 60
     workers: int = 2
     keep: bool = False      # keep every cluster's directory (a failed scenario's is always kept)
@@ -226,10 +226,11 @@ def feed_seconds(run: Run) -> float:
     return min(10.0, max(3.0, run.plan.tasks / 20))
 
 
-def short_tasks_from_every_host(run: Run) -> float:
-    """Tenders on every host, and tasks of 0.1-0.5 s queued from every host; the scenario's deadline."""
+def short_tasks_from_every_host(run: Run, seconds: float | None = None) -> float:
+    """Tenders on every host, and tasks of 0.1-0.5 s queued from every host (over `seconds`, by default as
+    feed_seconds says); the scenario's deadline."""
     run.cluster.start_tenders()
-    run.produce(run.cluster.hosts, run.plan.tasks, 0.1, 0.5, feed_seconds(run))
+    run.produce(run.cluster.hosts, run.plan.tasks, 0.1, 0.5, feed_seconds(run) if seconds is None else seconds)
     return deadline(run, 0.3, 30)
 
 
@@ -270,8 +271,9 @@ def beanstalkd_killed(run: Run) -> None:
     carry on, the reconcilers send its tasks again, and the jobs it brings back from its binlog are deleted unrun."""
     cluster = run.cluster
     several = len(cluster.servers) > 1
-    limit = short_tasks_from_every_host(run)
-    run.wait_queued(run.plan.tasks * 3 // 10, limit)
+    # Queued in a second, far faster than the workers run them: the server dies holding many tasks' jobs.
+    limit = short_tasks_from_every_host(run, seconds=1.0)
+    run.wait_queued(run.plan.tasks // 2, limit)
     cluster.kill_beanstalkd(0)
     down_for = 10.0 if several else 3.0
     pause(down_for)  # the fault's own duration: long enough, with several servers, for the reconcilers to re-send
