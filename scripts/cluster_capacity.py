@@ -30,7 +30,7 @@ from chaos import pause, wait_until
 from cluster_faults import SCRIPTS
 from clusterlib import DATABASE, NOOP, PRODUCER, TTR, Cluster, Node, Process
 
-TOP_STATEMENTS = 8
+TOP_STATEMENTS = 10
 STARTUP_PASSES_SECONDS = 3.0
 
 
