@@ -45,6 +45,7 @@ class JobInfo:
     state: str      # ready, delayed, reserved or buried
     priority: int
     body: bytes
+    time_left: int = 0  # seconds until a reserved job's TTR runs out (negative: past it), or a delayed one is ready
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,19 +181,13 @@ class BeanstalkdConnection:
 
         return self._call(read)
 
-    def touch(self, job_id: int, within: float | None = None) -> bool:
+    def touch(self, job_id: int) -> bool:
         """Renew the reservation; False when this connection no longer holds the job. A connection that broke took
-        its reservations with it, so no new one is opened for a touch. `within`: the longest the answer may take
-        (a server cut off by the network would otherwise hold the caller for the whole io_timeout)."""
+        its reservations with it, so no new one is opened for a touch."""
         with self._lock:
             if self._client is None:
                 return False
-            if within is not None:
-                self._set_socket_timeout(min(within, self.io_timeout))
-            try:
-                return self._on_job(job_id, lambda client, job: client.touch(job))
-            finally:
-                self._set_socket_timeout(self.io_timeout)
+            return self._on_job(job_id, lambda client, job: client.touch(job))
 
     def delete(self, job_id: int) -> bool:
         return self._on_job(job_id, lambda client, job: client.delete(job))
@@ -224,7 +219,8 @@ class BeanstalkdConnection:
         def inspect(client: greenstalk.Client[bytes]) -> JobInfo:
             stats = client.stats_job(job_id)
             body = client.peek(job_id).body
-            return JobInfo(job_id, str(stats["tube"]), str(stats["state"]), int(stats["pri"]), body)
+            return JobInfo(job_id, str(stats["tube"]), str(stats["state"]), int(stats["pri"]), body,
+                           int(stats.get("time-left", 0)))
 
         try:
             return self._call(inspect)

@@ -173,8 +173,8 @@ class BeanstalkdServers:
 
     # --- one job: on its server -----------------------------------------------------------------------------
 
-    def touch(self, reference: int, within: float | None = None) -> bool:
-        return self._on_job(reference, lambda connection, job_id: connection.touch(job_id, within))
+    def touch(self, reference: int) -> bool:
+        return self._on_job(reference, lambda connection, job_id: connection.touch(job_id))
 
     def delete(self, reference: int) -> bool:
         return self._on_job(reference, lambda connection, job_id: connection.delete(job_id))

@@ -227,11 +227,13 @@ class Dispatcher:
         try:
             info = self.beanstalkd.inspect(row.job_id)
         except TubeUnavailable:
-            if not self.beanstalkd.several:
-                raise
-            return None  # a server of several that is away or unlisted: gone (back, its job is refused by the claim)
+            if self.beanstalkd.several:
+                return None  # a server of several that is away or unlisted: gone (back, the claim refuses its job)
+            raise
         if info is None or info.tube != row.tube:
             return None
+        if row.status is Status.WORKING and info.state == "reserved" and info.time_left <= 0:
+            return None  # past its TTR, under a stale lease: its holder is cut off (beanstalkd keeps such a job)
         try:
             # With a secret, a forged or unsigned body at this id is no job of the task's: it is sent again.
             body = decode_body(info.body, self.settings.secret)

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, InternalError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from pheanq.config import mask_url
 from pheanq.errors import ConfigError, SchemaMissing, StoreUnavailable
@@ -26,6 +26,10 @@ _BOUNDED_WAITS: dict[str, dict[str, Any]] = {
     "mysql": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
     "mariadb": {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
 }
+# A write refused because the server is read-only: a replica, or a primary a failover demoted. PostgreSQL's SQLSTATE;
+# MySQL's and MariaDB's error numbers (--read-only, a read-only transaction, super_read_only).
+_READ_ONLY_SQLSTATE = "25006"
+_READ_ONLY_ERRNOS = {1290, 1792, 1836}
 
 
 class Database:
@@ -50,7 +54,15 @@ class Database:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except (OperationalError, ProgrammingError) as error:
+        except (OperationalError, ProgrammingError, InternalError) as error:
+            if _read_only(error):
+                # Until the URL reaches a primary again (a failover moved it): waited out as an outage, on new
+                # connections (a pooled one stays with the server, and the session, that refused).
+                self.engine.dispose()
+                raise StoreUnavailable(f"database {self.safe_url} is read-only (a replica, or a primary that a "
+                                       "failover demoted): the write is tried again later") from error
+            if isinstance(error, InternalError):
+                raise
             raise self._explain(error) from error
 
     @contextmanager
@@ -97,6 +109,14 @@ class Database:
         return SchemaMissing(self.safe_url, None if len(tables) == len(metadata.tables) else missing)
 
 
+def _read_only(error: DBAPIError) -> bool:
+    original = getattr(error, "orig", None)
+    if getattr(original, "sqlstate", None) == _READ_ONLY_SQLSTATE:
+        return True
+    args: tuple[Any, ...] = getattr(original, "args", ())
+    return bool(args) and args[0] in _READ_ONLY_ERRNOS
+
+
 def create_engine(url: str) -> Engine:
     """An engine with the driver and settings pheanq wants for each backend."""
     parsed = _with_driver(make_url(url))
@@ -106,7 +126,8 @@ def create_engine(url: str) -> Engine:
             engine = sa.create_engine(parsed, connect_args={"timeout": 30})
             sa.event.listen(engine, "connect", _tune_sqlite)
             return engine
-        engine = sa.create_engine(parsed, connect_args=_BOUNDED_WAITS.get(backend, {}))
+        parsed, connect_args = _prepare_threshold(parsed, dict(_BOUNDED_WAITS.get(backend, {})))
+        engine = sa.create_engine(parsed, connect_args=connect_args)
         check_connections_cheaply(engine)
         return engine
     except (NoSuchModuleError, ImportError) as error:
@@ -124,6 +145,22 @@ def any_of(column: Any, values: Iterable[Any]) -> Any:
     becomes one "expanding" parameter, which SQLAlchemy renders into the SQL anew at every execution (about
     10 us a statement, on the hot path)."""
     return column.in_([sa.literal(value, column.type) for value in values])
+
+
+def _prepare_threshold(url: URL, connect_args: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """psycopg's `prepare_threshold` from the URL's query as a number, or None for `none` (never prepare: for a
+    pgbouncer in transaction mode older than 1.21); a URL's query would give it as text, which psycopg fails on."""
+    text = url.query.get("prepare_threshold")
+    if text is None or url.get_backend_name() != "postgresql":
+        return url, connect_args
+    value = text if isinstance(text, str) else text[-1]
+    if value.strip().lower() in ("none", "off", ""):
+        connect_args["prepare_threshold"] = None
+    elif value.strip().isdigit():
+        connect_args["prepare_threshold"] = int(value)
+    else:
+        raise ConfigError(f"database_url: prepare_threshold={value!r} is not a whole number or none")
+    return url.difference_update_query(["prepare_threshold"]), connect_args
 
 
 def _with_driver(url: URL) -> URL:

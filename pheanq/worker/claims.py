@@ -111,9 +111,9 @@ class TaskClaims:
         except (StoreUnavailable, TubeUnavailable) as error:
             log.info("task %d: a job waiting for its place was not woken: %s", package.task_id, error)
 
-    def touch(self, package: WorkPackage, within: float | None = None) -> bool:
-        """Renew the job's reservation; False when this worker no longer holds it. `within`: the longest to wait."""
-        return self.dispatch.beanstalkd.touch(package.job_id, within)
+    def touch(self, package: WorkPackage) -> bool:
+        """Renew the job's reservation; False when this worker no longer holds it."""
+        return self.dispatch.beanstalkd.touch(package.job_id)
 
     def renew_lease(self, package: WorkPackage) -> bool:
         """Renew the attempt's lease on its row; False when the attempt no longer holds the task."""

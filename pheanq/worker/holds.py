@@ -7,6 +7,7 @@ Each is a `reason_to_stop()` that returns None while the command may go on, or w
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -39,6 +40,11 @@ class LeaseHold:
     and the reconciler leaves a task whose job is alive alone). So a restarted beanstalkd, or a
     database outage, alone does not stop the child. Only when both holds fail for long enough is it
     stopped, in time for no other worker to start the task while this child still runs.
+
+    Each hold is renewed on a thread of its own, and `reason_to_stop` only reads what they found: on a link cut
+    silently (a pulled cable), a renewal waits on TCP for up to the connection's timeout, and the child must be
+    stopped by the clock meanwhile, not when the renewal gives up; nor may a touch of a server cut off hold up the
+    lease.
     """
 
     def __init__(self, claims: TaskClaims, package: WorkPackage, interrupted: Callable[[], bool]) -> None:
@@ -47,43 +53,60 @@ class LeaseHold:
         self.interrupted = interrupted
         self.interval = lease_interval(package)
         self.deadline_after = holder_must_stop_after(package.row.ttr)
-        self.next_renewal = time.monotonic() + self.interval
         self.renewed = self.reserved = time.monotonic()
         self.job_lost = False
+        self.taken_over = False
+        self.lease_problem: str | None = None
+        self._renewals = [_Repeating(self.interval, self._renew_lease, f"pheanq-lease-{package.task_id}"),
+                          _Repeating(self.interval, self._touch_job, f"pheanq-touch-{package.task_id}")]
 
     def reason_to_stop(self) -> str | None:
         if self.interrupted():
             return "the worker was interrupted (SIGINT)"
-        now = time.monotonic()
-        if now < self.next_renewal:
-            return None
-        self.next_renewal = now + self.interval
-        lease_problem = None
+        if self.taken_over:
+            return "the task is no longer held by this attempt (another worker took it over)"
+        held_for = time.monotonic() - max(self.renewed, self.reserved)
+        if held_for >= self.deadline_after:
+            return f"neither the task's lease ({self.lease_problem or 'the database did not answer'}) nor its " \
+                   f"job's reservation could be renewed for {held_for:.0f}s, so another worker may take the task over"
+        return None
+
+    def close(self) -> None:
+        """The attempt ended: no more renewals (one under way is left to end on its own)."""
+        for renewals in self._renewals:
+            renewals.stop()
+
+    def _renew_lease(self) -> bool:
+        """Renew the lease on the row, on its thread; False once the task is no longer this attempt's."""
+        started = time.monotonic()
         try:
             if not self.claims.renew_lease(self.package):
-                return "the task is no longer held by this attempt (another worker took it over)"
-            self.renewed = now
+                self.taken_over = True
+                return False
         except StoreUnavailable as error:
-            lease_problem = str(error)
-        # A reservation once lost never comes back, and a touch may not hold up the next renewal of the lease: a
-        # server cut off by the network would make the lease go stale while this child still runs.
-        if not self.job_lost:
-            try:
-                if self.claims.touch(self.package, within=self.interval / 2):
-                    self.reserved = now
-                else:
-                    self._note_job_lost("beanstalkd no longer has it reserved for this worker")
-            except TubeUnavailable as error:
-                self._note_job_lost(str(error))
-        if lease_problem is not None:
-            held_for = now - max(self.renewed, self.reserved)
-            if held_for >= self.deadline_after:
-                return f"neither the task's lease ({lease_problem}) nor its job's reservation could be " \
-                       f"renewed for {held_for:.0f}s, so another worker may take the task over"
-            log.warning("task %d: lease not renewed (%s)%s", self.package.task_id, lease_problem,
-                        "; its job is still reserved" if self.reserved == now else
-                        f"; the child goes on for up to {self.deadline_after - held_for:.0f}s more")
-        return None
+            self.lease_problem = str(error)
+            held_for = time.monotonic() - max(self.renewed, self.reserved)
+            still_reserved = not self.job_lost and time.monotonic() - self.reserved < 2 * self.interval
+            log.warning("task %d: lease not renewed (%s)%s", self.package.task_id, self.lease_problem,
+                        "; its job is still reserved" if still_reserved else
+                        f"; the child goes on for up to {max(0.0, self.deadline_after - held_for):.0f}s more")
+            return True
+        self.renewed = started
+        self.lease_problem = None
+        return True
+
+    def _touch_job(self) -> bool:
+        """Touch the job, on a thread of its own (a server cut off makes a touch wait); False once the reservation
+        is lost, which never comes back."""
+        started = time.monotonic()
+        try:
+            if self.claims.touch(self.package):
+                self.reserved = started
+                return True
+            self._note_job_lost("beanstalkd no longer has it reserved for this worker")
+        except TubeUnavailable as error:
+            self._note_job_lost(str(error))
+        return False
 
     def _note_job_lost(self, why: str) -> None:
         if not self.job_lost:
@@ -93,26 +116,50 @@ class LeaseHold:
 
 
 class CancelWatch:
-    """For a worker running a task: says, at most every CANCEL_CHECK_SECONDS, whether the task was cancelled."""
+    """For a worker running a task: says whether the task was cancelled, looked up every CANCEL_CHECK_SECONDS on a
+    thread of its own (a lookup that hangs on a cut link must not hold up the lease's clock)."""
 
     def __init__(self, claims: TaskClaims, package: WorkPackage) -> None:
         self.claims = claims
         self.package = package
         self.cancelled = False
-        self._next = time.monotonic() + CANCEL_CHECK_SECONDS
+        self._lookups = _Repeating(CANCEL_CHECK_SECONDS, self._look, f"pheanq-cancel-{package.task_id}")
 
     def reason_to_stop(self) -> str | None:
-        if self.cancelled:
-            return CANCELLED
-        if time.monotonic() < self._next:
-            return None
-        self._next = time.monotonic() + CANCEL_CHECK_SECONDS
+        return CANCELLED if self.cancelled else None
+
+    def close(self) -> None:
+        self._lookups.stop()
+
+    def _look(self) -> bool:
         try:
             row = self.claims.dispatch.store.tasks.find_task(self.package.task_id)
         except StoreUnavailable:
-            return None  # the lease logic deals with outages
+            return True  # the lease logic deals with outages
         self.cancelled = row is not None and (row.cancel_requested_by is not None or row.status is Status.CANCELLED)
-        return CANCELLED if self.cancelled else None
+        return not self.cancelled
+
+
+class _Repeating:
+    """`step()` every `interval` seconds on a daemon thread, until it returns False or `stop()` is called."""
+
+    def __init__(self, interval: float, step: Callable[[], bool], name: str) -> None:
+        self._interval = interval
+        self._step = step
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                if not self._step():
+                    return
+            except Exception as error:  # a thread's error must not pass silently, nor end the holds' clock
+                log.error("%s: %s: %s", self._thread.name, type(error).__name__, error)
 
 
 def with_time_limit(timeout: int | None, keep_running: StopReason) -> StopReason:

@@ -165,7 +165,11 @@ class TaskWorker:
         log.info("task %d (%s): attempt %d starts", package.task_id, package.description.command, package.attempt)
         cancel = CancelWatch(self.claims, package)
         lease = LeaseHold(self.claims, package, lambda: self.interrupted)
-        outcome = self._execute(package, lambda: cancel.reason_to_stop() or lease.reason_to_stop())
+        try:
+            outcome = self._execute(package, lambda: cancel.reason_to_stop() or lease.reason_to_stop())
+        finally:
+            cancel.close()
+            lease.close()
         log.info("task %d: %s", package.task_id, outcome.log.splitlines()[0].strip("- "))
         if outcome.status is Status.CANCELLED:
             self._record(lambda: self.claims.end_cancelled(package, outcome.exit_code, outcome.log), package)
