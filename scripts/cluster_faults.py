@@ -162,7 +162,12 @@ class Run:
         with contextlib.suppress(ScenarioFailed):
             wait_until(finished, timeout, "every task to end", 0.25)
             return
-        self.problem(f"timed out after {timeout:.0f}s: statuses {self.statuses()}, still queueing {self.producing()}")
+        self.problem(f"timed out after {timeout:.0f}s: statuses {self.statuses()}, still queueing {self.producing()} "
+                     f"(the rows not done and their logs: unfinished.txt)")
+        with contextlib.suppress(Exception), (self.cluster.directory / "unfinished.txt").open("w") as out:
+            for task_id, (status, attempts, worker, log) in sorted(self.rows().items()):
+                if status != "done":
+                    out.write(f"=== task {task_id}: {status}, attempts {attempts}, worker {worker}\n{log}\n")
 
     # --- the counts ---
 

@@ -55,10 +55,8 @@ def _can_build_clusters() -> None:
         skip_here_fail_in_ci(f"a cluster of network namespaces needs {', '.join(missing)}")
 
 
-def scenario(name: str, tasks: int = TASKS, known: str | None = None) -> Any:
-    """Run one scenario on a fresh cluster; assert the promise and that the cluster left nothing behind. A problem
-    containing `known` (a defect of pheanq the scenario found, not yet mended) makes the test xfail instead, once
-    nothing was lost."""
+def scenario(name: str, tasks: int = TASKS) -> Any:
+    """Run one scenario on a fresh cluster; assert the promise and that the cluster left nothing behind."""
     outcome = faults.run_scenario(name, faults.Plan(hosts=HOSTS, servers=SERVERS, tasks=tasks))
     print(outcome.line())
     where = f"{outcome.line()}\nlogs: {outcome.directory}"
@@ -66,8 +64,6 @@ def scenario(name: str, tasks: int = TASKS, known: str | None = None) -> Any:
     assert outcome.queued == tasks, where
     assert outcome.done == outcome.queued, where
     assert (outcome.lost_file, outcome.lost_table) == (0, 0), where
-    if known is not None and any(known in problem for problem in outcome.problems):
-        pytest.xfail(f"known defect of pheanq (docs/cluster.rst): {outcome.line()}")
     assert outcome.problems == [], where
     return outcome
 
@@ -81,11 +77,8 @@ def assert_once(outcome: Any) -> None:
 
 def test_link_cut_longer_than_the_lease() -> None:
     """The cut host stops its commands when it cannot renew their leases; others take its tasks over once the
-    leases are stale; its late results are refused. Known defect (docs/cluster.rst): the cut host's workers block
-    in their lease renewal on the silent connection (no error before tcp_user_timeout, 30 s), so their commands run
-    on, and complete while another host runs the same task; and beanstalkd may keep a cut-off worker's job reserved
-    past its TTR (beanstalkd issues #174, #262), so that no other host can take that task over."""
-    outcome = scenario("link-cut", tasks=12, known="were not stopped when it could not renew")
+    leases are stale; its late results are refused."""
+    outcome = scenario("link-cut", tasks=12)
     assert outcome.figures["stopped"] == outcome.figures["held"] >= 1, outcome.line()
     assert outcome.figures["taken_over"] >= 1, outcome.line()
     assert outcome.figures["fenced"] >= 1, "the cut host's late result was refused"
