@@ -37,6 +37,7 @@ FENCED = "no longer holds the task"
 # pheanq.worker.holds: a holder that could renew neither its lease nor its reservation stopped its command.
 STOPPED_UNRENEWED = re.compile(r"could be renewed for \d+s")
 SCRIPTS = Path(__file__).resolve().parent
+BUSY_SECONDS = 60.0         # how long a scenario waits for its victim to run what its fault must catch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +240,15 @@ def short_tasks_from_every_host(run: Run, seconds: float | None = None) -> float
     return deadline(run, 0.3, 30)
 
 
+def long_tasks_first(run: Run, producers: list[Node]) -> float:
+    """Tasks queued from these hosts: first one of 2-3 s for every worker of the cluster, so that the victim's
+    workers soon run commands with a second or more still ahead, then the rest of 0.1-2 s; the deadline."""
+    first = len(run.cluster.hosts) * run.cluster.workers
+    run.produce(producers, first, 2.0, 3.0, 0.5)
+    run.produce(producers, run.plan.tasks - first, 0.1, 2.0, feed_seconds(run))
+    return deadline(run, 1.2, 30)
+
+
 # --- the scenarios -------------------------------------------------------------------------------------------------
 
 
@@ -247,14 +257,14 @@ def link_cut(run: Run) -> None:
     it stops its commands when it cannot renew, and the results it tries to record on its return are refused."""
     cluster, victim = run.cluster, run.cluster.hosts[0]
     cluster.start_tenders()
-    # Tasks of 8-9 s, cut with 6 s or more of each still to run: longer than a holder may go on unrenewed after the
+    # Tasks of 8-9 s, cut with 5 s or more of each still to run: longer than a holder may go on unrenewed after the
     # cut (pheanq.lease.holder_must_stop_after(TTR) = 3.7 s), so a command running on the cut host must be stopped
     # before it completes, not completed unrecorded.
     # A tenth of the tasks (at least two rounds of every worker): long tasks take long.
     tasks = min(run.plan.tasks, max(2 * len(cluster.hosts) * cluster.workers, run.plan.tasks // 10))
     run.produce(cluster.hosts[1:], tasks, 8.0, 9.0, feed_seconds(run))
     limit = deadline(run, 8.5 * tasks / run.plan.tasks, 40)
-    held = run.wait_busy(victim, limit, least=cluster.workers, ahead=6.0)
+    held = run.wait_busy(victim, BUSY_SECONDS, least=cluster.workers, ahead=5.0)
     cut_for = stale_after(TTR) + 10
     cluster.cut_link(victim)
     pause(cut_for)  # the fault's own duration: longer than a lease stays valid
@@ -329,9 +339,8 @@ def tender_killed(run: Run) -> None:
     """One host's tender killed -9 mid-run (its workers and their commands go with it), started again later."""
     cluster, victim = run.cluster, run.cluster.hosts[0]
     cluster.start_tenders()
-    run.produce(cluster.hosts, run.plan.tasks, 0.1, 2.0, feed_seconds(run))
-    limit = deadline(run, 1.05, 30)
-    held = run.wait_busy(victim, limit, ahead=1.0)
+    limit = long_tasks_first(run, cluster.hosts)
+    held = run.wait_busy(victim, BUSY_SECONDS, ahead=1.0)
     cluster.kill_tender(victim)
     pause(stale_after(TTR))  # the fault's own duration: the host has no tender for a lease's length
     cluster.start_tenders([victim])
@@ -349,9 +358,8 @@ def host_killed(run: Run) -> None:
     # Killed with 1 s or more of each command still to run: each is killed mid-command, none in the instant between
     # its command's end and the recording of its result (in which a whole host's death makes it run again, see
     # docs/guarantees.rst, "What is not promised").
-    run.produce(cluster.hosts[1:], run.plan.tasks, 0.1, 2.0, feed_seconds(run))
-    limit = deadline(run, 1.05, 30)
-    held = run.wait_busy(victim, limit, least=cluster.workers, ahead=1.0)
+    limit = long_tasks_first(run, cluster.hosts[1:])
+    held = run.wait_busy(victim, BUSY_SECONDS, least=cluster.workers, ahead=1.0)
     killed = cluster.kill_host(victim)
     run.finish(limit)
     taken = run.taken_over(held, victim)
