@@ -37,6 +37,7 @@ FENCED = "no longer holds the task"
 # pheanq.worker.holds: a holder that could renew neither its lease nor its reservation stopped its command.
 STOPPED_UNRENEWED = re.compile(r"could be renewed for \d+s")
 SCRIPTS = Path(__file__).resolve().parent
+ENDS = {"done", "failed", "cancelled", "upstream_failed"}   # pheanq.status: the statuses a task ends in
 BUSY_SECONDS = 60.0         # how long a scenario waits for its victim to run what its fault must catch
 
 
@@ -153,18 +154,26 @@ class Run:
         return list(wait_until(held, timeout, f"{host.hostname} to start {least} task(s)", 0.05))
 
     def finish(self, timeout: float) -> None:
-        """Until queueing is over and every task is done; a problem saying what is missing at the deadline."""
+        """Until queueing is over and every task has ended (done, or another end, which the counts then show as
+        lost); a problem saying what is missing at the deadline."""
         def finished() -> bool:
             if self.producing():
                 return False
             counts = self.statuses()
-            return bool(counts) and counts.get("done", 0) == sum(counts.values()) >= len(self.queued())
+            ended = sum(n for status, n in counts.items() if status in ENDS)
+            return bool(counts) and ended == sum(counts.values()) >= len(self.queued())
 
-        with contextlib.suppress(ScenarioFailed):
+        try:
             wait_until(finished, timeout, "every task to end", 0.25)
+        except ScenarioFailed:
+            self.problem(f"timed out after {timeout:.0f}s: statuses {self.statuses()}, still queueing "
+                         f"{self.producing()} (the rows not done and their logs: unfinished.txt)")
+        counts = self.statuses()
+        if counts.get("done", 0) == sum(counts.values()):
             return
-        self.problem(f"timed out after {timeout:.0f}s: statuses {self.statuses()}, still queueing {self.producing()} "
-                     f"(the rows not done and their logs: unfinished.txt)")
+        if not self.outcome.problems:
+            self.problem(f"not every task ended done: statuses {counts} (the rows not done and their logs: "
+                         f"unfinished.txt)")
         with contextlib.suppress(Exception), (self.cluster.directory / "unfinished.txt").open("w") as out:
             for task_id, (status, attempts, worker, log) in sorted(self.rows().items()):
                 if status != "done":
@@ -288,7 +297,7 @@ def beanstalkd_killed(run: Run) -> None:
     several = len(cluster.servers) > 1
     # Queued in a second, far faster than the workers run them: the server dies holding many tasks' jobs.
     limit = short_tasks_from_every_host(run, seconds=1.0)
-    run.wait_queued(run.plan.tasks // 2, limit)
+    wait_until(lambda: ready_on(cluster, 0) >= 2, BUSY_SECONDS, "jobs waiting on the server to kill")
     cluster.kill_beanstalkd(0)
     down_for = 10.0 if several else 3.0
     pause(down_for)  # the fault's own duration: long enough, with several servers, for the reconcilers to re-send
@@ -308,6 +317,15 @@ def beanstalkd_killed(run: Run) -> None:
 
 def jobs_on(cluster: Cluster, index: int) -> int:
     """Jobs of the tube that server `index` holds ready or reserved (-1 when it cannot be asked)."""
+    return tube_figure(cluster, index, "current-jobs-ready", "current-jobs-reserved")
+
+
+def ready_on(cluster: Cluster, index: int) -> int:
+    """Jobs of the tube waiting on server `index` (-1 when it cannot be asked)."""
+    return tube_figure(cluster, index, "current-jobs-ready")
+
+
+def tube_figure(cluster: Cluster, index: int, *names: str) -> int:
     try:
         with greenstalk.Client((cluster.servers[index].address, BEANSTALKD_PORT), encoding=None) as client:
             stats = client.stats_tube(TUBE)
@@ -315,7 +333,7 @@ def jobs_on(cluster: Cluster, index: int) -> int:
         return 0
     except (OSError, greenstalk.Error):
         return -1
-    return int(stats.get("current-jobs-ready", 0)) + int(stats.get("current-jobs-reserved", 0))
+    return sum(int(str(stats.get(name, 0))) for name in names)
 
 
 def beanstalkd_partitioned(run: Run) -> None:
