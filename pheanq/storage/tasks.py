@@ -334,15 +334,16 @@ class TaskStatements:
             ).rowcount)
 
     def tasks_to_reconcile(self, tube: str | None, after_id: int, limit: int, settled_before: dt.datetime,
-                           now: dt.datetime, any_age_if_sent: bool = False) -> list[TaskRow]:
+                           now: dt.datetime, sent_before: dt.datetime | None = None) -> list[TaskRow]:
         """The next `limit` tasks after `after_id` that should have a live job: waiting ones last changed
-        before `settled_before` (a younger one's put may be in flight) — with `any_age_if_sent`, also younger
-        ones whose job id is recorded (their put is done) — and `working` ones whose lease is stale."""
+        before `settled_before` (a younger one's put may be in flight) — with `sent_before`, also younger
+        ones whose job id is recorded (their put is done) last changed before it — and `working` ones whose lease
+        is stale."""
         c = task_table.c
         beat = sa.func.coalesce(c.heartbeat, c.modified)
         settled = c.modified < settled_before
-        if any_age_if_sent:
-            settled = sa.or_(settled, c.job_id.is_not(None))
+        if sent_before is not None:
+            settled = sa.or_(settled, sa.and_(c.job_id.is_not(None), c.modified < sent_before))
         stale = beat < now - dt.timedelta(seconds=stale_after(0))
         # One branch per status, each read in id order from ix_pheanq_task_pending and cut at `limit`, then merged:
         # a page reads at most `limit` rows of each status, never the history (done, failed, ...) before them.
