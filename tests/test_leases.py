@@ -32,6 +32,7 @@ from support import (
 from pheanq import Status, TaskDescription
 from pheanq.dispatch import WorkPackage
 from pheanq.lease import heartbeat_interval, holder_must_stop_after, stale_after
+from pheanq.ops.reconcile import reconcile
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.claims import ClaimOutcome
 from pheanq.storage.tables import task_table
@@ -136,6 +137,30 @@ def test_a_stale_lease_is_taken_over_and_the_old_attempt_can_no_longer_record_an
     assert not claims(holder).mark_done(package, "--- late\n")
     assert claims(other).mark_done(taken, "--- done\n")
     assert other.find_task(task_id).attempts == 2
+
+
+def test_a_stalled_task_handed_back_late_by_its_cut_off_worker_is_not_ended(
+    db_url: str, make_service: MakeService, beanstalkd: Beanstalkd,
+) -> None:
+    """A host cut off silently: the reconciler found its task's job gone and lease stale, stalled the task and sent
+    it again; the worker comes back and hands its stopped attempt back. That late move is refused, and the task
+    stays to run again: it is not ended as if a cancel had been requested (./scripts/cluster link-cut found it)."""
+    holder, other, task_id, package = held_then_dropped(make_service, db_url)
+    set_heartbeat(holder, task_id, stale_after(3) + 1)
+    assert job_state(beanstalkd, package.job_id) == "ready"
+    with greenstalk.Client(beanstalkd.address, encoding=None) as client:
+        client.delete(package.job_id)  # its job is gone too (lost with the cut host's connection, say)
+    report = reconcile(other.dispatch, TUBE, min_age=0)
+    assert report.stalled == 1, report.summary()
+    assert other.find_task(task_id).status is Status.STALLED
+
+    assert not claims(holder).release_task(package, "--- attempt 1: interrupted: its lease could not be renewed\n")
+    row = other.find_task(task_id)
+    assert row.status is Status.STALLED and row.cancel_requested_by is None, row.log
+    taken = claims(other).reserve_task(TUBE, 1)
+    assert taken is not None and (taken.task_id, taken.attempt) == (task_id, 2)
+    assert claims(other).mark_done(taken, "--- done\n")
+    assert other.find_task(task_id).status is Status.DONE
 
 
 def test_a_worker_whose_beanstalkd_restarts_mid_task_finishes_it_and_no_other_worker_runs_it(

@@ -16,6 +16,7 @@ from support import Beanstalkd, TenderProcess, claims, pheanq, wait_for, write_c
 
 from pheanq import Status, TaskDescription, TaskPendingWarning
 from pheanq.beanstalkd import ServerIdentity
+from pheanq.clock import utc_now
 from pheanq.ops.reconcile import LOCK_NAME, reconcile
 from pheanq.producer.service import TaskQueueService
 from pheanq.storage.tables import task_table
@@ -225,6 +226,29 @@ def test_after_a_restart_a_young_task_whose_put_was_done_is_sent_again_but_one_t
     assert (report.checked, report.alive, report.sent_again) == (1, 0, 1)
     assert live_jobs_of(beanstalkd) == {sent: 1}
     assert service.find_task(pending).job_id is None
+
+
+def test_after_a_restart_a_task_changed_since_the_server_started_is_left_to_the_plain_passes(
+    db_url: str, make_service: Callable[..., TaskQueueService], beanstalkd: Beanstalkd,
+) -> None:
+    """A tender's first look owes a pass (the server may have restarted unseen); under load that pass would send
+    again tasks whose jobs workers just deleted. A task changed after the server's start cannot have lost its
+    job to that start."""
+    service = make_service(db_url)
+    before = service.queue_task(TASK)
+    service.dispatch.job_ids.flush()
+    started = utc_now()
+    after = service.queue_task(TASK)
+    service.dispatch.job_ids.flush()
+    beanstalkd.stop()
+    beanstalkd.start()  # both jobs lost (no binlog)
+    service.dispatch.beanstalkd.close()  # its connection went with the old run
+    report = reconcile(service.dispatch, min_age=60, after_restart=True, restarted_at=started)
+    assert (report.checked, report.sent_again) == (1, 1)
+    assert live_jobs_of(beanstalkd) == {before: 1}
+    # The plain pass takes the other once it is older than min_age.
+    report = reconcile(service.dispatch, min_age=0)
+    assert report.sent_again == 1 and live_jobs_of(beanstalkd) == {before: 1, after: 1}
 
 
 def test_a_server_identity_tells_a_restarted_beanstalkd_from_the_same_one() -> None:

@@ -209,6 +209,10 @@ class BeanstalkdServers:
     def inspect(self, reference: int) -> JobInfo | None:
         """The job in any state, or None when its server has no such job. TubeUnavailable when its server does
         not answer, or is not in this process's list."""
+        server = self._server_numbered(server_number(reference), reference)
+        if self.several and server.resting(time.monotonic()):
+            # It failed a moment ago: a reconciler asking about each of its jobs would wait on each.
+            raise TubeUnavailable(f"beanstalkd at {server.address} is down: {server.reason}")
         info = self._on_job(reference, lambda connection, job_id: connection.inspect(job_id))
         return None if info is None else dataclasses.replace(info, id=reference)
 

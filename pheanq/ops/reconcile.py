@@ -60,14 +60,17 @@ class ReconcileReport:
 
 def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = False,
               min_age: float = DEFAULT_MIN_AGE_SECONDS, settle: bool = True,
-              after_restart: bool = False) -> ReconcileReport:
+              after_restart: bool = False, restarted_at: dt.datetime | None = None) -> ReconcileReport:
     """One pass over the table (or one tube of it); with `dry_run`, only say what would be done. With
     `settle`, then settle waiting tasks and batches, which belong to no one tube (see settle_workflows).
 
     `after_restart` (beanstalkd restarted since the last look): a waiting task whose job id is recorded is
     checked whatever its age. `min_age` is there for a task whose put may be in flight, and such a task has
     no job id yet (the producer records it after the put), so it still waits out `min_age`; a task with a
-    recorded job had its put done, and a job missing now was lost with the server."""
+    recorded job had its put done, and a job missing now was lost with the server. `restarted_at`: when the
+    server started again; a task last changed after it cannot have lost its job to the restart, and is left
+    to the passes that wait out `min_age` (a tender's first look, under load, would otherwise send again tasks
+    whose jobs workers have just deleted)."""
     report = ReconcileReport()
     holder = dispatch.worker_name
     admin = dispatch.store.admin
@@ -79,7 +82,8 @@ def reconcile(dispatch: Dispatcher, tube: str | None = None, dry_run: bool = Fal
         after_id = 0
         while rows := dispatch.store.tasks.tasks_to_reconcile(tube, after_id, PAGE_SIZE,
                                                               now - dt.timedelta(seconds=min_age), now,
-                                                              any_age_if_sent=after_restart):
+                                                              sent_before=(restarted_at or now) if after_restart
+                                                              else None):
             for row in rows:
                 after_id = row.id
                 report.checked += 1

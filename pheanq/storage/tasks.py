@@ -43,9 +43,10 @@ _END_FACTS = sa.select(
 
 
 @functools.cache
-def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
+def _move_statement(target: Status, names: tuple[str, ...], cancel_requested: bool = False) -> Any:
     """`UPDATE` of an attempt's task (`working` or `stalled`) to `target`, setting `names` from `new_<name>`
-    parameters; a log entry is appended to the log, so an interruption or a takeover stays visible."""
+    parameters; a log entry is appended to the log, so an interruption or a takeover stays visible. With
+    `cancel_requested`, only a task whose cancel was requested moves."""
     sources = [s.value for s in sources_of(target) if s in (Status.WORKING, Status.STALLED)]
     values: dict[str, Any] = {name: sa.bindparam(f"new_{name}") for name in names}
     if "log" in values:
@@ -57,6 +58,8 @@ def _move_statement(target: Status, names: tuple[str, ...]) -> Any:
     if target not in (Status.DONE, Status.CANCELLED):
         # A cancel requested while the attempt ran ends the task instead (see TaskStatements._move_settled).
         where.append(_c.cancel_requested_by.is_(None))
+    if cancel_requested:
+        where.append(_c.cancel_requested_by.is_not(None))
     return (task_table.update().where(*where)
             .values(status=target.value, modified=sa.bindparam("modified_at"), **values))
 
@@ -334,15 +337,16 @@ class TaskStatements:
             ).rowcount)
 
     def tasks_to_reconcile(self, tube: str | None, after_id: int, limit: int, settled_before: dt.datetime,
-                           now: dt.datetime, any_age_if_sent: bool = False) -> list[TaskRow]:
+                           now: dt.datetime, sent_before: dt.datetime | None = None) -> list[TaskRow]:
         """The next `limit` tasks after `after_id` that should have a live job: waiting ones last changed
-        before `settled_before` (a younger one's put may be in flight) — with `any_age_if_sent`, also younger
-        ones whose job id is recorded (their put is done) — and `working` ones whose lease is stale."""
+        before `settled_before` (a younger one's put may be in flight) — with `sent_before`, also younger
+        ones whose job id is recorded (their put is done) last changed before it — and `working` ones whose lease
+        is stale."""
         c = task_table.c
         beat = sa.func.coalesce(c.heartbeat, c.modified)
         settled = c.modified < settled_before
-        if any_age_if_sent:
-            settled = sa.or_(settled, c.job_id.is_not(None))
+        if sent_before is not None:
+            settled = sa.or_(settled, sa.and_(c.job_id.is_not(None), c.modified < sent_before))
         stale = beat < now - dt.timedelta(seconds=stale_after(0))
         # One branch per status, each read in id order from ix_pheanq_task_pending and cut at `limit`, then merged:
         # a page reads at most `limit` rows of each status, never the history (done, failed, ...) before them.
@@ -383,7 +387,9 @@ class TaskStatements:
             if moved is None and target not in (Status.DONE, Status.CANCELLED):
                 ending = {"log": values.get("log", "") + tasklog.ended_by_cancel(attempt), "finished": now,
                           "exit_code": values.get("exit_code")}
-                moved = self._move_row(conn, task_id, attempt, Status.CANCELLED, ending, now)
+                # Only for a cancel: a move refused because the task moved on (a `stalled` task whose cut-off
+                # worker comes back to hand it back) must not end it.
+                moved = self._move_row(conn, task_id, attempt, Status.CANCELLED, ending, now, cancel_requested=True)
             if moved is None:
                 return _written_before(conn, task_id, attempt, target, values.get("log"))
             ends = Ends()
@@ -394,11 +400,11 @@ class TaskStatements:
 
     @staticmethod
     def _move_row(conn: Connection, task_id: int, attempt: int, target: Status, values: dict[str, Any],
-                  now: dt.datetime) -> Status | None:
+                  now: dt.datetime, cancel_requested: bool = False) -> Status | None:
         if target in FINAL:
             values = {**values, "unique_live": None}  # an ended task frees its unique key
         changed = conn.execute(
-            _move_statement(target, tuple(sorted(values))),
+            _move_statement(target, tuple(sorted(values)), cancel_requested),
             {"task": task_id, "attempt": attempt, "modified_at": now,
              **{f"new_{name}": value for name, value in values.items()}},
         ).rowcount

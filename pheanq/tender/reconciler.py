@@ -13,12 +13,14 @@ records of buried jobs that beanstalkd no longer holds.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 
 from pheanq.beanstalkd import ServerIdentity
+from pheanq.clock import utc_now
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import PheanqError, TubeUnavailable
 from pheanq.ops.buried import prune_buried
@@ -30,6 +32,9 @@ DEFAULT_INTERVAL_SECONDS = 30.0
 # How often the thread asks beanstalkd whether it restarted: one `stats` on a connection it keeps, and the
 # most a restart waits to be noticed.
 WATCH_SECONDS = 0.25
+# A server's start is taken as its uptime before now, to the second, on this host's clock: tasks changed up to this
+# much after it are still checked (clocks of hosts a little apart, the uptime's rounding).
+START_MARGIN = dt.timedelta(seconds=5)
 
 
 class PeriodicReconciler:
@@ -48,6 +53,7 @@ class PeriodicReconciler:
         self._unreachable_servers: set[str] = set()
         self._unreachable = False                       # every server is
         self._after_restart: set[str] = set()          # tubes still owed a pass after a restart
+        self._restarted_at: dt.datetime | None = None   # ... of the tasks changed before this (None: all)
 
     def start(self) -> None:
         if self.interval > 0:
@@ -69,6 +75,8 @@ class PeriodicReconciler:
                     continue  # said once by _watch; a pass would only fail on every look
                 if self._after_restart:
                     self._pass(dispatch, sorted(self._after_restart), after_restart=True)
+                    if not self._after_restart:
+                        self._restarted_at = None
                 if time.monotonic() >= next_pass:
                     next_pass = time.monotonic() + self.interval
                     self._pass(dispatch, self.tubes, after_restart=False)
@@ -93,7 +101,7 @@ class PeriodicReconciler:
                 log.warning("%s; watching for its return%s", server,
                             "; its tasks go to the other servers now" if several else "")
                 if several:
-                    self._after_restart = set(self.tubes)
+                    self._owe_pass(None)
             self._unreachable_servers.add(address)
             return
         earlier = self._servers.get(address)
@@ -102,21 +110,33 @@ class PeriodicReconciler:
             # tender did, or while it was unreachable since the tender started): check at once, as after a restart.
             log.info("watching beanstalkd at %s for a restart (pid %d, up %ds); reconciling now", address,
                      server.pid, server.uptime)
-            self._after_restart = set(self.tubes)
+            self._owe_pass(server)
         elif server.restarted_since(earlier):
             log.warning("beanstalkd at %s restarted (pid %d, up %ds; before: pid %d, up %ds): the jobs it held may "
                         "be lost; reconciling now", address, server.pid, server.uptime, earlier.pid, earlier.uptime)
-            self._after_restart = set(self.tubes)
+            self._owe_pass(server)
         elif address in self._unreachable_servers:
             log.warning("beanstalkd at %s answers again (the same run: pid %d, up %ds)", address, server.pid,
                         server.uptime)
         self._servers[address] = server
         self._unreachable_servers.discard(address)
 
+    def _owe_pass(self, started: ServerIdentity | None) -> None:
+        """Owe every tube a pass over the tasks whose jobs a server may have lost: with `started` (a server that
+        started again), those changed before its start; with None (a server gone), all of them."""
+        owed = None if started is None else utc_now() - dt.timedelta(seconds=started.uptime) + START_MARGIN
+        if self._after_restart and (self._restarted_at is None or owed is None):
+            owed = None  # a pass owed already over all of them stays so
+        elif self._after_restart and owed is not None and self._restarted_at is not None:
+            owed = max(owed, self._restarted_at)
+        self._restarted_at = owed
+        self._after_restart = set(self.tubes)
+
     def _pass(self, dispatch: Dispatcher, tubes: list[str], after_restart: bool) -> None:
         for n, tube in enumerate(tubes):
             # Workflows once a pass, not once a tube.
-            report = reconcile(dispatch, tube, min_age=self.min_age, settle=n == 0, after_restart=after_restart)
+            report = reconcile(dispatch, tube, min_age=self.min_age, settle=n == 0, after_restart=after_restart,
+                               restarted_at=self._restarted_at if after_restart else None)
             if report.locked_by is not None:
                 continue  # another reconciler runs: a pass owed after a restart is tried again at the next look
             self._after_restart.discard(tube)

@@ -61,6 +61,8 @@ class LeaseHold:
                           _Repeating(self.interval, self._touch_job, f"pheanq-touch-{package.task_id}")]
 
     def reason_to_stop(self) -> str | None:
+        for renewals in self._renewals:
+            renewals.poke()
         if self.interrupted():
             return "the worker was interrupted (SIGINT)"
         if self.taken_over:
@@ -126,6 +128,7 @@ class CancelWatch:
         self._lookups = _Repeating(CANCEL_CHECK_SECONDS, self._look, f"pheanq-cancel-{package.task_id}")
 
     def reason_to_stop(self) -> str | None:
+        self._lookups.poke()
         return CANCELLED if self.cancelled else None
 
     def close(self) -> None:
@@ -138,28 +141,6 @@ class CancelWatch:
             return True  # the lease logic deals with outages
         self.cancelled = row is not None and (row.cancel_requested_by is not None or row.status is Status.CANCELLED)
         return not self.cancelled
-
-
-class _Repeating:
-    """`step()` every `interval` seconds on a daemon thread, until it returns False or `stop()` is called."""
-
-    def __init__(self, interval: float, step: Callable[[], bool], name: str) -> None:
-        self._interval = interval
-        self._step = step
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
-            try:
-                if not self._step():
-                    return
-            except Exception as error:  # a thread's error must not pass silently, nor end the holds' clock
-                log.error("%s: %s: %s", self._thread.name, type(error).__name__, error)
 
 
 def with_time_limit(timeout: int | None, keep_running: StopReason) -> StopReason:
@@ -180,3 +161,34 @@ def with_time_limit(timeout: int | None, keep_running: StopReason) -> StopReason
 def timed_out(timeout: int) -> str:
     """Why a command was stopped at its time limit (the log says it; execution recognises it)."""
     return f"timed out: the task may run {timeout}s"
+
+
+class _Repeating:
+    """`step()` every `interval` seconds on a daemon thread, until it returns False or `stop()` is called. The
+    thread starts at the first `poke()` after one interval: a task shorter than that costs no thread at all."""
+
+    def __init__(self, interval: float, step: Callable[[], bool], name: str) -> None:
+        self._interval = interval
+        self._step = step
+        self._name = name
+        self._due = time.monotonic() + interval
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        if self._thread is None and time.monotonic() >= self._due and not self._stopped.is_set():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._step():
+                    return
+            except Exception as error:  # a thread's error must not pass silently, nor end the holds' clock
+                log.error("%s: %s: %s", self._name, type(error).__name__, error)
+            if self._stopped.wait(self._interval):
+                return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -90,16 +91,23 @@ class ProgressWriter:
         self.latest: str | None = None
         self.written: str | None = None
         self.last_write = 0.0
+        self._writing: threading.Thread | None = None
 
     def offer(self, progress: str) -> None:
+        """Note the progress; write it, on a thread, when the last write is old enough and over: the loop that
+        watches the child (and its lease) must not wait on the database, which a cut link makes wait 30 s."""
         self.latest = progress
-        if time.monotonic() - self.last_write >= PROGRESS_WRITE_SECONDS:
-            self.flush()
+        if time.monotonic() - self.last_write >= PROGRESS_WRITE_SECONDS and \
+                (self._writing is None or not self._writing.is_alive()):
+            self.last_write = time.monotonic()
+            self._writing = threading.Thread(target=self.flush, name="pheanq-progress", daemon=True)
+            self._writing.start()
 
     def flush(self) -> None:
-        if self.latest is None or self.latest == self.written:
+        latest = self.latest
+        if latest is None or latest == self.written:
             return
         self.last_write = time.monotonic()
         with contextlib.suppress(StoreUnavailable):
-            self.record(self.latest)
-            self.written = self.latest
+            self.record(latest)
+            self.written = latest
