@@ -145,11 +145,13 @@ def test_a_stopped_or_killed_run_leaves_nothing(how: str, tmp_path: Path) -> Non
     script = tmp_path / "hold.py"
     script.write_text("import sys, time\nsys.path.insert(0, sys.argv[1])\nimport clusterlib\n"
                       "with clusterlib.Cluster(hosts=1, servers=1) as cluster:\n"
-                      "    print(cluster.slot, flush=True)\n    time.sleep(600)\n")
+                      "    print(cluster.slot, cluster.directory, flush=True)\n    time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, str(script), str(SCRIPTS)], stdout=subprocess.PIPE, text=True)
+    directory = ""
     try:
         assert holder.stdout is not None
-        slot = int(holder.stdout.readline())
+        slot_text, directory = holder.stdout.readline().split()
+        slot = int(slot_text)
         assert clusterlib.leftovers(slot), "the cluster is up"
         holder.send_signal(getattr(signal, how))
         holder.wait(60)
@@ -159,6 +161,9 @@ def test_a_stopped_or_killed_run_leaves_nothing(how: str, tmp_path: Path) -> Non
         listen = f"listen_addresses={clusterlib.NET}.{slot}.1"
         wait_for(lambda: not any(listen in " ".join(p.info["cmdline"] or [])
                                  for p in clusterlib.psutil.process_iter(["cmdline"])), 30, "PostgreSQL to go")
+        assert how == "SIGKILL" or not Path(directory).exists(), "SIGTERM: the cluster removed its directory"
     finally:
         holder.kill()
         holder.wait(10)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)   # a cluster killed -9 leaves its directory (logs) behind
