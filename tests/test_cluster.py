@@ -145,6 +145,7 @@ def test_a_stopped_or_killed_run_leaves_nothing(how: str, tmp_path: Path) -> Non
     script = tmp_path / "hold.py"
     script.write_text("import sys, time\nsys.path.insert(0, sys.argv[1])\nimport clusterlib\n"
                       "with clusterlib.Cluster(hosts=1, servers=1) as cluster:\n"
+                      # the holder idles until the test stops or kills it: the pause is the thing under test
                       "    print(cluster.slot, cluster.directory, flush=True)\n    time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, str(script), str(SCRIPTS)], stdout=subprocess.PIPE, text=True)
     directory = ""

@@ -240,21 +240,13 @@ class BeanstalkdServers:
         tube. TubeUnavailable when a server does not answer (`tube_stats_by_server` shows which)."""
         found = [stats for _, stats in self._on_every_server(lambda connection: connection.tube_stats(tube))
                  if stats is not None]
-        return _added_up(found) if found else None
+        return added_up(found) if found else None
 
     def tube_stats_by_server(self, tube: str, skip: Iterable[str] = ()
                              ) -> dict[str, dict[str, Any] | TubeUnavailable | None]:
         """Each server's stats-tube (None: it has no such tube), or the error of one that did not answer; the
         servers named in `skip` are left out."""
-        answers: dict[str, dict[str, Any] | TubeUnavailable | None] = {}
-        for server in self._servers:
-            if server.address in skip:
-                continue
-            try:
-                answers[server.address] = self._using(server, lambda connection: connection.tube_stats(tube))
-            except TubeUnavailable as error:
-                answers[server.address] = error
-        return answers
+        return self._by_server(lambda connection: connection.tube_stats(tube), skip)
 
     def tubes(self) -> list[str]:
         names: set[str] = set()
@@ -264,13 +256,7 @@ class BeanstalkdServers:
 
     def identities(self) -> dict[str, ServerIdentity | TubeUnavailable]:
         """Which run of each server answers (see ServerIdentity), or the error of one that did not."""
-        answers: dict[str, ServerIdentity | TubeUnavailable] = {}
-        for server in self._servers:
-            try:
-                answers[server.address] = self._using(server, lambda connection: connection.identity())
-            except TubeUnavailable as error:
-                answers[server.address] = error
-        return answers
+        return self._by_server(lambda connection: connection.identity())
 
     def states(self) -> list[ServerState]:
         """Every server: those of this process's list, asked now, then those numbered once but no longer listed."""
@@ -344,6 +330,19 @@ class BeanstalkdServers:
         server = self._server_numbered(server_number(reference), reference)
         return self._using(server, lambda connection: action(connection, reference & _JOB_ID_MASK))
 
+    def _by_server(self, action: Callable[[BeanstalkdConnection], T], skip: Iterable[str] = ()
+                   ) -> dict[str, T | TubeUnavailable]:
+        """`action` on each server not in `skip`: its answer, or its error, by address."""
+        answers: dict[str, T | TubeUnavailable] = {}
+        for server in self._servers:
+            if server.address in skip:
+                continue
+            try:
+                answers[server.address] = self._using(server, action)
+            except TubeUnavailable as error:
+                answers[server.address] = error
+        return answers
+
     def _on_every_server(self, action: Callable[[BeanstalkdConnection], T]) -> Iterator[tuple[_Server, T]]:
         """`action` on each server; the first error is raised once every server was asked."""
         failure: TubeUnavailable | None = None
@@ -403,7 +402,8 @@ class BeanstalkdServers:
         return "; ".join(f"{server.address}: {server.reason or 'down'}" for server in self._servers)
 
 
-def _added_up(found: list[dict[str, Any]]) -> dict[str, Any]:
+def added_up(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """stats-tube of several servers as one: the counts added up, the pause figures the longest."""
     total = dict(found[0])
     for stats in found[1:]:
         for key, value in stats.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pheanq.beanstalkd.servers import added_up
 from pheanq.dispatch import Dispatcher
 from pheanq.errors import TubeUnavailable
 
@@ -58,17 +59,8 @@ def beanstalkd_figures(dispatch: Dispatcher, tubes: list[str]) -> BeanstalkdFigu
             answered.append(stats)
             for state in JOB_STATES:
                 servers[address].jobs[state] += int(stats.get(f"current-jobs-{state}", 0))
-        figures[tube] = _added_up(answered) if answered else None
+        figures[tube] = added_up(answered) if answered else None
     for address, reason in errors.items():
         servers[address].up, servers[address].reason = False, reason
     error = "; ".join(errors.values()) or None
     return BeanstalkdFigures(figures, list(servers.values()), error)
-
-
-def _added_up(answers: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {}
-    for stats in answers:
-        for key, value in stats.items():
-            if isinstance(value, int) and key.startswith(("current-", "total-")):
-                total[key] = int(total.get(key, 0)) + value
-    return total
